@@ -1,0 +1,39 @@
+# Self-documenting: `make help` lists the targets with their comments.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test test-fast bench fashion-mnist clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+run: $(STAMP)  ## set up the venv, then train the default run (mnist5k, < 1 min on 2 cores); ARGS="..." adds overrides
+	$(PY) -m runner $(ARGS)
+
+test: $(STAMP) fashion-mnist  ## set up the venv, then run the whole test suite
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+bench: $(STAMP) fashion-mnist  ## time the runner's loop against a minimal loop and a DataLoader; writes results/bench.json
+	$(PY) -m runner.bench $(ARGS)
+
+fashion-mnist:  ## install Debian's dataset-fashion-mnist (full Fashion-MNIST as IDX files) if it is missing
+	@test -f $(FMNIST) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist) >/dev/null \
+	  || echo "note: could not install dataset-fashion-mnist; tests that need it will skip"; }
+
+clean:  ## remove the venv and caches (results/ and data/ are kept)
+	rm -rf $(VENV) .pytest_cache

