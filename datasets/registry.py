@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from filelock import FileLock
 
@@ -199,16 +200,18 @@ def load_cached(ds: Mapping[str, Any], data_dir: str | Path, download: bool = Fa
 
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (keep, take): ``round(fraction · n_c)`` samples of each class c drawn with a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    take = []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        k = round(fraction * len(idx))
-        take.append(idx[torch.randperm(len(idx), generator=g)[:k]])
-    taken = torch.zeros(len(y), dtype=torch.bool)
-    taken[torch.cat(take)] = True
-    return torch.nonzero(~taken).flatten(), torch.nonzero(taken).flatten()
+    """Sorted indices (keep, take) with ``take`` a stratified ``fraction`` of the samples, seeded.
+
+    scikit-learn's stratified split allocates the taken share over the classes by their sizes,
+    which per-class rounding gets wrong for small classes.
+    """
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, take = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y.numpy(), random_state=seed)
+    except ValueError as e:
+        raise DataError(f"cannot carve a stratified {fraction:g} split from {len(y)} samples: {e}") from None
+    return torch.from_numpy(np.sort(keep)), torch.from_numpy(np.sort(take))
 
 
 def load(ds: Mapping[str, Any], data_dir: str | Path, download: bool = False) -> Splits:

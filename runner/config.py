@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 AXES = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "optim")  # config groups of a run
@@ -116,36 +116,68 @@ def _check_group_options(parsed: Sequence[Any], options: Mapping[str, list[str]]
 
 def _explain(exc: Exception, cell: Sequence[str], base: DictConfig | None) -> ConfigError:
     """Turn Hydra's / OmegaConf's composition error into one paragraph about the user's override."""
-    text = " ".join(str(exc).split())
     cause = exc.__cause__ or exc
-    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+    m = re.search(r"Could not (?:override|append to config\. An item is already at) '([^']+)'", str(exc))
     key = m.group(1) if m else getattr(cause, "full_key", None)
-    value = next((o.split("=", 1)[1] for o in cell if o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
-    if key and ("not in struct" in text or "Key '" in text and "not" in text) and "=" in "".join(cell):
+    value = next((o.split("=", 1)[1] for o in cell if "=" in o and o.lstrip("+~").split("=", 1)[0] == key), None)
+    if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         known = _dotted_keys(base) if base is not None else []
         return ConfigError(f"{key}={value}: '{key}' is not a config key.{_did_you_mean(key, known)} "
                            f"See `python -m runner --cfg job` for every key.")
     if key and isinstance(cause, OmegaConfBaseException):
         detail = " ".join(str(cause).split("\n")[0].split())
         return ConfigError(f"{key}={value}: {detail}.")
-    return ConfigError(text)
+    return ConfigError(" ".join(str(exc).split()))
 
 
-def _compose_cell(cell: Sequence[str], options: Mapping[str, list[str]], parser: OverridesParser) -> tuple[DictConfig, dict[str, str]]:
+_KINDS = ((bool, "true or false", "booleans"), (int, "an integer", "integers"), (float, "a number", "numbers"),
+          (str, "a string", "strings"), (list, "a list", "lists"))
+
+
+def _check_group_types(cfg: DictConfig, base: DictConfig) -> None:
+    """Each group leaf keeps the type it has in the option's YAML (an int is accepted for a float and
+    stored as one, so ``p=3`` and ``p=3.0`` are the same run). The run-level keys and ``dataset``
+    are typed by the schema instead."""
+    for axis in AXES[1:]:
+        for key in _dotted_keys(base[axis]):
+            want, full = OmegaConf.select(base, f"{axis}.{key}"), f"{axis}.{key}"
+            got = OmegaConf.select(cfg, full)
+            if want is None or got is None or isinstance(want, (dict, DictConfig)):
+                continue
+            want = list(want) if isinstance(want, ListConfig) else want
+            got = list(got) if isinstance(got, ListConfig) else got
+            kind, label, _ = next(k for k in _KINDS if isinstance(want, k[0]))
+            ok = isinstance(got, kind) and (kind is bool or not isinstance(got, bool))
+            if kind is float and isinstance(got, int) and not isinstance(got, bool):
+                OmegaConf.update(cfg, full, float(got))
+                ok = True
+            if ok and kind is list and want:  # elements keep the type of the default's elements
+                elem = type(want[0])
+                ok = all(isinstance(v, elem) and isinstance(v, bool) == (elem is bool) for v in got)
+                label = "a list of " + next(plural for k, _, plural in _KINDS if issubclass(elem, k))
+            if not ok:
+                raise ConfigError(f"{full}={got}: expected {label} (the option's default is {want!r}).")
+
+
+def _compose_cell(cell: Sequence[str], options: Mapping[str, list[str]], parser: OverridesParser,
+                  bases: dict[tuple[str, ...], DictConfig | None]) -> tuple[DictConfig, dict[str, str]]:
     try:
         parsed = parser.parse_overrides(list(cell))
     except HydraException as e:
         raise ConfigError(" ".join(str(e).split())) from None
     _check_group_options(parsed, options)
+    group_only = tuple(o for o in cell if o.lstrip("+").split("=", 1)[0] in options)
+    if group_only not in bases:  # the chosen options as written, to compare the overrides against
+        try:
+            bases[group_only] = hydra_compose("config", overrides=list(group_only))
+        except (HydraException, OmegaConfBaseException):
+            bases[group_only] = None
     try:
         cfg = hydra_compose("config", overrides=list(cell), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
-        group_only = [o for o in cell if o.lstrip("+").split("=", 1)[0] in options]
-        try:
-            base = hydra_compose("config", overrides=group_only)
-        except (HydraException, OmegaConfBaseException):
-            base = None
-        raise _explain(e, cell, base) from None
+        raise _explain(e, cell, bases[group_only]) from None
+    if bases[group_only] is not None:
+        _check_group_types(cfg, bases[group_only])
     return detach_choices(cfg)
 
 
@@ -160,7 +192,7 @@ def detach_choices(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
 def compose(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str]]:
     """Compose and validate one run's config, as ``python -m runner <overrides>`` would."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="runner"):
-        cfg, choices = _compose_cell(overrides, groups(), OverridesParser.create())
+        cfg, choices = _compose_cell(overrides, groups(), OverridesParser.create(), {})
     validate(cfg, choices)
     return cfg, choices
 
@@ -190,10 +222,10 @@ def preflight(overrides: Sequence[str], multirun: bool) -> list[Cell]:
         if sweeps and not multirun:
             raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m (multirun) to run one job per value.")
         cells = [list(c) for batch in BasicSweeper.split_arguments(parsed, None) for c in batch] if multirun else [list(overrides)]
-        options = groups()
+        options, bases = groups(), {}
         plan = []
         for cell in cells:
-            cfg, choices = _compose_cell(cell, options, parser)
+            cfg, choices = _compose_cell(cell, options, parser, bases)
             validate(cfg, choices)
             plan.append(Cell(cell, run_id(cfg, choices), cfg.results_dir))
     GlobalHydra.instance().clear()

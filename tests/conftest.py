@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, and a CLI helper.
+
+The images carry an easy class signal (a bright 6×6 patch whose position is the class) so that a
+one-epoch run learns something, which lets tests tell a working loop from a broken one.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_images(n: int, size: int, channels: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, channels, size, size) noise with a bright patch at a class-dependent place; int labels."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, channels, size, size), dtype=np.uint8)
+    cells = int(np.ceil(np.sqrt(classes)))
+    step = (size - 6) // max(cells - 1, 1)
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), cells)
+        x[i, :, r * step:r * step + 6, col * step:col * step + 6] = 255
+    return x, y
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """IDX (LeCun's format): magic 0x0000 0x08 (ubyte) ndim, then each dim as big-endian uint32."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def write_mnist_like(folder: Path, n_train: int = 300, n_test: int = 100, compress: bool = False, seed: int = 0):
+    xtr, ytr = make_images(n_train, 28, 1, 10, seed)
+    xte, yte = make_images(n_test, 28, 1, 10, seed + 1)
+    for prefix, x, y in (("train", xtr, ytr), ("t10k", xte, yte)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", x[:, 0], compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y, compress)
+    return (xtr, ytr), (xte, yte)
+
+
+def write_cifar(root: Path, classes: int, n_train: int = 250, n_test: int = 100, seed: int = 0):
+    """The pickled batches of the CIFAR python versions (data: uint8 (n, 3072) in CHW order)."""
+    xtr, ytr = make_images(n_train, 32, 3, classes, seed)
+    xte, yte = make_images(n_test, 32, 3, classes, seed + 1)
+
+    def dump(path: Path, obj: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+
+    if classes == 10:
+        folder = root / "cifar-10-batches-py"
+        for i, part in enumerate(np.array_split(np.arange(n_train), 5), start=1):
+            dump(folder / f"data_batch_{i}", {"data": xtr[part].reshape(len(part), -1), "labels": ytr[part].tolist()})
+        dump(folder / "test_batch", {"data": xte.reshape(n_test, -1), "labels": yte.tolist()})
+        dump(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    else:
+        folder = root / "cifar-100-python"
+        dump(folder / "train", {"data": xtr.reshape(n_train, -1), "fine_labels": ytr.tolist()})
+        dump(folder / "test", {"data": xte.reshape(n_test, -1), "fine_labels": yte.tolist()})
+        dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
+    return (xtr, ytr), (xte, yte)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data_dir holding tiny MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 in torchvision's layout."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root / "MNIST" / "raw", seed=0)
+    write_mnist_like(root / "FashionMNIST" / "raw", seed=10)
+    write_cifar(root, 10, seed=20)
+    write_cifar(root, 100, n_train=1000, n_test=200, seed=30)
+    return root
+
+
+TINY = ["epochs=1", "batch_size=32", "threads=1", "dataset=mnist"]  # a run of about a second
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m runner`` as a user would, from the repository root by default."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
