@@ -88,7 +88,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-TINY = ["epochs=1", "batch_size=32", "threads=1", "dataset=mnist"]  # a run of about a second
+TINY = ["epochs=1", "batch_size=16", "threads=1", "dataset=mnist"]  # a run of about a second
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,0 +1,103 @@
+"""Composition, validation messages and run identity."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from runner.config import CONF_DIR, ConfigError, compose, groups, preflight, run_id
+
+
+def data_overrides(data_dir) -> list[str]:
+    return [f"data_dir={data_dir}", "dataset.verify_checksums=false"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() for o in opts])
+def test_every_option_of_every_group_composes_validates_and_builds(group, option, data_dir):
+    # compose() validates, which instantiates the loss and optimizer and runs the model on zeros
+    cfg, choices = compose([f"{group}={option}", *data_overrides(data_dir)])
+    if group != "experiment":
+        assert choices[group] == option
+
+
+def test_every_yaml_with_a_target_names_a_class_that_exists():
+    import importlib
+
+    for path in CONF_DIR.glob("*/*.yaml"):
+        node = yaml.safe_load(path.read_text()) or {}
+        node = node.get(path.parent.name, node)  # _global_ packages nest the group's node
+        if "_target_" in node:
+            module, name = node["_target_"].rsplit(".", 1)
+            assert hasattr(importlib.import_module(module), name), path
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. Allowed: avg, max. Did you mean 'max'?"),
+    (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
+    (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
+    (["epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["seed=0.5"], "seed=0.5"),
+    (["epochs=0"], "epochs=0: out of range; allowed: >= 1"),
+    (["lr=0"], "lr=0.0: out of range; allowed: > 0"),
+    (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5: out of range; allowed: > 0 and < 1"),
+    (["optim.nesterov=maybe"], "optim.nesterov=maybe: expected true or false"),
+    (["pooling.kernel_size=2.5"], "pooling.kernel_size=2.5: expected an integer"),
+    (["model.widths=[16,abc]"], "expected a list of integers"),
+    (["pooling.kernel_size=0"], "kernel_size must be >= 1, got 0"),
+    (["model=resnet20", "model.depth=21"], "depth must be 6n + 2"),
+    (["model=simple_cnn", "model.widths=[8,8,8,8,8]"], "does not build or run"),  # 28 px cannot halve 5 times
+    (["pooling._target_=os.system"], "only targets inside this project's packages"),
+    (["+pooling._target_=builtins.eval"], "Could not append"),
+    (["dataset.augment=flip"], "dataset.augment=flip: allowed: none, crop_flip. Did you mean 'crop_flip'?"),
+    (["dataset.source_dir=/tmp"], "only mnist, fashion_mnist read IDX files"),
+    (["warmup_epochs=20"], "warmup_epochs=20.0: longer than the run"),
+    (["device=tpu"], "device=tpu: allowed: auto, cpu, cuda, cuda:N, mps"),
+    (["+foo=1"], "foo: not a config key"),
+    (["dataset=cifar10", "data_dir=/nonexistent"], "data_batch_1"),
+])
+def test_config_errors_name_key_value_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        compose(overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)  # one paragraph
+
+
+def test_a_sweep_without_multirun_is_an_error():
+    with pytest.raises(ConfigError, match="add -m"):
+        preflight(["pooling=max,avg"], multirun=False)
+
+
+def test_preflight_expands_the_grid_and_stops_on_any_bad_cell():
+    plan = preflight(["pooling=max,avg", "seed=0,1,2"], multirun=True)
+    assert [c.overrides for c in plan][:2] == [["pooling=max", "seed=0"], ["pooling=max", "seed=1"]]
+    assert len({c.run_id for c in plan}) == 6
+    with pytest.raises(ConfigError, match="avgg"):
+        preflight(["pooling=max,avgg", "seed=0,1"], multirun=True)
+
+
+def test_run_id_is_the_experiment_not_where_or_how_it_runs():
+    base = run_id(*compose([]))
+    assert run_id(*compose(["lr=5e-2"])) == base  # the same value written differently
+    assert run_id(*compose(["results_dir=/elsewhere", "device=cpu", "threads=1", "force=true", "fail_fast=true",
+                            "data_dir=/other"])) == base
+    assert run_id(*compose(["seed=1"])) != base
+    assert run_id(*compose(["pooling=avg"])) != base
+    assert run_id(*compose(["pooling.kernel_size=3"])) != base
+
+
+def test_data_dir_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("DATA_DIR", "/somewhere/data")
+    cfg, _ = compose([])
+    assert cfg.data_dir == "/somewhere/data"
+
+
+def test_optimizer_choice_brings_its_own_defaults_and_the_command_line_wins():
+    cfg, _ = compose(["optim=adamw"])
+    assert (cfg.lr, cfg.weight_decay) == (0.001, 0.05)
+    cfg, _ = compose(["optim=adamw", "lr=0.01"])
+    assert cfg.lr == 0.01
+
+
+def test_experiment_preset_composes_the_cifar_recipe(data_dir):
+    cfg, choices = compose(["experiment=cifar10_resnet20", *data_overrides(data_dir)])
+    assert choices["dataset"] == "cifar10" and choices["model"] == "resnet20"
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (30, 128, 0.1)

@@ -1,0 +1,85 @@
+"""Run folders, atomic files and the tables rebuilt from them, under concurrency."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner import records
+
+CHOICES = {"dataset": "mnist5k", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
+           "loss": "ce", "optim": "sgd"}
+
+
+def fake_run(root: Path, rid: str, seed: int, status: str = "ok", epochs: int = 3) -> None:
+    folder = root / "runs" / rid
+    config = {"seed": seed, "epochs": epochs, "lr": 0.05, "dataset": {"name": "mnist5k", "val_fraction": 0.1},
+              "pooling": {"_target_": "models.pooling.MaxPool", "kernel_size": 2}, "results_dir": str(root)}
+    rows = pd.DataFrame({"epoch": range(1, epochs + 1), "test_acc": [0.5] * epochs})
+    records.write_csv(folder / "epochs.csv", rows)
+    records.write_json(folder / "result.json", {"run_id": rid, "status": status, "choices": CHOICES, "config": config,
+                                                "metrics": {"test_acc": 0.9}, "error": None})
+
+
+def test_row_puts_axes_first_then_hyperparameters_metrics_and_bookkeeping(tmp_path):
+    fake_run(tmp_path, "aaaa", 3)
+    runs = records.rebuild_tables(tmp_path)
+    cols = list(runs.columns)
+    assert cols[:7] == list(CHOICES)
+    assert cols.index("seed") < cols.index("pooling.kernel_size") < cols.index("test_acc") < cols.index("run_id")
+    assert "results_dir" not in cols and "pooling._target_" not in cols
+    table = pd.read_csv(tmp_path / "runs.csv")  # no post-processing needed
+    assert table.loc[0, "seed"] == 3 and table.loc[0, "test_acc"] == 0.9 and table.loc[0, "pooling"] == "max"
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert list(epochs["epoch"]) == [1, 2, 3] and set(epochs["run_id"]) == {"aaaa"} and "pooling" in epochs
+
+
+def test_completed_means_ok_or_diverged(tmp_path):
+    for rid, status in (("a", "ok"), ("b", "diverged"), ("c", "failed"), ("d", "interrupted")):
+        fake_run(tmp_path, rid, 0, status)
+    done = {rid for rid in "abcd" if records.completed(tmp_path / "runs" / rid)}
+    assert done == {"a", "b"}
+    assert records.completed(tmp_path / "runs" / "missing") is None
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "table.csv"
+    records.write_text(target, "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with records.atomic_path(target) as tmp:
+            Path(tmp).write_text("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def _writer(root: str, rid: str, seed: int, barrier) -> None:
+    fake_run(Path(root), rid, seed)
+    barrier.wait()  # every process rebuilds at the same moment
+    records.rebuild_tables(Path(root))
+    pd.read_csv(Path(root) / "runs.csv")  # a reader never sees half a table
+
+
+def test_concurrent_writers_never_lose_or_duplicate_a_row(tmp_path):
+    ctx = mp.get_context("fork")
+    n = 8
+    for round_ in range(3):
+        barrier = ctx.Barrier(n)
+        procs = [ctx.Process(target=_writer, args=(str(tmp_path), f"r{round_}-{i}", i, barrier)) for i in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs)
+        runs = pd.read_csv(tmp_path / "runs.csv")
+        assert len(runs) == n * (round_ + 1) and runs["run_id"].is_unique
+        assert len(pd.read_csv(tmp_path / "epochs.csv")) == 3 * n * (round_ + 1)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_result_json_is_plain_json(tmp_path):
+    fake_run(tmp_path, "x", 1)
+    assert json.loads((tmp_path / "runs" / "x" / "result.json").read_text())["status"] == "ok"

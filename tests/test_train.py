@@ -1,0 +1,149 @@
+"""One run in-process: training, determinism, statuses, checkpoint and records."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+
+import runner.train
+from runner.checkpoint import load_checkpoint
+from runner.config import compose, run_id
+from runner.losses import CrossEntropy
+from runner.metrics import classification_metrics
+from runner.optim import sgd, warmup_cosine
+from runner.train import run
+
+
+def tiny(data_dir, results, *extra):
+    return compose([*TINY, f"data_dir={data_dir}", f"results_dir={results}", *extra])
+
+
+def test_metrics_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    m = classification_metrics(logits, torch.tensor([0, 0]))
+    # nll = mean(log(1 + e^-2), log(1 + e^1))
+    assert m["acc"] == 0.5
+    assert m["nll"] == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.e)) / 2, abs=1e-6)
+
+
+def test_cross_entropy_label_smoothing_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = [1/4, 3/4]
+    loss = CrossEntropy(label_smoothing=0.1)(logits, torch.tensor([1]))  # q = [0.05, 0.95]
+    assert loss.item() == pytest.approx(-(0.05 * math.log(0.25) + 0.95 * math.log(0.75)), abs=1e-6)
+    assert CrossEntropy()(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+
+
+def test_warmup_then_cosine_schedule():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = sgd([p], lr=1.0, weight_decay=0.0)
+    sched = warmup_cosine(opt, total_steps=110, warmup_steps=10)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)  # warm-up starts at lr / 100
+    assert lrs[10] == pytest.approx(1.0)  # peak after warm-up
+    assert lrs[60] == pytest.approx(0.5, abs=1e-6)  # half-way through the cosine: (1 + cos(π/2)) / 2
+    assert lrs[109] < 0.001
+
+
+def test_run_learns_and_records_everything(data_dir, tmp_path):
+    cfg, choices = tiny(data_dir, tmp_path, "epochs=3")
+    record = run(cfg, choices)
+    assert record["status"] == "ok" and record["run_id"] == run_id(cfg, choices)
+    assert record["metrics"]["test_acc"] > 0.5  # chance is 0.1 on the tiny patches
+    folder = tmp_path / "runs" / record["run_id"]
+    assert {p.name for p in folder.iterdir()} == {"config.yaml", "epochs.csv", "result.json", "checkpoint.pt", "logits.pt"}
+    epochs = pd.read_csv(folder / "epochs.csv")
+    assert list(epochs["epoch"]) == [1, 2, 3] and epochs["train_loss"].iloc[-1] < epochs["train_loss"].iloc[0]
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 1 and runs.loc[0, "params"] == record["params"] > 0
+    assert runs.loc[0, ["n_train", "n_val", "n_test"]].tolist() == [270, 30, 100]
+
+
+def test_checkpoint_rebuilds_the_model_and_its_logits(data_dir, tmp_path):
+    cfg, choices = tiny(data_dir, tmp_path, "model=resnet20", "model.downsample=pool")
+    record = run(cfg, choices)
+    folder = tmp_path / "runs" / record["run_id"]
+    model, ckpt = load_checkpoint(folder / "checkpoint.pt")  # torch.load(weights_only=True)
+    assert ckpt["run_id"] == record["run_id"] and ckpt["choices"]["model"] == "resnet20"
+    saved = torch.load(folder / "logits.pt", weights_only=True)
+    from datasets import SPECS, Batches, load
+
+    splits = load(cfg.dataset, data_dir)
+    spec = SPECS["mnist"]
+    x, _ = next(iter(Batches(*splits.test, 1000, spec.mean, spec.std)))
+    with torch.no_grad():
+        assert torch.allclose(model(x), saved["test_logits"], atol=1e-4)
+    assert classification_metrics(saved["test_logits"], saved["test_target"])["acc"] == pytest.approx(record["metrics"]["test_acc"])
+
+
+def test_same_seed_same_metrics(data_dir, tmp_path):
+    a = run(*tiny(data_dir, tmp_path / "a", "epochs=2"))
+    b = run(*tiny(data_dir, tmp_path / "b", "epochs=2"))
+    c = run(*tiny(data_dir, tmp_path / "c", "epochs=2", "seed=1"))
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"] != c["metrics"]
+
+
+def test_completed_run_is_skipped_and_force_reruns(data_dir, tmp_path, capsys):
+    first = run(*tiny(data_dir, tmp_path))
+    again = run(*tiny(data_dir, tmp_path))
+    assert again["started_at"] == first["started_at"] and "skip" in capsys.readouterr().out
+    forced = run(*tiny(data_dir, tmp_path, "force=true"))
+    assert forced["status"] == "ok" and len(pd.read_csv(tmp_path / "runs.csv")) == 1
+
+
+def test_non_finite_loss_is_diverged_not_a_crash(data_dir, tmp_path):
+    record = run(*tiny(data_dir, tmp_path, "lr=1e30", "norm=none"))
+    assert record["status"] == "diverged" and "training loss is" in record["error"]
+    assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "diverged"
+    assert not (tmp_path / "runs" / record["run_id"] / "checkpoint.pt").exists()
+
+
+def test_an_exception_is_recorded_as_failed(data_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner.train, "fit", broken)
+    record = run(*tiny(data_dir, tmp_path))
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
+    row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: boom"
+    monkeypatch.undo()
+    assert run(*tiny(data_dir, tmp_path))["status"] == "ok"  # a failed run is not skipped
+
+
+def test_fail_fast_stops(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.train, "fit", lambda *a, **k: 1 / 0)
+    with pytest.raises(SystemExit):
+        run(*tiny(data_dir, tmp_path, "fail_fast=true"))
+
+
+def test_interrupt_is_recorded_and_reraised(data_dir, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.train, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(*tiny(data_dir, tmp_path))
+    assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "interrupted"
+    monkeypatch.undo()
+    assert run(*tiny(data_dir, tmp_path))["status"] == "ok"  # resumed by the same command
+
+
+def test_cifar_with_augmentation_trains(data_dir, tmp_path):
+    cfg, choices = tiny(data_dir, tmp_path, "dataset=cifar10", "dataset.verify_checksums=false", "model=resnet20")
+    assert cfg.dataset.augment == "crop_flip"
+    assert run(cfg, choices)["status"] == "ok"
+
+
+def test_nll_metric_matches_torch(data_dir, tmp_path):
+    record = run(*tiny(data_dir, tmp_path))
+    saved = torch.load(tmp_path / "runs" / record["run_id"] / "logits.pt", weights_only=True)
+    assert record["metrics"]["test_nll"] == pytest.approx(F.cross_entropy(saved["test_logits"], saved["test_target"]).item(), rel=1e-5)
