@@ -19,14 +19,13 @@ from runner.progress import error, say
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def task(cfg: DictConfig) -> None:
-    from datasets import DataError
     from runner.train import run
 
     hc = HydraConfig.get()
     choices = {a: str(hc.runtime.choices[a]) for a in AXES}
     try:
         run(cfg, choices, overrides=hc.overrides.task)
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:
         error(f"error: {e}")
         raise SystemExit(2) from None
 

@@ -191,16 +191,13 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)  # DataError: user error, nothing written yet
-    say(f"run {rid} ({label}) on {device}: {splits.sizes()['n_train']} train / {splits.sizes()['n_val']} val / "
-        f"{splits.sizes()['n_test']} test images")
     for stale in ("result.json", "epochs.csv", "checkpoint.pt", "logits.pt"):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
         "run_id": rid, "choices": dict(choices), "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": _now(), "git_commit": git_commit(), "torch_version": torch.__version__, "device": str(device),
-        **splits.sizes(), "val_hash": splits.val_hash, "error": None,
+        "error": None,
     }
     rows: list[dict[str, Any]] = []
 
@@ -209,10 +206,13 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
 
-    torch.manual_seed(cfg.seed)  # the initial weights
-    model = build_model(cfg)
-    params = sum(p.numel() for p in model.parameters())
     try:
+        splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
+        record |= splits.sizes() | {"val_hash": splits.val_hash}
+        say(f"run {rid} ({label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
+        torch.manual_seed(cfg.seed)  # the initial weights
+        model = build_model(cfg)
+        record["params"] = sum(p.numel() for p in model.parameters())
         out = fit(cfg, model, splits, device, on_epoch)
         save_checkpoint(folder / "checkpoint.pt", model, cfg, choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
@@ -222,13 +222,13 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
     except KeyboardInterrupt:
         record |= {"status": "interrupted", "error": "KeyboardInterrupt"}
-        _finish(record, rows, params, folder)
+        _finish(record, rows, folder)
         say(f"interrupted {rid}: recorded as interrupted; the same command runs it again")
         raise
-    except Exception as e:  # a bug or a numerical failure in this cell: record it and let the grid go on
+    except Exception as e:  # a bug, bad data or a numerical failure in this cell: record it, let the grid go on
         error(traceback.format_exc())
-        record |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-    _finish(record, rows, params, folder)
+        record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+    _finish(record, rows, folder)
     last = rows[-1] if rows else {}
     metrics = ", ".join(f"{k} {last[k]:.4f}" for k in ("test_acc", "test_nll") if k in last)
     say(f"{record['status']} {rid} ({label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
@@ -238,9 +238,9 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
     return record
 
 
-def _finish(record: dict[str, Any], rows: list[dict[str, Any]], params: int, folder: Path) -> None:
+def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path) -> None:
     last = rows[-1] if rows else {}
     record["metrics"] = {k: last[k] for k in ("test_acc", "test_nll", "val_acc", "val_nll", "train_loss", "train_acc") if k in last}
-    record |= {"params": params, "epochs_done": len(rows), "finished_at": _now()}
+    record |= {"epochs_done": len(rows), "finished_at": _now()}
     records.write_json(folder / "result.json", record)
     records.rebuild_tables(folder.parent.parent)
