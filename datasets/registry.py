@@ -89,7 +89,7 @@ def check_available(ds: Mapping[str, Any], data_dir: str | Path, download: bool)
         return
     folder, missing = _missing_files(name, ds, Path(data_dir))
     if missing:
-        hint = (f"point dataset.source_dir at a folder that holds them" if ds.get("source_dir") else
+        hint = ("point dataset.source_dir at a folder that holds them" if ds.get("source_dir") else
                 f"fetch them once with `python -m runner dataset={name} download=true` (needs network), "
                 f"or set data_dir= (or DATA_DIR) to a folder that holds {SPECS[name].folder}/")
         if name == "fashion_mnist" and not ds.get("source_dir"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -30,7 +29,3 @@ def epoch_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
-
-
-def flush() -> None:
-    sys.stdout.flush()
