@@ -1,7 +1,7 @@
 """Small pieces the models share."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -20,3 +20,13 @@ def init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def check_downsample_at(downsample_at: Sequence[int] | None, stages: int) -> frozenset[int]:
+    """The stage indices that downsample (``None``: all of them), checked against the model's stages."""
+    if downsample_at is None:
+        return frozenset(range(stages))
+    down = list(downsample_at)
+    if any(not 0 <= i < stages for i in down) or len(set(down)) != len(down):
+        raise ValueError(f"downsample_at must list distinct stage indices in 0..{stages - 1}, got {down}")
+    return frozenset(down)

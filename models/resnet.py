@@ -5,6 +5,7 @@ and a linear classifier. Shortcuts are option A of the paper (identity; on downs
 subsample and zero-padded channels), so ResNet-20 has 0.27M parameters as in its Table 6.
 Between stages the spatial size halves either by a stride-2 first conv (``downsample="conv"``, the
 paper) or by a stride-1 conv followed by the configured pooling layer (``downsample="pool"``).
+``downsample_at`` lists the stages whose first block downsamples (default 1 and 2, the paper's).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.factory import declared
-from models.layers import conv3x3, init_weights
+from models.layers import check_downsample_at, conv3x3, init_weights
 
 
 class BasicBlock(nn.Module):
@@ -61,6 +62,7 @@ class CifarResNet(nn.Module):
         depth: int = 20,
         widths: Sequence[int] = (16, 32, 64),
         downsample: str = "conv",
+        downsample_at: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
@@ -68,12 +70,13 @@ class CifarResNet(nn.Module):
         if downsample not in ("conv", "pool"):
             raise ValueError(f"downsample must be 'conv' or 'pool', got {downsample!r}")
         n = (depth - 2) // 6
+        down_at = check_downsample_at(downsample_at, len(widths)) if downsample_at is not None else range(1, len(widths))
         self.stem = nn.Sequential(conv3x3(in_channels, widths[0], norm), norm(widths[0]))
         blocks: list[nn.Module] = []
         c = widths[0]
         for stage, w in enumerate(widths):
             for i in range(n):
-                down = downsample if stage > 0 and i == 0 else None
+                down = downsample if stage in down_at and i == 0 else None
                 blocks.append(BasicBlock(c, w, down, pool, norm))
                 c = w
         self.blocks = nn.Sequential(*blocks)

@@ -6,11 +6,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from models.layers import conv3x3, init_weights
+from models.layers import check_downsample_at, conv3x3, init_weights
 
 
 class SimpleCNN(nn.Module):
     """``[conv3x3 → norm]×convs_per_stage → pool`` per stage, then global pool → dropout → linear.
+
+    ``downsample_at`` lists the stages that end in the pooling layer (default: all).
 
     With the default two stages and 2×2 pooling, 28×28 inputs reach the head at 7×7 and 32×32 at 8×8.
     """
@@ -25,18 +27,21 @@ class SimpleCNN(nn.Module):
         widths: Sequence[int] = (32, 64),
         convs_per_stage: int = 2,
         dropout: float = 0.0,
+        downsample_at: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not widths or convs_per_stage < 1:
             raise ValueError(f"need at least one stage and one conv per stage, got widths={list(widths)}, "
                              f"convs_per_stage={convs_per_stage}")
+        down = check_downsample_at(downsample_at, len(widths))
         layers: list[nn.Module] = []
         c = in_channels
-        for w in widths:
+        for i, w in enumerate(widths):
             for _ in range(convs_per_stage):
                 layers += [conv3x3(c, w, norm), norm(w)]
                 c = w
-            layers.append(pool(w))
+            if i in down:
+                layers.append(pool(w))
         self.features = nn.Sequential(*layers)
         self.global_pool = global_pool(c)
         self.dropout = nn.Dropout(dropout)

@@ -1,16 +1,27 @@
-"""``make bench``: what the runner's training loop costs over the model's own compute.
+"""``make bench``: measured figures, each as a ratio of two things timed side by side in one process.
 
-One epoch of ``simple_cnn`` on full Fashion-MNIST (Debian's dataset-fashion-mnist), three ways, in
-one process: (a) the runner's loop (``train_one_epoch`` over ``datasets.Batches``), (b) a minimal
-hand-written loop over the same preloaded tensors, same model and batch size, (c) the usual
-``torch.utils.data.DataLoader`` over torchvision's dataset with ``transforms.ToTensor()``.
-(a) and (b) alternate for ``--rounds`` rounds and each keeps its fastest epoch, since a shared
-machine's noise only ever adds time. Writes the figures to results/bench.json.
+Section ``loop``: what the runner's training loop costs over the model's own compute. One epoch of
+``simple_cnn`` on full Fashion-MNIST (Debian's dataset-fashion-mnist), three ways: (a) the runner's
+loop (``train_one_epoch`` over ``datasets.Batches``), (b) a minimal hand-written loop over the same
+preloaded tensors, same model and batch size, (c) the usual ``torch.utils.data.DataLoader`` over
+torchvision's dataset with ``transforms.ToTensor()``.
+
+Section ``pool``: forward + backward time and peak memory of every local pooling option (built from
+its YAML, as a run builds it) on one (128, 64, 32, 32) float32 tensor, relative to ``max_pool2d``.
+Peak memory is the process's peak resident size during the call over its size before it (Linux
+``VmHWM``, reset through ``/proc/self/clear_refs``), with glibc told to return every large block to
+the system at once, so it counts what the call allocates: output, saved tensors, input gradient.
+
+Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
+machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
 import platform
 import time
@@ -35,12 +46,7 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a) and (b) (default 2)")
-    parser.add_argument("--out", default="results/bench.json", help="where to write the figures (default %(default)s)")
-    args = parser.parse_args()
-
+def loop_section(rounds: int) -> dict[str, float]:
     cfg, _ = compose(["dataset=fashion_mnist", f"dataset.source_dir={FMNIST}"])
     spec = datasets.SPECS["fashion_mnist"]
     splits = datasets.load(cfg.dataset, cfg.data_dir)
@@ -92,7 +98,7 @@ def main() -> None:
     print(f"one epoch of simple_cnn on Fashion-MNIST ({len(y)} training images, batch {bs}), "
           f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}")
     runner_s, minimal_s = [], []
-    for r in range(args.rounds):
+    for r in range(rounds):
         runner_s.append(timed(runner_epoch))
         minimal_s.append(timed(minimal_epoch))
         print(f"  round {r + 1}: runner {runner_s[-1]:.2f}s  minimal {minimal_s[-1]:.2f}s")
@@ -111,7 +117,85 @@ def main() -> None:
     print(f"(b) minimal loop     {figures['minimal_s']:.2f} s/epoch")
     print(f"(c) DataLoader       {figures['dataloader_s']:.2f} s/epoch")
     print(f"a/b = {figures['runner_over_minimal']:.3f} (target <= 1.05)   c/a = {figures['dataloader_over_runner']:.2f} (target > 1)")
+    return figures
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak resident bytes that ``fn`` adds to the process (Linux only)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+    before = _status_bytes("VmHWM")
+    fn()
+    return _status_bytes("VmHWM") - before
+
+
+def pool_section(rounds: int) -> dict[str, float]:
+    from hydra.utils import instantiate
+
+    from runner.config import groups
+
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: large blocks go back at free
+    shape = (128, 64, 32, 32)
+    layers: dict[str, torch.nn.Module] = {}
+    for name in groups()["pooling"]:
+        cfg, _ = compose([f"pooling={name}"])
+        layers[name] = instantiate(cfg.pooling)(shape[1]).train()
+    layers["softpool_eager"] = instantiate(compose(["pooling=softpool", "pooling.compile=false"])[0].pooling)(shape[1])
+    layers = {"max": layers.pop("max"), "softpool": layers.pop("softpool"), **layers}  # softpool compiles first
+
+    x = torch.randn(shape).requires_grad_()
+    grad = torch.ones(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+
+    def step(layer: torch.nn.Module) -> None:
+        layer(x).backward(grad)
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+
+    figures: dict[str, float] = {}
+    for name, layer in layers.items():  # the first call compiles where a layer compiles: time it apart
+        figures[f"pool_{name}_first_call_s"] = timed(lambda: step(layer))
+    times = {name: [] for name in layers}
+    for _ in range(rounds):
+        for name, layer in layers.items():
+            times[name].append(min(timed(lambda: step(layer)) for _ in range(3)))
+    memory = {name: min(peak_bytes(lambda: step(layer)) for _ in range(2)) for name, layer in layers.items()}
+    base_t, base_m = min(times["max"]), memory["max"]
+    print(f"\nlocal pooling, forward + backward on a {tuple(shape)} float32 tensor, relative to max_pool2d "
+          f"({base_t * 1e3:.1f} ms, {base_m / 2**20:.0f} MiB)")
+    print(f"  {'pooling':<16}{'time':>8}{'memory':>8}{'first call':>12}")
+    for name in layers:
+        t, m = min(times[name]) / base_t, memory[name] / base_m
+        figures[f"pool_{name}_over_max"], figures[f"pool_{name}_mem_over_max"] = t, m
+        print(f"  {name:<16}{t:>7.2f}×{m:>7.2f}×{figures[f'pool_{name}_first_call_s']:>11.2f}s")
+    figures["pool_max_ms"], figures["pool_max_mib"] = base_t * 1e3, base_m / 2**20
+    return figures
+
+
+SECTIONS = {"loop": loop_section, "pool": pool_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sections", nargs="*", metavar="section",
+                        help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of timed things (default 3)")
+    parser.add_argument("--out", default="results/bench.json", help="figures are merged into this file (default %(default)s)")
+    args = parser.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     out = Path(args.out)
+    figures = json.loads(out.read_text()) if out.exists() else {}
+    for name in args.sections or SECTIONS:
+        figures |= SECTIONS[name](args.rounds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out}")

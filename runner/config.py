@@ -29,7 +29,7 @@ TARGET_PACKAGES = ("models", "runner", "datasets")  # the only packages a _targe
 # Keys that say where files go, where the run executes or how the runner behaves, not what the
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download",
-                "dataset.source_dir", "dataset.verify_checksums")
+                "dataset.source_dir", "dataset.verify_checksums", "pooling.compile")  # how, not what, is computed
 
 
 class ConfigError(Exception):
@@ -324,7 +324,14 @@ def _check_builds(cfg: DictConfig, choices: Mapping[str, str]) -> None:
     except InstantiationException as e:
         raise ConfigError(f"{' '.join(str(e).split())} ({where}).") from None
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"the model does not build or run with {where}: {' '.join(str(e).split())}") from None
+        from datasets import SPECS
+
+        hint = ""
+        if "downsample_at" in cfg.model:
+            size = SPECS[cfg.dataset.name].image_size
+            hint = (f" The {size}×{size} images of dataset={choices['dataset']} may be too small for the model's "
+                    f"downsampling: model.downsample_at={list(cfg.model.downsample_at)} lists the stages that downsample.")
+        raise ConfigError(f"the model does not build or run with {where}: {' '.join(str(e).split())}.{hint}") from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -338,7 +345,7 @@ def _dry_forward(key: str) -> None:
     parts = OmegaConf.create(json.loads(key))
     model = build_model(parts)
     spec = SPECS[parts.dataset.name]
-    with torch.no_grad():
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # checking shapes is no reason to compile
         out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
     if tuple(out.shape) != (2, spec.num_classes):
         raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")

@@ -88,7 +88,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     return (loss_sum / count).item(), (correct / count).item()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: compiled layers (SoftPool) would compile again for inference tensors
 def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits float32 (N, K), targets (N,)), both on the CPU."""
     model.eval()

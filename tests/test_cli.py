@@ -15,7 +15,7 @@ from conftest import ROOT, TINY, cli, write_cifar, write_mnist_like
 def test_help_lists_groups_and_options_under_the_apps_header():
     out = cli("--help").stdout
     assert out.startswith("runner: train and evaluate")
-    assert "pooling: avg, max" in out and "dataset: cifar10, cifar100, fashion_mnist, mnist, mnist5k" in out
+    assert "pooling: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree" in out and "dataset: cifar10, cifar100, fashion_mnist, mnist, mnist5k" in out
 
 
 def test_cfg_job_prints_the_resolved_config():

@@ -14,7 +14,8 @@ def data_overrides(data_dir) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() for o in opts])
 def test_every_option_of_every_group_composes_validates_and_builds(group, option, data_dir):
     # compose() validates, which instantiates the loss and optimizer and runs the model on zeros
-    cfg, choices = compose([f"{group}={option}", *data_overrides(data_dir)])
+    size = ["dataset=cifar10"] if (group, option) == ("model", "vgg11") else []  # five poolings need 32×32
+    cfg, choices = compose([f"{group}={option}", *size, *data_overrides(data_dir)])
     if group != "experiment":
         assert choices[group] == option
 
@@ -31,7 +32,7 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. Allowed: avg, max. Did you mean 'max'?"),
+    (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. Allowed: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
     (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
     (["epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -44,7 +45,15 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["model.widths=[16,abc]"], "expected a list of integers"),
     (["pooling.kernel_size=0"], "kernel_size must be >= 1, got 0"),
     (["model=resnet20", "model.depth=21"], "depth must be 6n + 2"),
-    (["model=simple_cnn", "model.widths=[8,8,8,8,8]"], "does not build or run"),  # 28 px cannot halve 5 times
+    (["model=simple_cnn", "model.widths=[8,8,8,8,8]", "model.downsample_at=[0,1,2,3,4]"],  # 28 px cannot halve 5 times
+     "may be too small for the model's downsampling: model.downsample_at=[0, 1, 2, 3, 4]"),
+    (["model=vgg11"], "does not build or run with dataset=mnist5k, model=vgg11"),
+    (["model.downsample_at=[0,2]"], "downsample_at must list distinct stage indices in 0..1, got [0, 2]"),
+    (["pooling=mixed", "pooling.per=pixel"], "per must be one of layer, channel, got 'pixel'"),
+    (["pooling=tree", "pooling.depth=4"], "depth must be 2 (2 leaves, 1 gate) or 3"),
+    (["pooling=adapool", "pooling.beta=global"], "beta must be one of scalar, channel, region"),
+    (["pooling=lp", "pooling.p=0"], "p must be >= 0.01, got 0.0"),
+    (["global_pool=spp", "global_pool.levels=[1,0]"], "levels must be positive bin counts"),
     (["pooling._target_=os.system"], "only targets inside this project's packages"),
     (["+pooling._target_=builtins.eval"], "Could not append"),
     (["dataset.augment=flip"], "dataset.augment=flip: allowed: none, crop_flip. Did you mean 'crop_flip'?"),

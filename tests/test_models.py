@@ -29,12 +29,6 @@ def test_pool_values_by_hand():
     assert MaxPool(1)(x).item() == 4.0 and AvgPool(1)(x).item() == 2.5
 
 
-def test_global_heads_by_hand():
-    x = torch.tensor([[1.0, 2.0], [3.0, 6.0]]).view(1, 1, 2, 2)
-    assert GlobalAvgPool(1)(x).tolist() == [[3.0]] and GlobalMaxPool(1)(x).tolist() == [[6.0]]
-    assert GlobalAvgPool(5).out_features == 5
-
-
 def test_norm_blocks_own_the_activation():
     x = torch.tensor([-1.0, 2.0]).view(1, 1, 1, 2)
     assert NoNormAct(1)(x.clone()).flatten().tolist() == [0.0, 2.0]
