@@ -103,3 +103,26 @@ def test_default_run_reaches_097_on_mnist5k(tmp_path):
     assert row["dataset"] == "mnist5k" and row["status"] == "ok"
     assert row["test_acc"] >= 0.97
     print(f"default run: test_acc {row['test_acc']:.4f} in {time.perf_counter() - start:.1f}s wall")
+
+
+POOLINGS = "max,avg,softpool,mixed,gated,tree,lp,stochastic,adapool"
+
+
+@pytest.mark.slow
+def test_every_pooling_option_trains_on_mnist5k(tmp_path):
+    res = cli("-m", f"pooling={POOLINGS}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
+    assert (runs["test_acc"] > 0.3).all(), runs[["pooling", "test_acc"]]  # one epoch learns something: chance is 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [["model=resnet20", "model.downsample=pool"], ["model=vgg11"]])
+def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_path):
+    res = cli("-m", f"pooling={POOLINGS}", *model, *TINY, "dataset=cifar10", "dataset.verify_checksums=false",
+              f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
+    assert set(runs["model"]) == {model[0].split("=")[1]} and runs["test_acc"].between(0, 1).all()
