@@ -51,6 +51,11 @@ def report(plan: list[Cell]) -> int:
 def main() -> int:
     args = get_args_parser().parse_args(sys.argv[1:])
     informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
+    modes = [flag for flag, given in (("--multirun", args.multirun), ("--cfg", args.cfg), ("--info", args.info),
+                                      ("--shell-completion", args.shell_completion)) if given]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
+        error(f"error: {' and '.join(modes)} cannot be combined; give one of them.")
+        return 2
     plan: list[Cell] = []
     if not (args.help or args.hydra_help or args.shell_completion):
         try:

