@@ -1,5 +1,5 @@
-"""VGG-11 for CIFAR (Simonyan and Zisserman, ICLR 2015, configuration A, with BatchNorm after every conv
-as in the common CIFAR ports): five stages of 3×3 convs (64 | 128 | 256, 256 | 512, 512 | 512, 512),
+"""VGG-11 for CIFAR (Simonyan and Zisserman, ICLR 2015, configuration A, with a norm block after every
+conv as in the common CIFAR ports): five stages of 3×3 convs (64 | 128 | 256, 256 | 512, 512 | 512, 512),
 each ending in the local pooling layer, then the global head and one linear classifier.
 
 At 32×32 the five poolings reach 1×1. ``downsample_at`` chooses which stages end in a pooling
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
-from models.layers import check_downsample_at, conv3x3, init_weights
+from models.simple_cnn import StagedCNN
 
-STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # VGG configuration "A", 8 convs + 3 FC in the paper
+STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # configuration "A": 8 convs (+ 3 FC in the paper)
 
 
-class VGG(nn.Module):
+class VGG(StagedCNN):
     def __init__(
         self,
         in_channels: int,
@@ -29,22 +28,4 @@ class VGG(nn.Module):
         downsample_at: Sequence[int] | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        down = check_downsample_at(downsample_at, len(stages))
-        layers: list[nn.Module] = []
-        c = in_channels
-        for i, widths in enumerate(stages):
-            for w in widths:
-                layers += [conv3x3(c, w, norm), norm(w)]
-                c = w
-            if i in down:
-                layers.append(pool(c))
-        self.features = nn.Sequential(*layers)
-        self.global_pool = global_pool(c)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.global_pool.out_features, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (N, 512, H / 2^pools, W / 2^pools)
-        return self.fc(self.dropout(self.global_pool(x)))  # (N, num_classes)
+        super().__init__(in_channels, num_classes, pool, global_pool, norm, stages, downsample_at, dropout)
