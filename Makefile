@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast bench fashion-mnist clean
+.PHONY: help run test test-fast bench summary fashion-mnist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ test: $(STAMP) fashion-mnist  ## set up the venv, then run the whole test suite
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-bench: $(STAMP) fashion-mnist  ## time the runner's loop against a minimal loop and a DataLoader; writes results/bench.json
+bench: $(STAMP) fashion-mnist  ## time the runner's loop and every pooling layer; writes results/bench.json
 	$(PY) -m runner.bench $(ARGS)
+
+summary: $(STAMP)  ## statistics over seeds, paired comparisons, ranks, plots and report.md for results/; ARGS="--baseline pooling=max"
+	$(PY) -m runner.summary $(ARGS)
 
 fashion-mnist:  ## install Debian's dataset-fashion-mnist (full Fashion-MNIST as IDX files) if it is missing
 	@test -f $(FMNIST) || { \

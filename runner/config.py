@@ -29,7 +29,7 @@ TARGET_PACKAGES = ("models", "runner", "datasets")  # the only packages a _targe
 # Keys that say where files go, where the run executes or how the runner behaves, not what the
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download",
-                "dataset.source_dir", "dataset.verify_checksums", "pooling.compile")  # how, not what, is computed
+                "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir")  # how, not what, is computed
 
 
 class ConfigError(Exception):
@@ -75,6 +75,9 @@ class RunConfig:
     results_dir: str = "results"
     force: bool = False
     fail_fast: bool = False
+    ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
+    ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
+    ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
 
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -284,6 +287,12 @@ def validate(cfg: DictConfig, choices: Mapping[str, str]) -> None:
         readers = [n for n, s in SPECS.items() if s.idx_source_dir]
         raise ConfigError(f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
                           f"dataset={ds.name} reads data_dir.")
+    from runner.metrics import TS_METHODS
+
+    if cfg.ts_method not in TS_METHODS:
+        raise ConfigError(f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{_did_you_mean(cfg.ts_method, TS_METHODS)}")
+    if cfg.ood is not None:
+        _check_ood(cfg)
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
     _check_device(cfg.device)
@@ -293,6 +302,34 @@ def validate(cfg: DictConfig, choices: Mapping[str, str]) -> None:
         check_available(ds, cfg.data_dir, cfg.download)
     except DataError as e:
         raise ConfigError(str(e)) from None
+
+
+def ood_dataset(cfg: DictConfig) -> DictConfig:
+    """The dataset node of ``ood=<name>``: its option's YAML, with ``ood_source_dir`` as its source_dir."""
+    node = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(CONF_DIR / "dataset" / f"{cfg.ood}.yaml"))
+    node.source_dir = cfg.ood_source_dir
+    return node
+
+
+def _check_ood(cfg: DictConfig) -> None:
+    from datasets import SPECS, DataError, check_available
+
+    names = [n for n in groups()["dataset"] if n != cfg.dataset.name]
+    if cfg.ood not in names:
+        raise ConfigError(f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
+                          f"{_did_you_mean(str(cfg.ood), names)}")
+    ours, theirs = SPECS[cfg.dataset.name], SPECS[cfg.ood]
+    if (ours.in_channels, ours.image_size) != (theirs.in_channels, theirs.image_size):
+        shape = lambda s: f"{s.in_channels}×{s.image_size}×{s.image_size}"  # noqa: E731
+        same = [n for n in names if (SPECS[n].in_channels, SPECS[n].image_size) == (ours.in_channels, ours.image_size)]
+        raise ConfigError(f"ood={cfg.ood}: its images are {shape(theirs)}, dataset={cfg.dataset.name}'s are {shape(ours)}; "
+                          f"the model takes one shape. Same shape: {', '.join(same) or 'none'}.")
+    if cfg.ood_source_dir is not None and not theirs.idx_source_dir:
+        raise ConfigError(f"ood_source_dir={cfg.ood_source_dir}: ood={cfg.ood} reads data_dir, not IDX files from a folder.")
+    try:
+        check_available(ood_dataset(cfg), cfg.data_dir, cfg.download)
+    except DataError as e:
+        raise ConfigError(f"ood={cfg.ood}: {e}") from None
 
 
 def _check_device(device: str) -> None:

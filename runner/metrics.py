@@ -1,18 +1,217 @@
-"""Per-run classification metrics, computed from logits and integer targets."""
+"""Per-run metrics from logits: accuracy, likelihood, calibration, misclassification and OOD detection.
+
+Conventions (METHODS.md §10); probabilities are always ``softmax(logits)``, whatever the loss:
+
+- ECE, MCE, RMSCE: top-label confidence in B equal-width bins ``(b/B, (b+1)/B]`` (left-open, as in
+  the calibration papers' code; torchmetrics uses ``[b/B, (b+1)/B)`` and differs only for a
+  confidence exactly on an edge). ECE weights ``|acc − conf|`` by bin mass, MCE is the largest gap
+  over non-empty bins, RMSCE the mass-weighted root mean square.
+- AdaECE: B equal-mass bins with the edges of Mukhoti et al.'s reference, whose first bin is
+  open at the minimum confidence and so silently drops every sample at it; here the first bin is
+  closed, so every sample counts.
+- Classwise ECE: per class k, ``p[:, k]`` in B equal-width bins against the frequency of y = k,
+  averaged over the K classes (given, not inferred from the targets).
+- Brier: ``mean_n Σ_k (p_nk − 1[k = y_n])²``, summed over classes, in [0, 2].
+- ``msp_auroc``: AUROC of the maximum softmax probability for telling correct from wrong predictions
+  (Hendrycks and Gimpel, 2017); ``aurc``: area under the risk–coverage curve (Geifman et al., 2019),
+  the mean over k of the error rate among the k most confident predictions.
+
+The binned calibration errors are written here because no library computes them with these
+conventions (torchmetrics has top-label ECE with the other edge rule, and no AdaECE or classwise
+ECE); the tests cross-check against torchmetrics and scikit-learn where they agree.
+
+``python -m runner.metrics results/runs/<run_id> …`` recomputes every metric from a run's saved
+logits, so an old run can be measured with the current definitions.
+"""
 from __future__ import annotations
 
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+TS_METHODS = ("ece_grid", "nll_lbfgs")
+
+# The direction of each metric, for sorting and verdicts: True when larger is better.
+HIGHER_IS_BETTER = {"acc": True, "msp_auroc": True, "ood_auroc": True, "nll": False, "brier": False, "ece": False,
+                    "ada_ece": False, "classwise_ece": False, "mce": False, "rmsce": False, "aurc": False,
+                    "ood_fpr95": False, "ece_ts": False, "nll_ts": False, "loss": False}
+
+
+def higher_is_better(column: str) -> bool | None:
+    """The direction of a runs.csv metric column (``test_ece`` -> False), or None when it has none."""
+    for prefix in ("test_", "val_", "train_", ""):
+        if column.startswith(prefix) and column[len(prefix):] in HIGHER_IS_BETTER:
+            return HIGHER_IS_BETTER[column[len(prefix):]]
+    return None
+
+
+def _binned_gaps(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mass, |acc − conf|) per bin ``(edges[b], edges[b+1]]``, the first bin closed on the left."""
+    index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, len(edges) - 2)  # conf == edges[b+1] -> bin b
+    mass = np.bincount(index, minlength=len(edges) - 1) / len(conf)
+    count = np.maximum(np.bincount(index, minlength=len(edges) - 1), 1)
+    acc = np.bincount(index, weights=hit, minlength=len(edges) - 1) / count
+    avg_conf = np.bincount(index, weights=conf, minlength=len(edges) - 1) / count
+    return mass, np.abs(acc - avg_conf)
+
+
+def calibration_errors(conf: np.ndarray, hit: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    """ECE, MCE and RMSCE over equal-width bins, AdaECE over equal-mass bins (see the module docstring)."""
+    mass, gap = _binned_gaps(conf, hit, np.linspace(0.0, 1.0, n_bins + 1))
+    # Mukhoti et al.'s equal-mass edges: interpolate the sorted confidences at N·b/B.
+    ada_edges = np.interp(np.linspace(0, len(conf), n_bins + 1), np.arange(len(conf)), np.sort(conf))
+    ada_mass, ada_gap = _binned_gaps(conf, hit, ada_edges)
+    return {"ece": float(mass @ gap), "ada_ece": float(ada_mass @ ada_gap), "mce": float(gap[mass > 0].max()),
+            "rmsce": float(math.sqrt(mass @ gap**2))}
+
+
+def classwise_ece(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
+    """Mean over classes k of the ECE of ``p[:, k]`` against the indicator ``y == k``."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    per_class = []
+    for k in range(probs.shape[1]):
+        mass, gap = _binned_gaps(probs[:, k], (target == k).astype(float), edges)
+        per_class.append(mass @ gap)
+    return float(np.mean(per_class))
+
+
+def aurc(conf: np.ndarray, hit: np.ndarray) -> float:
+    """Area under the risk–coverage curve: mean over k = 1..N of the error rate of the k most confident."""
+    errors = 1.0 - hit[np.argsort(-conf, kind="stable")]
+    return float(np.mean(np.cumsum(errors) / np.arange(1, len(errors) + 1)))
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
-    """``acc``: share of argmax predictions equal to the target; ``nll``: mean −log softmax(logits)_y.
+    """Every per-run metric of ``softmax(logits)`` against integer ``target``; rates are fractions in [0, 1].
 
-    Rates are fractions in [0, 1]. Probabilities are ``softmax(logits)`` whatever the loss was.
-    ``n_bins`` is reserved for the calibration metrics.
+    ``msp_auroc`` is NaN when every prediction is right (or every one wrong): there is nothing to detect.
     """
-    logits = logits.float()
+    logits = logits.detach().double().cpu()
+    target = target.cpu()
+    log_p = F.log_softmax(logits, dim=1)
+    probs = log_p.exp()
+    conf, pred = probs.max(dim=1)
+    hit = (pred == target).double()
+    onehot = F.one_hot(target, logits.shape[1]).double()
+    conf_np, hit_np = conf.numpy(), hit.numpy()
     return {
-        "acc": (logits.argmax(dim=1) == target).float().mean().item(),
-        "nll": F.cross_entropy(logits, target).item(),
+        "acc": hit.mean().item(),
+        "nll": F.nll_loss(log_p, target).item(),
+        "brier": ((probs - onehot) ** 2).sum(dim=1).mean().item(),
+        **calibration_errors(conf_np, hit_np, n_bins),
+        "classwise_ece": classwise_ece(probs.numpy(), target.numpy(), n_bins),
+        "msp_auroc": _auroc(hit_np, conf_np),
+        "aurc": aurc(conf_np, hit_np),
     }
+
+
+# ---------------------------------------------------------------- temperature scaling
+
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = "ece_grid", n_bins: int = 15) -> float:
+    """The temperature T for ``softmax(logits / T)``, fitted on held-out (validation) logits.
+
+    ``ece_grid``: T in 0.1, 0.2, …, 10.0 minimising ECE, the protocol of the focal and dual-focal
+    calibration papers. ``nll_lbfgs``: T minimising NLL by L-BFGS on log T (Guo et al., 2017).
+    """
+    logits = logits.detach().double().cpu()
+    target = target.cpu()
+    if method == "ece_grid":
+        grid = np.round(np.arange(1, 101) * 0.1, 1)
+        eces = []
+        for t in grid:
+            conf, pred = F.softmax(logits / t, dim=1).max(dim=1)
+            eces.append(calibration_errors(conf.numpy(), (pred == target).double().numpy(), n_bins)["ece"])
+        return float(grid[int(np.argmin(eces))])  # the first (smallest) T of a tie
+    if method == "nll_lbfgs":
+        log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), target)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return float(log_t.exp().item())
+    raise ValueError(f"temperature scaling method must be one of {', '.join(TS_METHODS)}, got {method!r}")
+
+
+# ---------------------------------------------------------------- out-of-distribution detection
+
+def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, float]:
+    """MSP as the in-distribution score: ``ood_auroc`` (in = positive) and ``ood_fpr95``, the share of
+    OOD images scored at least as high as the threshold that keeps 95 % of in-distribution images."""
+    score_in = F.softmax(in_logits.double(), dim=1).amax(dim=1).numpy()
+    score_out = F.softmax(out_logits.double(), dim=1).amax(dim=1).numpy()
+    labels = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
+    fpr, tpr, _ = roc_curve(labels, np.r_[score_in, score_out])
+    return {"ood_auroc": _auroc(labels, np.r_[score_in, score_out]), "ood_fpr95": float(fpr[np.searchsorted(tpr, 0.95)])}
+
+
+# ---------------------------------------------------------------- a run's final metrics
+
+def final_metrics(saved: Mapping[str, torch.Tensor], ts_method: str = "ece_grid", n_bins: int = 15) -> dict[str, Any]:
+    """``test_*`` and ``val_*`` metrics, the fitted ``temperature`` and the test metrics after scaling,
+    and ``ood_*`` when the saved logits include an OOD test set."""
+    test = classification_metrics(saved["test_logits"], saved["test_target"], n_bins)
+    val = classification_metrics(saved["val_logits"], saved["val_target"], n_bins)
+    t = fit_temperature(saved["val_logits"], saved["val_target"], ts_method, n_bins)
+    scaled = classification_metrics(saved["test_logits"].double() / t, saved["test_target"], n_bins)
+    out = {f"test_{k}": v for k, v in test.items()} | {f"val_{k}": v for k, v in val.items()}
+    out |= {"temperature": t, "test_ece_ts": scaled["ece"], "test_nll_ts": scaled["nll"],
+            "test_ada_ece_ts": scaled["ada_ece"]}
+    if "ood_logits" in saved:
+        out |= ood_metrics(saved["test_logits"], saved["ood_logits"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from runner import records
+
+    parser = argparse.ArgumentParser(prog="python -m runner.metrics",
+                                     description="Recompute every metric of finished runs from their saved logits.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<run_id>)")
+    parser.add_argument("--write", action="store_true",
+                        help="store the recomputed metrics in each run's result.json and rebuild the tables")
+    args = parser.parse_args(argv)
+    console = Console()
+    for folder in args.runs:
+        record = records.read_result(folder)
+        logits_path = folder / "logits.pt"
+        if record is None or not logits_path.exists():
+            console.print(f"error: {folder}: not a finished run folder (needs result.json and logits.pt)", style="red")
+            return 2
+        cfg = record["config"]
+        metrics = final_metrics(torch.load(logits_path, weights_only=True), cfg.get("ts_method", "ece_grid"))
+        table = Table(title=f"{record['run_id']} ({' '.join(f'{k}={v}' for k, v in record['choices'].items())})")
+        table.add_column("metric")
+        table.add_column("recomputed", justify="right")
+        table.add_column("recorded", justify="right")
+        for k, v in metrics.items():
+            old = record.get("metrics", {}).get(k)
+            table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v),
+                          "" if old is None else f"{old:.6g}" if isinstance(old, float) else str(old))
+        console.print(table)
+        if args.write:
+            records.write_json(folder / "result.json", record | {"metrics": record.get("metrics", {}) | metrics})
+            records.rebuild_tables(folder.parent.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,8 @@ from filelock import FileLock
 from runner.config import AXES, NOT_IDENTITY
 
 DONE = ("ok", "diverged")  # finished runs; failed and interrupted ones run again
-TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last")
+TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",
+             "ood")
 BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
                "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device")
 

@@ -21,8 +21,8 @@ from torch import nn
 import datasets
 from runner import records
 from runner.checkpoint import build_model, save_checkpoint
-from runner.config import run_id, validate
-from runner.metrics import classification_metrics
+from runner.config import ood_dataset, run_id, validate
+from runner.metrics import classification_metrics, final_metrics
 from runner.optim import warmup_cosine
 from runner.progress import epoch_bar, error, say
 
@@ -145,8 +145,11 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
         row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
         row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
         on_epoch(row)
-    return {"train_seconds": train_seconds,
-            "logits": {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}}
+    logits = {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}
+    if cfg.ood is not None:  # scored with this dataset's input normalization, as the model sees every input
+        ood = datasets.load_cached(ood_dataset(cfg), cfg.data_dir, cfg.download)
+        logits["ood_logits"] = predict(model, batches((ood["test_x"], ood["test_y"]), False), autocast)[0]
+    return {"train_seconds": train_seconds, "logits": logits}
 
 
 # ---------------------------------------------------------------- one recorded run
@@ -158,7 +161,7 @@ def _label(choices: Mapping[str, str], overrides: Iterable[str]) -> str:
 
 def _fmt(row: Mapping[str, Any]) -> str:
     return (f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
-            f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  {row['train_s']:.1f}s")
+            f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  test_ece {row['test_ece']:.4f}  {row['train_s']:.1f}s")
 
 
 def run(cfg: DictConfig, choices: Mapping[str, str], overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -217,7 +220,7 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         save_checkpoint(folder / "checkpoint.pt", model, cfg, choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)
-        record |= {"status": "ok", "train_seconds": out["train_seconds"]}
+        record |= {"status": "ok", "train_seconds": out["train_seconds"], "metrics": final_metrics(out["logits"], cfg.ts_method)}
     except Diverged as e:
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
     except KeyboardInterrupt:
@@ -230,7 +233,8 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
     _finish(record, rows, folder)
     last = rows[-1] if rows else {}
-    metrics = ", ".join(f"{k} {last[k]:.4f}" for k in ("test_acc", "test_nll") if k in last)
+    final = record.get("metrics", {})
+    metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final)
     say(f"{record['status']} {rid} ({label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
         f"-> {folder}  (tables: {folder.parent.parent / 'runs.csv'}, {folder.parent.parent / 'epochs.csv'})")
     if record["status"] == "failed" and cfg.fail_fast:
@@ -240,7 +244,9 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
 
 def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path) -> None:
     last = rows[-1] if rows else {}
-    record["metrics"] = {k: last[k] for k in ("test_acc", "test_nll", "val_acc", "val_nll", "train_loss", "train_acc") if k in last}
+    # A finished run has its final metrics (with temperature scaling and OOD); others keep their last epoch's.
+    final = record.get("metrics") or {k: v for k, v in last.items() if k.startswith(("test_", "val_"))}
+    record["metrics"] = {k: last[k] for k in ("train_loss", "train_acc") if k in last} | final
     record |= {"epochs_done": len(rows), "finished_at": _now()}
     records.write_json(folder / "result.json", record)
     records.rebuild_tables(folder.parent.parent)
