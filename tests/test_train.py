@@ -147,3 +147,39 @@ def test_nll_metric_matches_torch(data_dir, tmp_path):
     record = run(*tiny(data_dir, tmp_path))
     saved = torch.load(tmp_path / "runs" / record["run_id"] / "logits.pt", weights_only=True)
     assert record["metrics"]["test_nll"] == pytest.approx(F.cross_entropy(saved["test_logits"], saved["test_target"]).item(), rel=1e-5)
+
+
+def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_them(data_dir, tmp_path, capsys):
+    from runner.metrics import final_metrics
+    from runner.metrics import main as metrics_main
+
+    cfg, choices = tiny(data_dir, tmp_path, "ood=fashion_mnist", "ts_method=nll_lbfgs")
+    record = run(cfg, choices)
+    assert record["status"] == "ok"
+    folder = tmp_path / "runs" / record["run_id"]
+    saved = torch.load(folder / "logits.pt", weights_only=True)
+    assert len(saved["ood_logits"]) == 100  # the tiny Fashion-MNIST test split
+    row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
+    expected = final_metrics(saved, "nll_lbfgs")
+    for key in ("test_ece", "test_ada_ece", "test_classwise_ece", "test_brier", "test_aurc", "val_ece",
+                "temperature", "test_ece_ts", "test_nll_ts", "ood_auroc", "ood_fpr95"):
+        assert row[key] == pytest.approx(expected[key]), key
+    assert row["ood"] == "fashion_mnist" and row["ts_method"] == "nll_lbfgs"
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert {"test_ece", "test_mce", "test_msp_auroc", "val_ece"} <= set(epochs.columns)
+    assert metrics_main([str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "temperature" in out and "ood_auroc" in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["ood=cifar10"], "ood=cifar10: its images are 3×32×32, dataset=mnist's are 1×28×28"),
+    (["ood=mnist"], "ood=mnist: allowed: cifar10, cifar100, fashion_mnist, mnist5k (a dataset other than dataset=mnist)"),
+    (["ts_method=grid"], "ts_method=grid: allowed: ece_grid, nll_lbfgs"),
+])
+def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
+    from runner.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        tiny(data_dir, tmp_path, *extra)
+    assert message in str(e.value)
