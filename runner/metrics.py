@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true",
                         help="store the recomputed metrics in each run's result.json and rebuild the tables")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     for folder in args.runs:
         record = records.read_result(folder)
         logits_path = folder / "logits.pt"

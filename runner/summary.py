@@ -263,7 +263,7 @@ def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups:
     s = summary[summary.metric == metric].assign(group=lambda d: [label(r, groups) for _, r in d.iterrows()])
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 0.5 * s.group.nunique() + 1.5), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        d = s[s.dataset == ds]
+        d = s[s.dataset == ds].sort_values("mean", ascending=higher_is_better(metric) is not False)  # best at the top
         y = np.arange(len(d))
         err = np.vstack([d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]])
         ax.errorbar(d["mean"], y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
