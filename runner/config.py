@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-AXES = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "optim")  # config groups of a run
+AXES = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "optim", "teacher")  # config groups of a run
 TARGET_PACKAGES = ("models", "runner", "datasets")  # the only packages a _target_ may name
 # Keys that say where files go, where the run executes or how the runner behaves, not what the
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
@@ -75,6 +75,7 @@ class RunConfig:
     results_dir: str = "results"
     force: bool = False
     fail_fast: bool = False
+    teacher: Any = None  # conf/teacher/: the distillation teacher, a run of this runner
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
     ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
@@ -298,6 +299,7 @@ def validate(cfg: DictConfig, choices: Mapping[str, str]) -> None:
     _check_device(cfg.device)
     _check_targets(cfg)
     _check_builds(cfg, choices)
+    _check_teacher(cfg, choices)
     try:
         check_available(ds, cfg.data_dir, cfg.download)
     except DataError as e:
@@ -388,6 +390,85 @@ def _dry_forward(key: str) -> None:
         raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
 
 
+# ---------------------------------------------------------------- the distillation teacher
+
+@dataclass
+class TeacherRef:
+    run_id: str
+    checkpoint: Path
+    cfg: DictConfig | None = None  # the teacher run, when it is referenced by its settings (trained if missing)
+    choices: dict[str, str] | None = None
+
+
+def _hydra_ready():
+    import contextlib
+
+    if GlobalHydra.instance().is_initialized():  # inside @hydra.main, preflight or compose()
+        return contextlib.nullcontext()
+    return initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="runner")
+
+
+def teacher_ref(cfg: DictConfig, choices: Mapping[str, str]) -> TeacherRef | None:
+    """Where the teacher of ``cfg`` is (or will be): by its settings, by ``teacher.run_id`` or by ``teacher.checkpoint``."""
+    import torch
+
+    t = cfg.get("teacher")
+    if t is None:
+        return None
+    ways = [k for k in ("overrides", "run_id", "checkpoint") if t.get(k)]
+    if len(ways) != 1:
+        raise ConfigError(f"teacher={choices.get('teacher')}: give exactly one of teacher.overrides (the teacher run's "
+                          f"settings), teacher.run_id or teacher.checkpoint; got {', '.join(ways) or 'none'}.")
+    root = Path(cfg.results_dir)
+    if t.get("overrides"):
+        with _hydra_ready():
+            tcfg, tchoices = _compose_cell([f"dataset={choices['dataset']}", *t.overrides], groups(),
+                                           OverridesParser.create(), {})
+        with open_dict(tcfg):  # the student's data and where/how it runs
+            for key in cfg.dataset:
+                tcfg.dataset[key] = cfg.dataset[key]
+            for key in ("data_dir", "download", "results_dir", "device", "threads"):
+                tcfg[key] = cfg[key]
+        if tcfg.get("teacher") is not None:
+            raise ConfigError(f"teacher.overrides={list(t.overrides)}: a teacher cannot have a teacher of its own.")
+        validate(tcfg, tchoices)
+        rid = run_id(tcfg, tchoices)
+        return TeacherRef(rid, root / "runs" / rid / "checkpoint.pt", tcfg, tchoices)
+    path = Path(t.checkpoint) if t.get("checkpoint") else root / "runs" / str(t.run_id) / "checkpoint.pt"
+    key = "teacher.checkpoint" if t.get("checkpoint") else "teacher.run_id"
+    if not path.is_file():
+        raise ConfigError(f"{key}={t.get('checkpoint') or t.get('run_id')}: no checkpoint at {path}.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    _check_teacher_shape(ckpt["config"]["dataset"]["name"], cfg.dataset.name, key)
+    return TeacherRef(str(ckpt.get("run_id") or hashlib.sha1(path.read_bytes()).hexdigest()[:10]), path)
+
+
+def _check_teacher_shape(teacher_dataset: str, dataset: str, key: str) -> None:
+    from datasets import SPECS
+
+    t, s = SPECS[teacher_dataset], SPECS[dataset]
+    if (t.num_classes, t.in_channels, t.image_size) != (s.num_classes, s.in_channels, s.image_size):
+        raise ConfigError(f"{key}: the teacher was trained on {teacher_dataset} ({t.num_classes} classes, "
+                          f"{t.in_channels}×{t.image_size}×{t.image_size} images); dataset={dataset} has "
+                          f"{s.num_classes} classes and {s.in_channels}×{s.image_size}×{s.image_size} images.")
+
+
+def _check_teacher(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    from hydra.utils import get_class
+
+    needs = bool(getattr(get_class(cfg.loss._target_), "needs_teacher", False))
+    distill = [o for o in groups()["loss"] if getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{o}.yaml")._target_),
+                                                      "needs_teacher", False)]
+    if needs and cfg.get("teacher") is None:
+        raise ConfigError(f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(groups()['teacher'])}> "
+                          "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
+                          "or teacher=checkpoint teacher.checkpoint=<path>.")
+    if not needs and cfg.get("teacher") is not None:
+        raise ConfigError(f"teacher={choices['teacher']}: loss={choices['loss']} does not use a teacher; "
+                          f"the distillation losses are {', '.join(distill)}.")
+    teacher_ref(cfg, choices)
+
+
 # ---------------------------------------------------------------- identity
 
 def identity(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Any]:
@@ -399,7 +480,13 @@ def identity(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, Any]:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    return {"choices": dict(choices), "config": config}
+    chosen = dict(choices)
+    ref = teacher_ref(cfg, choices)
+    if ref is not None:  # the teacher is part of the experiment: its run, not how it was referenced
+        chosen.pop("teacher", None)
+        config.pop("teacher", None)
+        config["teacher_run_id"] = ref.run_id
+    return {"choices": chosen, "config": config}
 
 
 def run_id(cfg: DictConfig, choices: Mapping[str, str]) -> str:

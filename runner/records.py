@@ -22,6 +22,7 @@ from runner.config import AXES, NOT_IDENTITY
 DONE = ("ok", "diverged")  # finished runs; failed and interrupted ones run again
 TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",
              "ood")
+TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
 BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
                "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device")
 
@@ -86,8 +87,8 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
     cfg = record["config"]
     hyper: dict[str, Any] = {}
     for axis in AXES:
-        hyper |= _flatten(cfg.get(axis, {}), f"{axis}.")
-    out = dict(record["choices"]) | {k: cfg[k] for k in TOP_LEVEL if k in cfg}
+        hyper |= _flatten(cfg.get(axis) or {}, f"{axis}.")
+    out = dict(record["choices"]) | {k: cfg[k] for k in TOP_LEVEL if k in cfg} | {k: record[k] for k in TEACHER if k in record}
     out |= dict(sorted(hyper.items())) | record.get("metrics", {})
     return out | {k: record.get(k) for k in BOOKKEEPING}
 

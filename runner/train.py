@@ -20,8 +20,8 @@ from torch import nn
 
 import datasets
 from runner import records
-from runner.checkpoint import build_model, save_checkpoint
-from runner.config import ood_dataset, run_id, validate
+from runner.checkpoint import build_model, load_checkpoint, save_checkpoint
+from runner.config import TeacherRef, ood_dataset, run_id, teacher_ref, validate
 from runner.metrics import classification_metrics, final_metrics
 from runner.optim import warmup_cosine
 from runner.progress import epoch_bar, error, say
@@ -65,15 +65,24 @@ def _now() -> str:
 
 def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, autocast: Callable[[], Any],
-                    advance: Callable[[], None] = lambda: None) -> tuple[float, float]:
-    """One pass over ``batches``; returns (mean training loss, training accuracy). No per-batch host sync."""
+                    advance: Callable[[], None] = lambda: None,
+                    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean training loss, training accuracy). No per-batch host sync.
+
+    With a ``teacher`` (an eval-mode model taking this batch), the loss gets ``teacher_logits=``.
+    """
     model.train()
     loss_sum = correct = None
     count = 0
     for x, y in batches:
         with autocast():
             logits = model(x)
-            loss = loss_fn(logits, y)
+            if teacher is None:
+                loss = loss_fn(logits, y)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)  # the same augmented batch as the student
+                loss = loss_fn(logits, y, teacher_logits=teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -100,8 +109,34 @@ def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     return torch.cat(logits).cpu(), torch.cat(targets).cpu()
 
 
+class Teacher(nn.Module):
+    """A finished run's model in eval mode, fed the student's batch re-normalized with its own constants."""
+
+    def __init__(self, model: nn.Module, student: datasets.Spec, own: datasets.Spec) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        s_mean, s_std = torch.tensor(student.mean).view(1, -1, 1, 1), torch.tensor(student.std).view(1, -1, 1, 1)
+        t_mean, t_std = torch.tensor(own.mean).view(1, -1, 1, 1), torch.tensor(own.std).view(1, -1, 1, 1)
+        # x_student = (u − μ_s)/σ_s  ->  x_teacher = (u − μ_t)/σ_t = x_student·σ_s/σ_t + (μ_s − μ_t)/σ_t
+        self.register_buffer("scale", s_std / t_std)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # always in eval mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
+def load_teacher(ref: TeacherRef, student_dataset: str) -> tuple[Teacher, dict[str, Any]]:
+    """(the teacher module, its run's record or {} when it has none)."""
+    model, ckpt = load_checkpoint(ref.checkpoint)
+    own = datasets.SPECS[ckpt["config"]["dataset"]["name"]]
+    return Teacher(model, datasets.SPECS[student_dataset], own), records.read_result(ref.checkpoint.parent) or {}
+
+
 def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torch.device,
-        on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs``; after each epoch evaluate and call ``on_epoch(row)``.
 
     Returns the final logits and the training time. Raises ``Diverged(message, train_seconds)`` on a
@@ -112,6 +147,8 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
     generator = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
     channels_last = cuda and cfg.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if teacher is not None:
+        teacher.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     loss_fn = instantiate(cfg.loss).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda and cfg.amp else contextlib.nullcontext
@@ -131,7 +168,7 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
-            train_loss, train_acc = train_one_epoch(model, train, loss_fn, optimizer, scheduler, autocast, advance)
+            train_loss, train_acc = train_one_epoch(model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher)
         if cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -190,6 +227,19 @@ def run(cfg: DictConfig, choices: Mapping[str, str], overrides: Iterable[str] = 
         lock.release()
 
 
+def _teacher_for(cfg: DictConfig, choices: Mapping[str, str]) -> tuple[TeacherRef, dict[str, Any]] | None:
+    """The student's teacher reference, after training the teacher run first when it is missing."""
+    ref = teacher_ref(cfg, choices)
+    if ref is None:
+        return None
+    if ref.cfg is not None and not records.completed(ref.checkpoint.parent):
+        say(f"teacher {ref.run_id} ({choices['teacher']}) is not in {cfg.results_dir}: training it first")
+        record = run(ref.cfg, ref.choices, [f"teacher={choices['teacher']}"])
+        if record.get("status") != "ok":
+            raise RuntimeError(f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}")
+    return ref, records.read_result(ref.checkpoint.parent) or {}
+
+
 def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path, label: str) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -213,10 +263,16 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
         record |= splits.sizes() | {"val_hash": splits.val_hash}
         say(f"run {rid} ({label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
+        teacher = None
+        found = _teacher_for(cfg, choices)
+        if found is not None:
+            ref, teacher_record = found
+            teacher = load_teacher(ref, cfg.dataset.name)[0]
+            record |= {"teacher_run_id": ref.run_id, "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc")}
         torch.manual_seed(cfg.seed)  # the initial weights
         model = build_model(cfg)
         record["params"] = sum(p.numel() for p in model.parameters())
-        out = fit(cfg, model, splits, device, on_epoch)
+        out = fit(cfg, model, splits, device, on_epoch, teacher)
         save_checkpoint(folder / "checkpoint.pt", model, cfg, choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)

@@ -131,3 +131,23 @@ def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_pa
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
     assert set(runs["model"]) == {model[0].split("=")[1]} and runs["test_acc"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_every_loss_trains_on_mnist5k_and_distillation_trains_its_teacher_once(tmp_path):
+    losses = "ce,zloss,focal,focal_adaptive,dual_focal,dice,jaccard,dice_sa,ce_zreg"
+    res = cli("-m", f"loss={losses}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["loss"]) == sorted(losses.split(",")) and set(runs["status"]) == {"ok"}
+    assert (runs["test_acc"] > 0.2).all(), runs[["loss", "test_acc"]]  # chance is 0.1
+
+    res = cli("-m", "loss=kd,pld,ttm", "teacher=simple_cnn_wide", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("training it first") == 1
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    students = runs[runs["loss"].isin(["kd", "pld", "ttm"])]
+    assert len(students) == 3 and set(students["status"]) == {"ok"} and students["teacher_run_id"].nunique() == 1
+    teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]].iloc[0]
+    assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 12
+    assert (students["teacher_test_acc"] == teacher["test_acc"]).all()

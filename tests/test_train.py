@@ -183,3 +183,54 @@ def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
     with pytest.raises(ConfigError) as e:
         tiny(data_dir, tmp_path, *extra)
     assert message in str(e.value)
+
+
+# ---------------------------------------------------------------- distillation with a teacher run
+
+def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_dir, tmp_path):
+    cfg, choices = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide")
+    first = run(cfg, choices)
+    assert first["status"] == "ok"
+    runs = pd.read_csv(tmp_path / "runs.csv").set_index("run_id")
+    teacher_id = first["teacher_run_id"]
+    assert runs.loc[teacher_id, "model.widths"] == "[64, 128]" and runs.loc[teacher_id, "loss"] == "ce"
+    assert runs.loc[first["run_id"], "teacher_test_acc"] == pytest.approx(runs.loc[teacher_id, "test_acc"])
+    teacher_started = runs.loc[teacher_id, "started_at"]
+
+    cfg2, choices2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide")
+    second = run(cfg2, choices2)
+    assert second["teacher_run_id"] == teacher_id
+    assert pd.read_csv(tmp_path / "runs.csv").set_index("run_id").loc[teacher_id, "started_at"] == teacher_started
+    # the same teacher referenced by its run id is the same experiment: the student is not run again
+    cfg3, choices3 = tiny(data_dir, tmp_path, "loss=kd", "teacher=run", f"teacher.run_id={teacher_id}")
+    assert run_id(cfg3, choices3) == first["run_id"]
+    # a different teacher is a different experiment
+    cfg4, choices4 = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','seed=1']")
+    assert run_id(cfg4, choices4) != first["run_id"]
+
+
+def test_a_teacher_for_other_classes_or_shapes_is_a_config_error(data_dir, tmp_path):
+    from runner.config import ConfigError
+
+    cfg, choices = tiny(data_dir, tmp_path)  # a finished mnist run: 10 classes, 1×28×28
+    record = run(cfg, choices)
+    ckpt = tmp_path / "runs" / record["run_id"] / "checkpoint.pt"
+    with pytest.raises(ConfigError, match="trained on mnist .*dataset=cifar100 has 100 classes and 3×32×32 images"):
+        compose([*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}", "dataset=cifar100",
+                 "dataset.verify_checksums=false", "loss=kd", "teacher=checkpoint", f"teacher.checkpoint={ckpt}"])
+
+
+def test_the_teacher_sees_its_own_normalization_and_stays_in_eval_mode():
+    import datasets
+    from runner.train import Teacher
+
+    student, own = datasets.SPECS["mnist"], datasets.SPECS["fashion_mnist"]
+    bn = torch.nn.BatchNorm2d(1)
+    teacher = Teacher(torch.nn.Sequential(bn), student, own)
+    u = torch.rand(4, 1, 3, 3)
+    x_student = (u - student.mean[0]) / student.std[0]
+    teacher.train()
+    assert not bn.training
+    out = teacher(x_student)
+    assert torch.allclose(out, (u - own.mean[0]) / own.std[0] / math.sqrt(1 + bn.eps), atol=1e-5)
+    assert bn.running_mean.item() == 0.0  # eval mode: the running statistics are untouched

@@ -1,4 +1,11 @@
-"""Losses: ``loss(logits, target)`` -> scalar batch mean (DESIGN.md, "Contracts")."""
+"""Losses: ``loss(logits, target)`` -> scalar batch mean (DESIGN.md, "Contracts"); distillation
+losses also take ``teacher_logits=`` and declare ``needs_teacher = True``."""
 from runner.losses.ce import CrossEntropy
+from runner.losses.dice import DiceMetricLoss, SelfAdjustingDiceLoss
+from runner.losses.distill import KnowledgeDistillation, PlackettLuceDistillation, TransformedTeacherMatching
+from runner.losses.focal import AdaptiveFocalLoss, DualFocalLoss, FocalLoss
+from runner.losses.zloss import CrossEntropyZReg, ZLoss
 
-__all__ = ["CrossEntropy"]
+__all__ = ["AdaptiveFocalLoss", "CrossEntropy", "CrossEntropyZReg", "DiceMetricLoss", "DualFocalLoss", "FocalLoss",
+           "KnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "TransformedTeacherMatching",
+           "ZLoss"]

@@ -6,6 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in float32 at least: half-precision inputs are upcast, float64 stays float64."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 class CrossEntropy(nn.Module):
     """``−Σ_k q_k log softmax(s)_k`` with ``q = (1 − ε)·onehot(y) + ε/K``; batch mean."""
 
@@ -18,4 +23,4 @@ class CrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(wide(logits), target, label_smoothing=self.label_smoothing)

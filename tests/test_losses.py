@@ -1,0 +1,205 @@
+"""The loss library: METHODS.md §5–8's values worked out by hand, invariances, and numerical safety."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runner.losses import (AdaptiveFocalLoss, CrossEntropy, CrossEntropyZReg, DiceMetricLoss, DualFocalLoss, FocalLoss,
+                           KnowledgeDistillation, PlackettLuceDistillation, SelfAdjustingDiceLoss,
+                           TransformedTeacherMatching, ZLoss)
+from runner.losses.dice import tversky_loss
+
+PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), "focal": FocalLoss(),
+         "focal_adaptive": AdaptiveFocalLoss(), "dual_focal": DualFocalLoss(), "dice": DiceMetricLoss(smooth=0.0),
+         "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss()}
+DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "ttm": TransformedTeacherMatching()}
+
+
+def one(logits, target, loss, teacher=None):
+    s = torch.tensor([logits], dtype=torch.float64)
+    y = torch.tensor([target])
+    kw = {} if teacher is None else {"teacher_logits": torch.tensor([teacher], dtype=torch.float64)}
+    return loss(s, y, **kw).item()
+
+
+# ------------------------------------------------------------------ Z-loss and ce_zreg (§5)
+
+@pytest.mark.parametrize("logits,target,a,b,expected", [
+    ([1, 0, 0, 0], 0, 1, 0, 0.162902),  # z_y = √3
+    ([1, 0, 0, 0], 0, 1, math.sqrt(3), math.log(2)),
+    ([1, 0, 0, 0], 1, 1, 0, 1.022923),  # z_y = −1/√3
+    ([12, 7, 7, 7], 0, 1, 0, 0.162902),  # 5·[1, 0, 0, 0] + 7: shift and scale invariance
+    ([2, 1, 0], 0, 1, 0, 0.257609),
+    ([2, 1, 0], 2, 1, 0, 1.482354),
+    ([3, 1, 0, -4], 0, 0.1, 10, 12.286238),
+    ([3, 1, 0, -4], 0, 10, 1, 0.015773),
+])
+def test_zloss_values_by_hand(logits, target, a, b, expected):
+    assert one(logits, target, ZLoss(a=a, b=b)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_zloss_is_shift_and_positive_scale_invariant_and_safe_for_equal_logits():
+    torch.manual_seed(0)
+    s, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    loss = ZLoss(a=2.0, b=1.0)
+    assert loss(3.5 * s - 12, y).item() == pytest.approx(loss(s, y).item(), abs=1e-5)
+    assert loss(torch.zeros(2, 5), torch.tensor([0, 3])).item() == pytest.approx(F.softplus(torch.tensor(2.0)).item() / 2)
+
+
+def test_ce_zreg_is_cross_entropy_plus_the_log_z_penalty():
+    assert one([0, 0, 0, 0], 0, CrossEntropyZReg()) == pytest.approx(math.log(4) + 1e-4 * math.log(4) ** 2)
+    penalty = one([2, 1, 0], 0, CrossEntropyZReg()) - one([2, 1, 0], 0, CrossEntropy())
+    assert penalty == pytest.approx(5.796566e-4, abs=1e-9)
+
+
+# ------------------------------------------------------------------ focal family (§6)
+
+P = [0.5, 0.3, 0.2]
+LOG_P = [math.log(p) for p in P]
+
+
+@pytest.mark.parametrize("target,gamma,dfl,fl", [
+    (0, 0, 0.693147, 0.693147), (0, 2, 0.443614, 0.173287), (1, 2, 0.975218, 0.589947), (2, 2, 1.030040, 1.030040),
+])
+def test_dual_focal_and_focal_values_by_hand(target, gamma, dfl, fl):
+    assert one(LOG_P, target, DualFocalLoss(gamma=gamma)) == pytest.approx(dfl, abs=1e-6)
+    assert one(LOG_P, target, FocalLoss(gamma=gamma)) == pytest.approx(fl, abs=1e-6)
+
+
+def test_dual_focal_uses_the_probability_just_below_the_target_not_the_largest_other():
+    # y = 1 (p_y = 0.3): p_j = 0.2 gives 0.975218; the largest non-target (0.5) would give 1.733721
+    assert one(LOG_P, 1, DualFocalLoss(gamma=2)) == pytest.approx(0.975218, abs=1e-6)
+    assert one(LOG_P, 1, DualFocalLoss(gamma=2)) != pytest.approx(1.733721, abs=1e-3)
+    assert one([0.0, 0.0], 0, DualFocalLoss(gamma=2)) == pytest.approx(0.25 * math.log(2))  # a tie is not below
+    batch = DualFocalLoss(gamma=2)(torch.tensor([LOG_P] * 3), torch.tensor([0, 1, 2])).item()
+    assert batch == pytest.approx(2.448872 / 3, abs=1e-6)  # the reference sums (2.448872); the runner averages
+
+
+def test_adaptive_focal_picks_gamma_5_below_0_2_and_3_above():
+    for p_y, gamma in ((0.1, 5), (0.3, 3), (0.7, 3)):
+        logits = [math.log(p_y), math.log(1 - p_y)]
+        assert one(logits, 0, AdaptiveFocalLoss()) == pytest.approx(-(1 - p_y) ** gamma * math.log(p_y))
+
+
+# ------------------------------------------------------------------ PLD, KD, TTM (§7)
+
+T = [2.0, 1.0, 0.0]  # q = softmax(T) = [0.665241, 0.244728, 0.090031]
+
+
+@pytest.mark.parametrize("s,target,tau,expected", [
+    ([0, 0, 0], 0, 1, 0.900475), ([0, 0, 0], 2, 1, 0.560019), ([3, 1, 0], 0, 1, 0.189653), ([0, 0, 0], 0, 4, 0.686880),
+])
+def test_pld_values_by_hand(s, target, tau, expected):
+    assert one(s, target, PlackettLuceDistillation(temperature=tau), teacher=T) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pld_is_translation_invariant_and_with_one_hot_weights_is_cross_entropy():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 7, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64), torch.randint(0, 7, (6,))
+    pld = PlackettLuceDistillation()
+    assert pld(s + 5.0, y, teacher_logits=t).item() == pytest.approx(pld(s, y, teacher_logits=t).item())
+    # a teacher certain of the true class: α = one-hot(y), the loss is CE
+    certain = F.one_hot(y, 7).double() * 1e4
+    assert pld(s, y, teacher_logits=certain).item() == pytest.approx(F.cross_entropy(s, y).item())
+
+
+def test_kd_and_ttm_by_hand():
+    kl1 = sum(q * math.log(q / (1 / 3)) for q in torch.tensor(T).softmax(0).tolist())
+    assert kl1 == pytest.approx(0.266217, abs=1e-6)
+    assert one([0, 0, 0], 0, KnowledgeDistillation(temperature=1.0, ce_weight=0.0, kd_weight=1.0), T) == pytest.approx(kl1)
+    assert one([0, 0, 0], 0, KnowledgeDistillation(temperature=4.0, ce_weight=0.0, kd_weight=1.0), T) == pytest.approx(
+        0.328202, abs=1e-6)
+    kd = one([0, 0, 0], 0, KnowledgeDistillation(), T)  # 0.1·CE + 0.9·τ²·KL at τ = 4
+    assert kd == pytest.approx(0.1 * math.log(3) + 0.9 * 0.328202, abs=1e-6)
+    # TTM at T = 1, β = 1: CE + KD's KL at τ = 1 without the τ² factor
+    assert one([0, 0, 0], 0, TransformedTeacherMatching(temperature=1.0, beta=1.0), T) == pytest.approx(math.log(3) + kl1)
+
+
+def test_distillation_without_teacher_logits_is_an_error():
+    for loss in DISTILL.values():
+        assert loss.needs_teacher
+        with pytest.raises(ValueError, match="teacher_logits"):
+            loss(torch.zeros(1, 3), torch.tensor([0]))
+    assert not any(loss.needs_teacher for loss in PLAIN.values())
+
+
+# ------------------------------------------------------------------ dice family (§8)
+
+PROBS = torch.tensor([[0.8, 0.2], [0.4, 0.6]], dtype=torch.float64)
+LABELS = F.one_hot(torch.tensor([0, 1]), 2).double()
+
+
+def test_dice_and_jaccard_metric_losses_by_hand():
+    # class 0: ‖p‖ = 1.2, ‖y‖ = 1, ‖p − y‖ = 0.6 -> tp 0.8, fp 0.4, fn 0.2; class 1: tp 0.6, fp 0.2, fn 0.4
+    dice = [(0.8 + 1e-3) / (0.8 + 0.3 + 1e-3), (0.6 + 1e-3) / (0.6 + 0.3 + 1e-3)]
+    assert dice == pytest.approx([0.727520, 0.667037], abs=1e-6)
+    assert tversky_loss(PROBS, LABELS, 0.5, 0.5).item() == pytest.approx(1 - sum(dice) / 2) == pytest.approx(0.302721, abs=1e-6)
+    assert tversky_loss(PROBS, LABELS, 1.0, 1.0).item() == pytest.approx(0.463925, abs=1e-6)
+    assert tversky_loss(PROBS, LABELS, 0.5, 0.5, smooth=0.0).item() == pytest.approx(1 - (0.8 / 1.1 + 0.6 / 0.9) / 2)
+    assert DiceMetricLoss()(PROBS.log(), torch.tensor([0, 1])).item() == pytest.approx(0.302721, abs=1e-6)
+
+
+def test_dice_metric_loss_is_zero_exactly_when_the_soft_label_equals_the_prediction():
+    assert tversky_loss(PROBS, PROBS, 0.5, 0.5).item() == 0.0 and tversky_loss(PROBS, PROBS, 1.0, 1.0).item() == 0.0
+    classic = 1 - (2 * (PROBS * PROBS).sum(0) / (2 * PROBS.sum(0))).mean()  # per class: 2Σpq / (Σp + Σq)
+    assert classic.item() == pytest.approx(1 - (1.6 / 2.4 + 0.8 / 1.6) / 2) == pytest.approx(0.416667, abs=1e-6)
+
+
+def test_classes_absent_from_the_batch_are_left_out():
+    probs = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)
+    only = tversky_loss(probs[:, :1], torch.ones(1, 1, dtype=torch.float64), 0.5, 0.5)
+    assert tversky_loss(probs, F.one_hot(torch.tensor([0]), 3).double(), 0.5, 0.5).item() == pytest.approx(only.item())
+
+
+@pytest.mark.parametrize("p,y,expected", [(0.9, 1, 0.435407), (0.5, 1, 1 / 3), (0.1, 1, 0.435407)])
+def test_self_adjusting_dice_by_hand(p, y, expected):
+    assert one([math.log(p), math.log(1 - p)], 0, SelfAdjustingDiceLoss()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_ce_weight_mixes_cross_entropy_in():
+    s, y = PROBS.log(), torch.tensor([0, 1])
+    mixed = DiceMetricLoss(ce_weight=0.25)(s, y).item()
+    assert mixed == pytest.approx(0.25 * F.cross_entropy(s, y).item() + 0.75 * 0.302721, abs=1e-6)
+
+
+# ------------------------------------------------------------------ every loss: safety and contract
+
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_loss_and_gradient_for_extreme_and_half_precision_logits(name, dtype):
+    loss = {**PLAIN, **DISTILL}[name]
+    s = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [1e4, 1e4, -1e4]]).to(dtype).requires_grad_()
+    y = torch.tensor([0, 0, 2])
+    kw = {"teacher_logits": torch.tensor([[2.0, 1.0, 0.0]] * 3).to(dtype)} if name in DISTILL else {}
+    value = loss(s, y, **kw)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(s.grad).all()  # half: computed in float32
+
+
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+def test_equal_logits_give_a_finite_loss_and_gradient(name):
+    # Z-loss's standardization is 0/0 here; with eps its gradient is of order 1/eps = 1e12: finite in
+    # float32, beyond float16's range (65504), so this case is checked in float32.
+    loss = {**PLAIN, **DISTILL}[name]
+    s = torch.full((2, 4), 3.0, requires_grad=True)
+    kw = {"teacher_logits": torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2)} if name in DISTILL else {}
+    value = loss(s, torch.tensor([0, 3]), **kw)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+def test_every_loss_is_a_batch_mean(name):
+    torch.manual_seed(0)
+    loss = {**PLAIN, **DISTILL}[name]
+    s, y, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3]), torch.randn(4, 5, dtype=torch.float64)
+    kw = lambda i: {"teacher_logits": t[i]} if name in DISTILL else {}  # noqa: E731
+    if name in ("dice", "jaccard"):  # batch-level by definition: the same batch twice gives the same loss
+        assert loss(s.repeat(2, 1), y.repeat(2), **({"teacher_logits": t.repeat(2, 1)} if name in DISTILL else {})).item() == \
+            pytest.approx(loss(s, y).item())
+        return
+    each = [loss(s[i:i + 1], y[i:i + 1], **kw(slice(i, i + 1))).item() for i in range(4)]
+    assert loss(s, y, **kw(slice(None))).item() == pytest.approx(sum(each) / 4)
