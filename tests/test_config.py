@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from runner.config import CONF_DIR, ConfigError, compose, groups, preflight, run_id
 
@@ -11,11 +12,35 @@ def data_overrides(data_dir) -> list[str]:
     return [f"data_dir={data_dir}", "dataset.verify_checksums=false"]
 
 
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """A finished tiny run (results root, run_id): a teacher for teacher=run and teacher=checkpoint."""
+    from conftest import TINY
+
+    from runner.train import run
+
+    root = tmp_path_factory.mktemp("teacher")
+    cfg, choices = compose([*TINY, f"data_dir={data_dir}", f"results_dir={root}"])
+    return root, run(cfg, choices)["run_id"]
+
+
+def _needs_teacher(loss: str) -> bool:
+    from hydra.utils import get_class
+
+    return getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{loss}.yaml")._target_), "needs_teacher", False)
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() for o in opts])
-def test_every_option_of_every_group_composes_validates_and_builds(group, option, data_dir):
+def test_every_option_of_every_group_composes_validates_and_builds(group, option, data_dir, finished_run):
     # compose() validates, which instantiates the loss and optimizer and runs the model on zeros
-    size = ["dataset=cifar10"] if (group, option) == ("model", "vgg11") else []  # five poolings need 32×32
-    cfg, choices = compose([f"{group}={option}", *size, *data_overrides(data_dir)])
+    extra = ["dataset=cifar10"] if (group, option) == ("model", "vgg11") else []  # five poolings need 32×32
+    if group == "loss" and _needs_teacher(option):
+        extra = ["teacher=resnet20"]
+    if group == "teacher":  # a teacher needs a distillation loss; run and checkpoint need a finished run
+        root, rid = finished_run
+        extra = ["loss=kd", "dataset=mnist", f"results_dir={root}"] + {
+            "run": [f"teacher.run_id={rid}"], "checkpoint": [f"teacher.checkpoint={root}/runs/{rid}/checkpoint.pt"]}.get(option, [])
+    cfg, choices = compose([f"{group}={option}", *extra, *data_overrides(data_dir)])
     if group != "experiment":
         assert choices[group] == option
 
