@@ -7,9 +7,7 @@ layer (all five by default); a 28×28 input allows at most four (28 → 14 → 7
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-from torch import nn
+from typing import Any, Sequence
 
 from models.simple_cnn import StagedCNN
 
@@ -17,15 +15,7 @@ STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # configuration "A
 
 
 class VGG(StagedCNN):
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        pool: Callable[[int], nn.Module],
-        global_pool: Callable[[int], nn.Module],
-        norm: Callable[..., nn.Module],
-        stages: Sequence[Sequence[int]] = STAGES,
-        downsample_at: Sequence[int] | None = None,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__(in_channels, num_classes, pool, global_pool, norm, stages, downsample_at, dropout)
+    """``StagedCNN`` with VGG-11's stages; takes the family's arguments plus ``downsample_at`` and ``dropout``."""
+
+    def __init__(self, *args: Any, stages: Sequence[Sequence[int]] = STAGES, **kwargs: Any) -> None:
+        super().__init__(*args, stages=stages, **kwargs)
