@@ -115,9 +115,22 @@ def summarize(ok: pd.DataFrame, config: list[str], metrics: list[str]) -> pd.Dat
     return pd.DataFrame(out)
 
 
+# A distillation method is its loss and its teacher: comparing losses keeps the teacher with the loss.
+ATTACHED = {"loss": ("teacher", "teacher_run_id", "teacher_test_acc")}
+# Columns that identify a teacher in detail; labels show the teacher's option name instead.
+LABEL_SKIP = ("teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_run_id", "teacher_test_acc")
+
+
 def _method_columns(axis: str, config: list[str]) -> list[str]:
     """The axis and its own hyperparameters (``pooling`` and ``pooling.*``): what defines a method."""
-    return [axis] + [c for c in config if c.startswith(axis + ".")]
+    own = [axis] + [c for c in config if c.startswith(axis + ".")]
+    attached = [c for c in config if c in ATTACHED.get(axis, ()) or any(c.startswith(a + ".") for a in ATTACHED.get(axis, ()))]
+    return own + attached
+
+
+def labelled(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The varying columns worth showing in a label."""
+    return [c for c in varying(df, columns) if c not in LABEL_SKIP]
 
 
 def compare(ok: pd.DataFrame, config: list[str], metrics: list[str], baseline: str) -> pd.DataFrame:
@@ -136,7 +149,7 @@ def compare(ok: pd.DataFrame, config: list[str], metrics: list[str], baseline: s
                                "summarize a results folder with one of them")
         for key, other in group[group[axis].astype(str) != value].groupby(methods, dropna=False, sort=False):
             method = label(pd.Series(dict(zip(methods, key if isinstance(key, tuple) else (key,)))),
-                           varying(ok, methods) or [axis])
+                           labelled(ok, methods) or [axis])
             pairs = base.merge(other, on="seed", suffixes=("_base", ""))
             unpaired = sorted(set(base.seed) ^ set(other.seed))
             for m in metrics:
@@ -184,7 +197,7 @@ def rank(ok: pd.DataFrame, config: list[str], metric: str, axis: str) -> pd.Data
     methods = _method_columns(axis, config)
     tasks = [c for c in config if c not in methods]
     means = ok.groupby(tasks + methods, dropna=False, sort=False)[metric].mean().reset_index()
-    means["method"] = [label(r, varying(ok, methods) or [axis]) for _, r in means.iterrows()]
+    means["method"] = [label(r, labelled(ok, methods) or [axis]) for _, r in means.iterrows()]
     means["task"] = [label(r, ["dataset"] + [c for c in varying(ok, tasks) if c != "dataset"]) for _, r in means.iterrows()]
     ascending = higher_is_better(metric) is False
     means["rank"] = means.groupby("task")[metric].rank(ascending=ascending, method="average")
@@ -352,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"error: {e}", style="red", highlight=False)
         return 2
 
-    groups = varying(ok, config)
+    groups = labelled(ok, config)
     summary = summarize(ok, config, metrics)
     comparison = compare(ok, config, metrics, args.baseline) if args.baseline else pd.DataFrame()
     axis = axis or next((a for a in ("pooling", "global_pool", "norm", "loss", "model", "optim") if a in groups), None)

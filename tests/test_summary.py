@@ -13,15 +13,18 @@ from runner.summary import main as summary_main
 AXES = {"model": "simple_cnn", "global_pool": "avg", "norm": "batch", "loss": "ce", "optim": "sgd"}
 
 
-def make_run(root, run_id, *, pooling, seed, acc, ece=0.1, dataset="mnist5k", status="ok", epochs_acc=(0.5,)):
+def make_run(root, run_id, *, pooling, seed, acc, ece=0.1, dataset="mnist5k", status="ok", epochs_acc=(0.5,),
+             loss="ce", teacher=None):
     """A run folder as the runner writes it: result.json, epochs.csv and logits.pt."""
     folder = root / "runs" / run_id
-    choices = {"dataset": dataset, "pooling": pooling, **AXES}
+    choices = {"dataset": dataset, "pooling": pooling, **AXES, "loss": loss, "teacher": str(teacher)}
     config = {"dataset": {"name": dataset, "val_fraction": 0.1}, "pooling": {"kernel_size": 2},
-              "seed": seed, "epochs": len(epochs_acc), "lr": 0.05}
+              "seed": seed, "epochs": len(epochs_acc), "lr": 0.05,
+              "teacher": None if teacher is None else {"overrides": [f"model={teacher}"], "run_id": None}}
     metrics = {} if status != "ok" else {"test_acc": acc, "test_ece": ece, "test_nll": 1 - acc}
+    extra = {} if teacher is None else {"teacher_run_id": "t0", "teacher_test_acc": 0.99}
     records.write_json(folder / "result.json", {"run_id": run_id, "choices": choices, "config": config, "status": status,
-                                                "error": None if status == "ok" else "boom", "metrics": metrics})
+                                                "error": None if status == "ok" else "boom", "metrics": metrics} | extra)
     records.write_csv(folder / "epochs.csv", pd.DataFrame({"epoch": range(1, len(epochs_acc) + 1), "test_acc": epochs_acc}))
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     torch.save({"test_logits": logits, "test_target": torch.tensor([0, 1, 1])}, folder / "logits.pt")
@@ -126,3 +129,15 @@ def test_an_empty_results_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert summary_main(["--results", str(tmp_path)]) == 2
     assert "no runs found" in capsys.readouterr().out
+
+
+def test_a_distillation_loss_is_compared_with_its_teacher_attached(tmp_path):
+    # CE has no teacher, KD has one: comparing losses pairs them by seed all the same
+    for seed, (ce, kd) in enumerate([(0.90, 0.92), (0.91, 0.93), (0.89, 0.90)]):
+        make_run(tmp_path, f"ce{seed}", pooling="max", seed=seed, acc=ce)
+        make_run(tmp_path, f"kd{seed}", pooling="max", seed=seed, acc=kd, loss="kd", teacher="resnet20")
+    assert summary_main(["--results", str(tmp_path), "--baseline", "loss=ce", "--no-plots"]) == 0
+    c = pd.read_csv(tmp_path / "comparison.csv")
+    row = c[c.metric == "test_acc"].iloc[0]
+    assert row.method == "loss=kd teacher=resnet20" and row.n_pairs == 3
+    assert row.diff_mean == pytest.approx((0.02 + 0.02 + 0.01) / 3)
