@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -180,8 +181,10 @@ def _tests(d: np.ndarray) -> dict[str, float]:
         return {"p_t": np.nan, "p_wilcoxon": np.nan}
     if np.all(d == 0):
         return {"p_t": 1.0, "p_wilcoxon": 1.0}
-    p_t = stats.ttest_rel(d, np.zeros_like(d)).pvalue if np.std(d) > 0 else 0.0  # identical non-zero differences
-    return {"p_t": float(p_t), "p_wilcoxon": float(stats.wilcoxon(d).pvalue)}
+    with warnings.catch_warnings():  # near-identical differences make scipy warn; its p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_t = stats.ttest_rel(d, np.zeros_like(d)).pvalue if np.std(d) > 0 else 0.0  # identical non-zero differences
+        return {"p_t": float(p_t), "p_wilcoxon": float(stats.wilcoxon(d).pvalue)}
 
 
 def _verdict(r: Any) -> str:
