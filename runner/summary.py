@@ -230,7 +230,9 @@ def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups:
     datasets = list(dict.fromkeys(ok["dataset"]))
 
     def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
+        with warnings.catch_warnings():  # long labels: tight_layout gives up where bbox_inches="tight" still fits them
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
         path = out_dir / name
         with records.atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
