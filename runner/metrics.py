@@ -52,14 +52,25 @@ def higher_is_better(column: str) -> bool | None:
     return None
 
 
-def _binned_gaps(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mass, |acc − conf|) per bin ``(edges[b], edges[b+1]]``, the first bin closed on the left."""
+def reliability(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mass, accuracy, mean confidence) per bin ``(edges[b], edges[b+1]]``, the first bin closed on the left."""
     index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, len(edges) - 2)  # conf == edges[b+1] -> bin b
-    mass = np.bincount(index, minlength=len(edges) - 1) / len(conf)
-    count = np.maximum(np.bincount(index, minlength=len(edges) - 1), 1)
-    acc = np.bincount(index, weights=hit, minlength=len(edges) - 1) / count
-    avg_conf = np.bincount(index, weights=conf, minlength=len(edges) - 1) / count
+    counts = np.bincount(index, minlength=len(edges) - 1)
+    safe = np.maximum(counts, 1)
+    acc = np.bincount(index, weights=hit, minlength=len(edges) - 1) / safe
+    return counts / len(conf), acc, np.bincount(index, weights=conf, minlength=len(edges) - 1) / safe
+
+
+def _binned_gaps(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mass, |acc − conf|) per bin."""
+    mass, acc, avg_conf = reliability(conf, hit, edges)
     return mass, np.abs(acc - avg_conf)
+
+
+def top_label(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(max softmax probability, 1.0 where the argmax is the target) per sample, as float64 arrays."""
+    conf, pred = F.softmax(logits.detach().double().cpu(), dim=1).max(dim=1)
+    return conf.numpy(), (pred == target.cpu()).double().numpy()
 
 
 def calibration_errors(conf: np.ndarray, hit: np.ndarray, n_bins: int = 15) -> dict[str, float]:
@@ -130,8 +141,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = "e
         grid = np.round(np.arange(1, 101) * 0.1, 1)
         eces = []
         for t in grid:
-            conf, pred = F.softmax(logits / t, dim=1).max(dim=1)
-            eces.append(calibration_errors(conf.numpy(), (pred == target).double().numpy(), n_bins)["ece"])
+            eces.append(calibration_errors(*top_label(logits / t, target), n_bins)["ece"])
         return float(grid[int(np.argmin(eces))])  # the first (smallest) T of a tie
     if method == "nll_lbfgs":
         log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)

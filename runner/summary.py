@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from runner import records
-from runner.metrics import higher_is_better
+from runner.metrics import higher_is_better, reliability, top_label
 
 ALPHA = 0.05
 KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
@@ -163,14 +163,14 @@ def compare(ok: pd.DataFrame, config: list[str], metrics: list[str], baseline: s
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    from statsmodels.stats.multitest import multipletests
+
     for test in ("t", "wilcoxon"):
         table[f"p_{test}_holm"] = np.nan
         for m, idx in table.groupby("metric").groups.items():
             p = table.loc[idx, f"p_{test}"]
             valid = p.notna()
             if valid.any():
-                from statsmodels.stats.multitest import multipletests
-
                 table.loc[p[valid].index, f"p_{test}_holm"] = multipletests(p[valid], alpha=ALPHA, method="holm")[1]
     table["verdict"] = [_verdict(r) for r in table.itertuples()]
     return table
@@ -259,18 +259,10 @@ def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups:
     fig, axes = plt.subplots((len(group_names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 3.2 * ((len(group_names) + cols - 1) // cols)),
                              squeeze=False)
     for ax, g in zip(axes.flat, group_names):
-        conf, hit = [], []
-        for folder in ok[ok.group == g].folder:
-            saved = torch.load(Path(folder) / "logits.pt", weights_only=True)
-            p = torch.softmax(saved["test_logits"].double(), dim=1)
-            c, pred = p.max(dim=1)
-            conf.append(c.numpy())
-            hit.append((pred == saved["test_target"]).double().numpy())
-        conf, hit = np.concatenate(conf), np.concatenate(hit)
-        index = np.clip(np.searchsorted(bins, conf, side="left") - 1, 0, 14)
-        count = np.bincount(index, minlength=15)
-        acc = np.bincount(index, weights=hit, minlength=15) / np.maximum(count, 1)
-        ax.bar(bins[:-1], np.where(count > 0, acc, 0), width=1 / 15, align="edge", edgecolor="k", label="accuracy")
+        pairs = [top_label(saved["test_logits"], saved["test_target"])
+                 for saved in (torch.load(Path(f) / "logits.pt", weights_only=True) for f in ok[ok.group == g].folder)]
+        mass, acc, _ = reliability(np.concatenate([c for c, _ in pairs]), np.concatenate([h for _, h in pairs]), bins)
+        ax.bar(bins[:-1], np.where(mass > 0, acc, 0), width=1 / 15, align="edge", edgecolor="k", label="accuracy")
         ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
         ax.set(title=g, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
         ax.title.set_fontsize(7)
