@@ -2,7 +2,7 @@
 ``SimpleCNN`` and, in ``models/vgg.py``, VGG-11."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class StagedCNN(nn.Module):
     ) -> None:
         super().__init__()
         if not stages or not all(stages):
-            raise ValueError(f"need at least one stage and one conv per stage, got {[list(s) for s in stages]}")
+            raise ValueError(f"need at least one stage and one conv per stage, got stages {[list(s) for s in stages]}")
         down = check_downsample_at(downsample_at, len(stages))
         layers: list[nn.Module] = []
         c = in_channels
@@ -49,25 +49,11 @@ class StagedCNN(nn.Module):
 
 
 class SimpleCNN(StagedCNN):
-    """A small VGG-style CNN: ``convs_per_stage`` blocks of ``widths[i]`` channels per stage.
+    """A small VGG-style CNN: ``convs_per_stage`` blocks of ``widths[i]`` channels per stage; the family's
+    arguments, ``downsample_at`` and ``dropout`` pass through to ``StagedCNN``.
 
     With the default two stages and 2×2 pooling, 28×28 inputs reach the head at 7×7 and 32×32 at 8×8.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        pool: Callable[[int], nn.Module],
-        global_pool: Callable[[int], nn.Module],
-        norm: Callable[..., nn.Module],
-        widths: Sequence[int] = (32, 64),
-        convs_per_stage: int = 2,
-        dropout: float = 0.0,
-        downsample_at: Sequence[int] | None = None,
-    ) -> None:
-        if not widths or convs_per_stage < 1:
-            raise ValueError(f"need at least one stage and one conv per stage, got widths={list(widths)}, "
-                             f"convs_per_stage={convs_per_stage}")
-        super().__init__(in_channels, num_classes, pool, global_pool, norm, [[w] * convs_per_stage for w in widths],
-                         downsample_at, dropout)
+    def __init__(self, *args: Any, widths: Sequence[int] = (32, 64), convs_per_stage: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, stages=[[w] * max(convs_per_stage, 0) for w in widths], **kwargs)

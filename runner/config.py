@@ -366,11 +366,15 @@ def _check_builds(cfg: DictConfig, choices: Mapping[str, str]) -> None:
         from datasets import SPECS
 
         hint = ""
-        if "downsample_at" in cfg.model:
+        if isinstance(e, _ForwardError) and "downsample_at" in cfg.model:
             size = SPECS[cfg.dataset.name].image_size
             hint = (f" The {size}×{size} images of dataset={choices['dataset']} may be too small for the model's "
                     f"downsampling: model.downsample_at={list(cfg.model.downsample_at)} lists the stages that downsample.")
         raise ConfigError(f"the model does not build or run with {where}: {' '.join(str(e).split())}.{hint}") from None
+
+
+class _ForwardError(RuntimeError):
+    """The model built but failed on an input of the dataset's shape (often too small for its poolings)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -385,7 +389,10 @@ def _dry_forward(key: str) -> None:
     model = build_model(parts)
     spec = SPECS[parts.dataset.name]
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # checking shapes is no reason to compile
-        out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+        try:
+            out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+        except (ValueError, RuntimeError) as e:
+            raise _ForwardError(" ".join(str(e).split())) from None
     if tuple(out.shape) != (2, spec.num_classes):
         raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
 
@@ -409,12 +416,27 @@ def _hydra_ready():
 
 
 def teacher_ref(cfg: DictConfig, choices: Mapping[str, str]) -> TeacherRef | None:
-    """Where the teacher of ``cfg`` is (or will be): by its settings, by ``teacher.run_id`` or by ``teacher.checkpoint``."""
+    """Where the teacher of ``cfg`` is (or will be): by its settings, by ``teacher.run_id`` or by ``teacher.checkpoint``.
+
+    Validation, the run id and the run itself all ask; the answer is worked out once per process for
+    the parts of the config it depends on (composing the teacher's config or reading its checkpoint).
+    """
+    if cfg.get("teacher") is None:
+        return None
+    key = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+           for k in ("teacher", "dataset", "data_dir", "download", "results_dir", "device", "threads")}
+    return _teacher_ref(json.dumps(key | {"dataset_choice": choices["dataset"], "teacher_choice": choices.get("teacher")},
+                                   sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _teacher_ref(key: str) -> TeacherRef:
     import torch
 
-    t = cfg.get("teacher")
-    if t is None:
-        return None
+    parts = json.loads(key)
+    cfg = OmegaConf.create({k: v for k, v in parts.items() if not k.endswith("_choice")})
+    choices = {"dataset": parts["dataset_choice"], "teacher": parts["teacher_choice"]}
+    t = cfg.teacher
     ways = [k for k in ("overrides", "run_id", "checkpoint") if t.get(k)]
     if len(ways) != 1:
         raise ConfigError(f"teacher={choices.get('teacher')}: give exactly one of teacher.overrides (the teacher run's "
@@ -438,7 +460,7 @@ def teacher_ref(cfg: DictConfig, choices: Mapping[str, str]) -> TeacherRef | Non
     key = "teacher.checkpoint" if t.get("checkpoint") else "teacher.run_id"
     if not path.is_file():
         raise ConfigError(f"{key}={t.get('checkpoint') or t.get('run_id')}: no checkpoint at {path}.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the weights stay on disk
     _check_teacher_shape(ckpt["config"]["dataset"]["name"], cfg.dataset.name, key)
     return TeacherRef(str(ckpt.get("run_id") or hashlib.sha1(path.read_bytes()).hexdigest()[:10]), path)
 
@@ -457,13 +479,13 @@ def _check_teacher(cfg: DictConfig, choices: Mapping[str, str]) -> None:
     from hydra.utils import get_class
 
     needs = bool(getattr(get_class(cfg.loss._target_), "needs_teacher", False))
-    distill = [o for o in groups()["loss"] if getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{o}.yaml")._target_),
-                                                      "needs_teacher", False)]
     if needs and cfg.get("teacher") is None:
         raise ConfigError(f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(groups()['teacher'])}> "
                           "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
                           "or teacher=checkpoint teacher.checkpoint=<path>.")
     if not needs and cfg.get("teacher") is not None:
+        distill = [o for o in groups()["loss"]
+                   if getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{o}.yaml")._target_), "needs_teacher", False)]
         raise ConfigError(f"teacher={choices['teacher']}: loss={choices['loss']} does not use a teacher; "
                           f"the distillation losses are {', '.join(distill)}.")
     teacher_ref(cfg, choices)

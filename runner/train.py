@@ -128,11 +128,9 @@ class Teacher(nn.Module):
         return self.model(x * self.scale + self.shift)
 
 
-def load_teacher(ref: TeacherRef, student_dataset: str) -> tuple[Teacher, dict[str, Any]]:
-    """(the teacher module, its run's record or {} when it has none)."""
+def load_teacher(ref: TeacherRef, student_dataset: str) -> Teacher:
     model, ckpt = load_checkpoint(ref.checkpoint)
-    own = datasets.SPECS[ckpt["config"]["dataset"]["name"]]
-    return Teacher(model, datasets.SPECS[student_dataset], own), records.read_result(ref.checkpoint.parent) or {}
+    return Teacher(model, datasets.SPECS[student_dataset], datasets.SPECS[ckpt["config"]["dataset"]["name"]])
 
 
 def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torch.device,
@@ -267,7 +265,7 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         found = _teacher_for(cfg, choices)
         if found is not None:
             ref, teacher_record = found
-            teacher = load_teacher(ref, cfg.dataset.name)[0]
+            teacher = load_teacher(ref, cfg.dataset.name)
             record |= {"teacher_run_id": ref.run_id, "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc")}
         torch.manual_seed(cfg.seed)  # the initial weights
         model = build_model(cfg)
