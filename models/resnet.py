@@ -84,6 +84,10 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.global_pool.out_features, num_classes)
         init_weights(self)
 
+    def residual_branches(self) -> list[list[nn.Conv2d]]:
+        """The convolutions of each residual branch in order, for initializations that need them (Fixup)."""
+        return [[b.conv1, b.conv2] for b in self.blocks]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))  # (N, 64, H/4, W/4)
         return self.fc(self.global_pool(x))  # (N, num_classes)

@@ -13,7 +13,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner.config import AXES, Cell, ConfigError, preflight
+from runner.config import Cell, ConfigError, chosen, preflight
 from runner.progress import error, say
 
 
@@ -22,7 +22,7 @@ def task(cfg: DictConfig) -> None:
     from runner.train import run
 
     hc = HydraConfig.get()
-    choices = {a: str(hc.runtime.choices[a]) for a in AXES}
+    choices = chosen(hc.runtime.choices)
     try:
         run(cfg, choices, overrides=hc.overrides.task)
     except ConfigError as e:

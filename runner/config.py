@@ -114,7 +114,7 @@ def _check_group_options(parsed: Sequence[Any], options: Mapping[str, list[str]]
             value = o.value()
             if value is not None and str(value) not in options[key]:
                 raise ConfigError(
-                    f"{key}={value}: '{value}' is not an option of config group '{key}'. "
+                    f"{o.get_key_element()}={value}: '{value}' is not an option of config group '{key}'. "
                     f"Allowed: {', '.join(options[key])}.{_did_you_mean(str(value), options[key])}")
 
 
@@ -185,9 +185,19 @@ def _compose_cell(cell: Sequence[str], options: Mapping[str, list[str]], parser:
     return detach_choices(cfg)
 
 
+def chosen(runtime_choices: Mapping[str, Any]) -> dict[str, str]:
+    """The chosen option of every axis, and of an option's own sub-options (``norm@norm.block`` as ``norm.block``)."""
+    out = {a: str(runtime_choices[a]) for a in AXES}
+    for key, value in runtime_choices.items():
+        group, _, package = key.partition("@")
+        if group in AXES and package.startswith(group + "."):
+            out[package] = str(value)
+    return out
+
+
 def detach_choices(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     """Split a composed config (with its ``hydra`` node) into the run config and the chosen options."""
-    choices = {a: str(cfg.hydra.runtime.choices[a]) for a in AXES}
+    choices = chosen(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, choices
@@ -298,6 +308,7 @@ def validate(cfg: DictConfig, choices: Mapping[str, str]) -> None:
         raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
     _check_device(cfg.device)
     _check_targets(cfg)
+    _check_norm(cfg, choices)
     _check_builds(cfg, choices)
     _check_teacher(cfg, choices)
     try:
@@ -346,6 +357,34 @@ def _check_device(device: str) -> None:
             raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
+
+
+def _option_classes(group: str) -> dict[str, type]:
+    """Each option of a config group and the class its ``_target_`` names (read from the YAML, not composed)."""
+    from hydra.utils import get_class
+
+    return {p.stem: get_class(OmegaConf.load(p)._target_)
+            for p in sorted((CONF_DIR / group).glob("*.yaml"))}
+
+
+def _check_norm(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """What a norm declares about the models and batches it works with (models/norm/__init__.py)."""
+    from hydra.utils import get_class, instantiate
+
+    from models import declared
+
+    norm = instantiate(cfg.norm)
+    needs = declared(norm, "model_requires")
+    if needs is not None:
+        attribute, what = needs
+        if not hasattr(get_class(cfg.model._target_), attribute):
+            able = [name for name, cls in _option_classes("model").items() if hasattr(cls, attribute)]
+            raise ConfigError(f"norm={choices['norm']} needs {what}; model={choices['model']} has none. "
+                              f"Models that support it: {', '.join(able)}.")
+    if cfg.batch_size == 1 and declared(norm, "batch_dependent", False):
+        free = [name for name, cls in _option_classes("norm").items() if getattr(cls, "batch_dependent", False) is not True]
+        raise ConfigError(f"batch_size=1: norm={choices['norm']} normalizes with statistics over the batch and cannot "
+                          f"train on one sample. Use batch_size >= 2, or a norm computed per sample: {', '.join(free)}.")
 
 
 def _check_builds(cfg: DictConfig, choices: Mapping[str, str]) -> None:

@@ -93,8 +93,15 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
     return out | {k: record.get(k) for k in BOOKKEEPING}
 
 
-def _columns(df: pd.DataFrame, first: tuple[str, ...], last: tuple[str, ...]) -> list[str]:
-    return [c for c in first if c in df] + [c for c in df if c not in first and c not in last] + [c for c in last if c in df]
+def _columns(df: pd.DataFrame) -> list[str]:
+    """Axes; seed, epochs, batch size, lr and weight decay with the norm's settings beside them (normalization
+    changes what weight decay does to the effective learning rate); the other settings; metrics; bookkeeping."""
+    hyper = sorted(c for c in df if "." in c and c.split(".")[0] in AXES)
+    split = TOP_LEVEL.index("weight_decay") + 1
+    first = (AXES + TOP_LEVEL[:split] + tuple(c for c in hyper if c.startswith("norm.")) + TOP_LEVEL[split:] + TEACHER
+             + tuple(c for c in hyper if not c.startswith("norm.")))
+    return [c for c in first if c in df] + [c for c in df if c not in first and c not in BOOKKEEPING] + \
+        [c for c in BOOKKEEPING if c in df]
 
 
 def rebuild_tables(root: Path) -> pd.DataFrame:
@@ -104,7 +111,7 @@ def rebuild_tables(root: Path) -> pd.DataFrame:
         records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None]
         runs = pd.DataFrame([row(r) for r in records])
         if len(runs):
-            runs = runs[_columns(runs, AXES + TOP_LEVEL, BOOKKEEPING)]
+            runs = runs[_columns(runs)]
         epoch_frames = []
         for r in records:
             path = root / "runs" / r["run_id"] / "epochs.csv"

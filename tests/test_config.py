@@ -33,7 +33,8 @@ def _needs_teacher(loss: str) -> bool:
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() for o in opts])
 def test_every_option_of_every_group_composes_validates_and_builds(group, option, data_dir, finished_run):
     # compose() validates, which instantiates the loss and optimizer and runs the model on zeros
-    extra = ["dataset=cifar10"] if (group, option) == ("model", "vgg11") else []  # five poolings need 32×32
+    extra = {("model", "vgg11"): ["dataset=cifar10"],  # five poolings need 32×32
+             ("norm", "fixup"): ["model=resnet20"]}.get((group, option), [])  # fixup needs residual blocks
     if group == "loss" and _needs_teacher(option):
         extra = ["teacher=resnet20"]
     if group == "teacher":  # a teacher needs a distillation loss; run and checkpoint need a finished run
@@ -86,6 +87,14 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["warmup_epochs=20"], "warmup_epochs=20.0: longer than the run"),
     (["device=tpu"], "device=tpu: allowed: auto, cpu, cuda, cuda:N, mps"),
     (["+foo=1"], "foo: not a config key"),
+    (["norm=fixup"], "norm=fixup needs a model with residual blocks; model=simple_cnn has none. Models that support it: resnet20."),
+    (["norm=batch", "batch_size=1"], "batch_size=1: norm=batch normalizes with statistics over the batch"),
+    (["norm=evonorm_b0", "batch_size=1"], "a norm computed per sample: evonorm_s0, fixup, group, instance, layer, none, online_norm, selu"),
+    (["norm=weight_norm", "norm@norm.block=powernorm", "batch_size=1"], "norm=weight_norm normalizes with statistics"),
+    (["norm=group", "norm.groups=3"], "norm.groups=3 does not divide a layer of 32 channels"),
+    (["norm=evonorm_s0", "norm.group_size=5"], "norm.group_size=5 does not divide a layer of 32 channels"),
+    (["norm=online_norm", "norm.ecm=clamp"], "norm.ecm='clamp': allowed: ls, ac, none"),
+    (["norm=weight_norm", "norm@norm.block=bach"], "norm@norm.block=bach: 'bach' is not an option of config group 'norm'."),
     (["dataset=cifar10", "data_dir=/nonexistent"], "data_batch_1"),
 ])
 def test_config_errors_name_key_value_and_what_is_allowed(overrides, message):

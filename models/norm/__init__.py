@@ -1,10 +1,21 @@
 """Normalization + activation blocks: ``norm(C, apply_act=True)``: (N, C, H, W) -> (N, C, H, W).
 
-A block class may declare, for the model builder and the models:
-``conv_bias`` (do the convolutions before it need a bias), ``act_layer`` (the activation used
-where a model applies one on its own, e.g. after a residual sum) and ``prepare_model(model)``
-(a change to the whole model: initialization, weight reparametrization).
-"""
-from models.norm.basic import BatchNormAct, NoNormAct
+A norm factory (a block class, or an object such as ``WeightNorm``) may declare, for the model builder,
+the validator and the models:
 
-__all__ = ["BatchNormAct", "NoNormAct"]
+- ``conv_bias``: do the convolutions before it need a bias;
+- ``act_layer``: the activation a model applies on its own, e.g. after a residual sum;
+- ``prepare_model(model)``: a change to the whole built model (initialization, weight reparametrization);
+- ``batch_dependent``: it normalizes with statistics over the batch, so it cannot train on one sample;
+- ``model_requires = (attribute, description)``: it only works in models that have that attribute.
+"""
+from models.norm.basic import BatchNormAct, GroupNormAct, NoNormAct
+from models.norm.evonorm import EvoNormB0, EvoNormS0
+from models.norm.fixup import FixupAct, FixupNormAct
+from models.norm.online import OnlineNormAct
+from models.norm.power import PowerNormAct
+from models.norm.reparam import SpectralNorm, WeightNorm
+from models.norm.selu import SELUAct
+
+__all__ = ["BatchNormAct", "EvoNormB0", "EvoNormS0", "FixupAct", "FixupNormAct", "GroupNormAct", "NoNormAct",
+           "OnlineNormAct", "PowerNormAct", "SELUAct", "SpectralNorm", "WeightNorm"]
