@@ -12,6 +12,11 @@ Peak memory is the process's peak resident size during the call over its size be
 ``VmHWM``, reset through ``/proc/self/clear_refs``), with glibc told to return every large block to
 the system at once, so it counts what the call allocates: output, saved tensors, input gradient.
 
+Section ``norm``: forward + backward time of every normalization block (built from its YAML) on one
+(128, 64, 32, 32) float32 tensor in training mode, relative to ``batch``. Weight and spectral norm change
+the convolutions, not the block: their figure adds computing (and back-propagating through) one
+reparametrized 64→64 3×3 conv weight to their inner block's time.
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 
 import datasets
 from runner.checkpoint import build_model
-from runner.config import compose
+from runner.config import compose, groups
 from runner.optim import warmup_cosine
 from runner.train import train_one_epoch
 
@@ -139,8 +144,6 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 def pool_section(rounds: int) -> dict[str, float]:
     from hydra.utils import instantiate
 
-    from runner.config import groups
-
     ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: large blocks go back at free
     shape = (128, 64, 32, 32)
     layers: dict[str, torch.nn.Module] = {}
@@ -178,7 +181,47 @@ def pool_section(rounds: int) -> dict[str, float]:
     return figures
 
 
-SECTIONS = {"loop": loop_section, "pool": pool_section}
+def norm_section(rounds: int) -> dict[str, float]:
+    from hydra.utils import instantiate
+
+    shape = (128, 64, 32, 32)
+    x = torch.randn(shape).requires_grad_()
+    grad = torch.randn(shape)
+    blocks: dict[str, Callable[[], None]] = {}
+    for name in groups()["norm"]:
+        cfg, _ = compose([f"norm={name}"] + (["model=resnet20"] if name == "fixup" else []))
+        factory = instantiate(cfg.norm)
+        block = factory(shape[1]).train()
+        conv = None
+        if hasattr(factory, "reparametrize"):  # weight/spectral norm: a 64→64 3×3 conv's weight, computed each step
+            conv = torch.nn.Conv2d(shape[1], shape[1], 3)
+            factory.reparametrize(conv.train())
+
+        def step(block=block, conv=conv) -> None:
+            block(x).backward(grad)
+            if conv is not None:
+                conv.weight.sum().backward()
+            x.grad = None
+
+        blocks[name] = step
+    blocks = {"batch": blocks.pop("batch"), **blocks}
+    times = {name: [] for name in blocks}
+    for name, step in blocks.items():  # warm-up call
+        step()
+    for _ in range(rounds):
+        for name, step in blocks.items():
+            times[name].append(min(timed(step) for _ in range(3)))
+    base = min(times["batch"])
+    print(f"\nnormalization blocks, forward + backward on a {tuple(shape)} float32 tensor, relative to batch "
+          f"({base * 1e3:.1f} ms); weight/spectral norm: the none block plus one 64→64 3×3 conv weight's reparametrization")
+    figures = {"norm_batch_ms": base * 1e3}
+    for name in blocks:
+        figures[f"norm_{name}_over_batch"] = min(times[name]) / base
+        print(f"  {name:<16}{figures[f'norm_{name}_over_batch']:>7.2f}×")
+    return figures
+
+
+SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from runner import records
 from runner.checkpoint import build_model, load_checkpoint, save_checkpoint
 from runner.config import TeacherRef, ood_dataset, run_id, teacher_ref, validate
 from runner.metrics import classification_metrics, final_metrics
+from models import declared
 from runner.optim import warmup_cosine
 from runner.progress import epoch_bar, error, say
 
@@ -148,7 +149,9 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
     if teacher is not None:
         teacher.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     loss_fn = instantiate(cfg.loss).to(device)
-    optimizer = instantiate(cfg.optim)(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = declared(instantiate(cfg.norm), "param_groups")  # a norm may train some parameters at another lr
+    params = groups(model, cfg.lr) if groups else model.parameters()
+    optimizer = instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda and cfg.amp else contextlib.nullcontext
 
     def batches(split: tuple[torch.Tensor, torch.Tensor], train: bool) -> datasets.Batches:

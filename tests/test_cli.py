@@ -151,3 +151,21 @@ def test_every_loss_trains_on_mnist5k_and_distillation_trains_its_teacher_once(t
     teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]].iloc[0]
     assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 12
     assert (students["teacher_test_acc"] == teacher["test_acc"]).all()
+
+
+NORMS = "batch,none,group,layer,instance,weight_norm,spectral_norm,evonorm_b0,evonorm_s0,selu,online_norm,powernorm"
+
+
+@pytest.mark.slow
+def test_every_norm_trains_on_mnist5k_and_fixup_in_the_resnet(tmp_path):
+    res = cli("-m", f"norm={NORMS}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stderr
+    for extra in (["model=resnet20", "norm=fixup"], ["norm=weight_norm", "norm@norm.block=batch"]):
+        res = cli(*extra, "epochs=1", f"results_dir={tmp_path}")
+        assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["norm"]) == sorted(NORMS.split(",") + ["fixup", "weight_norm"]) and set(runs["status"]) == {"ok"}
+    assert runs["test_acc"].between(0, 1).all() and (runs.loc[runs["norm"] == "batch", "test_acc"] > 0.5).all()
+    assert sorted(runs["norm.block"].dropna()) == ["batch", "none", "none"]  # weight_norm+batch, weight_norm, spectral_norm
+    cols = list(runs.columns)  # the norm's settings sit beside the learning rate and weight decay
+    assert cols.index("weight_decay") + 1 == cols.index("norm.alpha_bkw") and "norm.groups" in cols

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import build_model
-from models.norm import (BatchNormAct, EvoNormB0, EvoNormS0, FixupNormAct, GroupNormAct, NoNormAct, OnlineNormAct,
+from models.norm import (SELU, BatchNormAct, EvoNormB0, EvoNormS0, Fixup, GroupNormAct, NoNormAct, OnlineNormAct,
                          PowerNormAct, SELUAct, SpectralNorm, WeightNorm)
 from models.pooling import GlobalAvgPool, MaxPool
 from models.resnet import CifarResNet
@@ -30,7 +30,7 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "weight_norm+batch": (WeightNorm(BatchNormAct), True),
     "evonorm_b0": (EvoNormB0, True),
     "evonorm_s0": (EvoNormS0, False),
-    "selu": (SELUAct, False),
+    "selu": (SELU(), False),
     "online_norm": (OnlineNormAct, False),
     "powernorm": (PowerNormAct, True),
 }
@@ -194,7 +194,7 @@ def test_selu_values_and_initialization():
     x = torch.tensor([1.0, -1.0, 0.0]).view(1, 1, 1, 3)
     assert SELUAct(1)(x).flatten().tolist() == pytest.approx([1.050701, -1.111331, 0.0], abs=1e-6)
     torch.manual_seed(0)
-    net = model_with(VGG, SELUAct, 3, dropout=0.3)
+    net = model_with(VGG, SELU(), 3, dropout=0.3)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     big = convs[-1]  # 512 -> 512, 3×3: LeCun normal std = 1/sqrt(512·9)
     assert big.weight.std().item() == pytest.approx(1 / math.sqrt(512 * 9), rel=0.01)
@@ -236,7 +236,7 @@ def test_spectral_norm_by_hand_and_the_classifier_switch():
 def test_a_reparametrized_block_declares_what_its_inner_block_does():
     assert WeightNorm(NoNormAct).conv_bias and not WeightNorm(BatchNormAct).conv_bias
     assert WeightNorm(BatchNormAct).batch_dependent and not SpectralNorm(NoNormAct).batch_dependent
-    assert SpectralNorm(SELUAct).act_layer is nn.SELU
+    assert SpectralNorm(SELU()).act_layer is nn.SELU and SpectralNorm(SELU(0.5)).param_groups is not None
 
 
 # ---------------------------------------------------------------- Fixup
@@ -245,7 +245,7 @@ def test_a_reparametrized_block_declares_what_its_inner_block_does():
 @pytest.mark.parametrize("downsample", ["conv", "pool"])
 def test_fixup_starts_at_zero_logits_so_the_first_loss_is_ln_k(classes, expected, downsample):
     torch.manual_seed(0)
-    net = model_with(CifarResNet, FixupNormAct, 3, classes, downsample=downsample).train()
+    net = model_with(CifarResNet, Fixup(), 3, classes, downsample=downsample).train()
     x = torch.randn(8, 3, 32, 32) * 5
     logits = net(x)
     assert torch.equal(logits, torch.zeros_like(logits))
@@ -255,7 +255,7 @@ def test_fixup_starts_at_zero_logits_so_the_first_loss_is_ln_k(classes, expected
 
 def test_fixup_blocks_are_the_identity_at_initialization_and_scaled_as_the_paper_says():
     torch.manual_seed(0)
-    net = model_with(CifarResNet, FixupNormAct, 3)
+    net = model_with(CifarResNet, Fixup(), 3)
     branches = net.residual_branches()
     assert len(branches) == 9 and all(not b[1].weight.any() for b in branches)
     # the first conv of each branch: He normal (fan_out) × L^(-1/(2m-2)) = × 9^(-1/2) for m = 2
@@ -266,6 +266,18 @@ def test_fixup_blocks_are_the_identity_at_initialization_and_scaled_as_the_paper
     assert torch.equal(block(h), h)
     n_scalars = sum(p.numel() for n, p in net.named_parameters() if p.dim() == 1 and p.numel() == 1)
     assert n_scalars == 2 + 9 * 5  # stem: bias before ReLU and before block 1; per block: 5 (Zhang et al.)
+
+
+def test_fixup_scalars_and_selu_nets_train_at_their_own_learning_rate():
+    net = model_with(CifarResNet, Fixup(), 3)
+    main, scalars = Fixup().param_groups(net, lr=0.1)
+    assert "lr" not in main and scalars["lr"] == pytest.approx(0.01)  # the authors' 1/10
+    assert sum(p.numel() for p in scalars["params"]) == 47 + 10  # the scalars and the classifier's bias
+    assert {id(p) for p in main["params"] + scalars["params"]} == {id(p) for p in net.parameters()}
+    assert not any(p.dim() == 1 for p in main["params"])  # no conv biases: weights only
+    selu_net = model_with(SimpleCNN, SELU(lr_scale=0.4))
+    optimizer = torch.optim.SGD(SELU(lr_scale=0.4).param_groups(selu_net, lr=0.05), lr=0.05)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.02)]
 
 
 # ---------------------------------------------------------------- Online Normalization

@@ -7,15 +7,17 @@ the validator and the models:
 - ``act_layer``: the activation a model applies on its own, e.g. after a residual sum;
 - ``prepare_model(model)``: a change to the whole built model (initialization, weight reparametrization);
 - ``batch_dependent``: it normalizes with statistics over the batch, so it cannot train on one sample;
-- ``model_requires = (attribute, description)``: it only works in models that have that attribute.
+- ``model_requires = (attribute, description)``: it only works in models that have that attribute;
+- ``param_groups(model, lr)``: the optimizer's parameter groups, where its method trains some parameters
+  at another learning rate (Fixup's scalars, SELU nets).
 """
 from models.norm.basic import BatchNormAct, GroupNormAct, NoNormAct
 from models.norm.evonorm import EvoNormB0, EvoNormS0
-from models.norm.fixup import FixupAct, FixupNormAct
+from models.norm.fixup import Fixup, FixupAct, FixupNormAct
 from models.norm.online import OnlineNormAct
 from models.norm.power import PowerNormAct
 from models.norm.reparam import SpectralNorm, WeightNorm
-from models.norm.selu import SELUAct
+from models.norm.selu import SELU, SELUAct
 
-__all__ = ["BatchNormAct", "EvoNormB0", "EvoNormS0", "FixupAct", "FixupNormAct", "GroupNormAct", "NoNormAct",
-           "OnlineNormAct", "PowerNormAct", "SELUAct", "SpectralNorm", "WeightNorm"]
+__all__ = ["BatchNormAct", "EvoNormB0", "EvoNormS0", "Fixup", "FixupAct", "FixupNormAct", "GroupNormAct", "NoNormAct",
+           "OnlineNormAct", "PowerNormAct", "SELU", "SELUAct", "SpectralNorm", "WeightNorm"]

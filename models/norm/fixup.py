@@ -7,8 +7,8 @@ No normalization layer. Each residual branch ``conv1 → act → conv2`` becomes
 and the classifier reads ``fc(pool(h) + a_fc)``. Here these scalars live in the norm+activation blocks the
 model already places, so no model file names Fixup:
 
-- ``FixupNormAct(C)`` (after a conv, with activation): ``relu(x + b) + a`` (``a``: the next conv's input bias);
-- ``FixupNormAct(C, apply_act=False)`` (end of a branch): ``x · scale + b``;
+- ``Fixup()(C)`` (after a conv, with activation): ``relu(x + b) + a`` (``a``: the next conv's input bias);
+- ``Fixup()(C, apply_act=False)`` (end of a branch): ``x · scale + b``;
 - ``FixupAct()`` (after a residual sum): ``relu(x) + a`` (the next block's ``a1``, or the classifier's bias).
 
 ``prepare_model`` initializes as the paper does: the last conv of each of the L branches at 0, the other
@@ -38,9 +38,7 @@ class FixupAct(nn.Module):
 
 
 class FixupNormAct(nn.Module):
-    conv_bias = False  # the scalar biases take the place of per-channel conv biases
-    act_layer = FixupAct
-    model_requires = ("residual_branches", "a model with residual blocks")
+    """``relu(x + b) + a`` after a conv, or ``x · scale + b`` at the end of a branch (``apply_act=False``)."""
 
     def __init__(self, channels: int, apply_act: bool = True) -> None:
         super().__init__()
@@ -55,6 +53,22 @@ class FixupNormAct(nn.Module):
             return torch.relu(x + self.bias_in) + self.bias_out
         return x * self.scale + self.bias
 
+
+class Fixup:
+    """The ``norm=fixup`` factory: ``Fixup()(C)`` is a ``FixupNormAct``; ``prepare_model`` initializes the
+    residual model, and the scalar biases and scales (and the classifier's bias) train at
+    ``scalar_lr_scale`` × the run's learning rate, 1/10 in the authors' training script."""
+
+    conv_bias = False  # the scalar biases take the place of per-channel conv biases
+    act_layer = FixupAct
+    model_requires = ("residual_branches", "a model with residual blocks")
+
+    def __init__(self, scalar_lr_scale: float = 0.1) -> None:
+        self.scalar_lr_scale = scalar_lr_scale
+
+    def __call__(self, channels: int, apply_act: bool = True) -> nn.Module:
+        return FixupNormAct(channels, apply_act)
+
     @staticmethod
     def prepare_model(model: nn.Module) -> None:
         branches = model.residual_branches()
@@ -68,3 +82,10 @@ class FixupNormAct(nn.Module):
         classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         nn.init.zeros_(classifier.weight)
         nn.init.zeros_(classifier.bias)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """As the authors' script splits them: parameters named ``bias`` or ``scale`` apart from the rest."""
+        named = list(model.named_parameters())
+        scalar = [p for n, p in named if "bias" in n or "scale" in n]
+        return [{"params": [p for n, p in named if not ("bias" in n or "scale" in n)]},
+                {"params": scalar, "lr": lr * self.scalar_lr_scale}]

@@ -35,6 +35,10 @@ class _Reparametrized:
     def batch_dependent(self) -> bool:
         return declared(self.block, "batch_dependent", False)
 
+    @property
+    def param_groups(self):
+        return declared(self.block, "param_groups")
+
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The convolutions and, with ``classifier=True``, the linear layers."""
         kinds = (nn.Conv2d, nn.Linear) if self.classifier else (nn.Conv2d,)

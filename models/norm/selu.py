@@ -21,15 +21,27 @@ class SELUAct(nn.Module):
     """``SELU(x) = λ (max(0, x) + min(0, α (eˣ − 1)))``, λ ≈ 1.0507, α ≈ 1.6733; the identity with
     ``apply_act=False``."""
 
-    conv_bias = True  # no normalization shift: the convolutions keep their bias
-    act_layer = nn.SELU
-
     def __init__(self, channels: int, apply_act: bool = True) -> None:
         super().__init__()
         self.act = nn.SELU() if apply_act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x)
+
+
+class SELU:
+    """The ``norm=selu`` factory: ``SELU()(C)`` is a ``SELUAct``; the model is re-initialized and its dropout
+    made alpha dropout. ``lr_scale`` multiplies the run's learning rate for this net: without a normalization's
+    scale invariance, our SELU nets diverged at the shared default (see conf/norm/selu.yaml)."""
+
+    conv_bias = True  # no normalization shift: the convolutions keep their bias
+    act_layer = nn.SELU
+
+    def __init__(self, lr_scale: float = 1.0) -> None:
+        self.lr_scale = lr_scale
+
+    def __call__(self, channels: int, apply_act: bool = True) -> nn.Module:
+        return SELUAct(channels, apply_act)
 
     @staticmethod
     def prepare_model(model: nn.Module) -> None:
@@ -41,3 +53,6 @@ class SELUAct(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         replace_modules(model, nn.Dropout, lambda d: nn.AlphaDropout(d.p))
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        return [{"params": list(model.parameters()), "lr": lr * self.lr_scale}]
