@@ -26,7 +26,7 @@ test: $(STAMP) fashion-mnist  ## set up the venv, then run the whole test suite
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-bench: $(STAMP) fashion-mnist  ## time the runner's loop and every pooling layer; writes results/bench.json
+bench: $(STAMP) fashion-mnist  ## time the runner's loop, every pooling layer and every norm block; writes results/bench.json
 	$(PY) -m runner.bench $(ARGS)
 
 summary: $(STAMP)  ## statistics over seeds, paired comparisons, ranks, plots and report.md for results/; ARGS="--baseline pooling=max"

@@ -198,7 +198,7 @@ def norm_section(rounds: int) -> dict[str, float]:
             factory.reparametrize(conv.train())
 
         def step(block=block, conv=conv) -> None:
-            block(x).backward(grad)
+            block(x.clone()).backward(grad)  # a copy: in-place activations may not write to a leaf
             if conv is not None:
                 conv.weight.sum().backward()
             x.grad = None
