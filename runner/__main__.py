@@ -6,7 +6,9 @@ the cells' records give the exit status: 1 if any run failed, else 0.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -17,11 +19,20 @@ from runner.config import Cell, ConfigError, chosen, preflight
 from runner.progress import error, say
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def task(cfg: DictConfig) -> None:
+    from runner.launch import place
     from runner.train import run
 
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (scancel, a time limit, preemption, kill) stops the run as Ctrl-C does: recorded as interrupted
+        signal.signal(signal.SIGTERM, _terminated)
     hc = HydraConfig.get()
+    place(cfg, hc.launcher)
     choices = chosen(hc.runtime.choices)
     try:
         run(cfg, choices, overrides=hc.overrides.task)

@@ -23,6 +23,8 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+import runner.launch  # noqa: F401  (registers ${machine_jobs:}, which conf/launcher/local.yaml uses)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 AXES = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "optim", "teacher")  # config groups of a run
 TARGET_PACKAGES = ("models", "runner", "datasets")  # the only packages a _target_ may name

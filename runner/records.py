@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from runner.config import AXES, NOT_IDENTITY
 
-DONE = ("ok", "diverged")  # finished runs; failed and interrupted ones run again
+DONE = ("ok", "diverged")  # finished runs; failed, interrupted and killed ones run again
 TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",
              "ood")
 TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
@@ -57,11 +57,28 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     write_text(path, df.to_csv(index=False))
 
 
+def run_lock(root: Path, run_id: str) -> FileLock:
+    """The lock a process holds while it trains a run (an flock: the OS drops it when the process dies)."""
+    (root / ".locks").mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / ".locks" / f"{run_id}.lock"))
+
+
 def read_result(folder: Path) -> dict[str, Any] | None:
+    """A run's record. A run records ``running`` when it starts; if no process holds its lock any more it
+    was killed (SIGKILL, a node failure) before it could say so, and reads as ``interrupted``."""
     try:
-        return json.loads((folder / "result.json").read_text())
+        record = json.loads((folder / "result.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if record.get("status") == "running":
+        lock = run_lock(folder.parent.parent, record["run_id"])
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return record  # still training
+        lock.release()
+        record |= {"status": "interrupted", "error": "the process ended without recording a result (killed)"}
+    return record
 
 
 def completed(folder: Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -215,8 +215,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str], overrides: Iterable[str] = 
     if done and not cfg.force:
         say(f"skip {rid} ({label}): already completed, status={done['status']} (force=true reruns it)")
         return done
-    (root / ".locks").mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root / ".locks" / f"{rid}.lock"))
+    lock = records.run_lock(root, rid)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -253,6 +252,7 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         "started_at": _now(), "git_commit": git_commit(), "torch_version": torch.__version__, "device": str(device),
         "error": None,
     }
+    records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
     rows: list[dict[str, Any]] = []
 
     def on_epoch(row: dict[str, Any]) -> None:
