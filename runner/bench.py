@@ -17,6 +17,9 @@ Section ``norm``: forward + backward time of every normalization block (built fr
 the convolutions, not the block: their figure adds computing (and back-propagating through) one
 reparametrized 64→64 3×3 conv weight to their inner block's time.
 
+Section ``sweep``: wall time of the same 8-run grid on mnist5k (``-m pooling=max,avg seed=0,1,2,3
+epochs=2``) run by ``python -m runner`` one run after another and with ``launcher=local``, and their ratio.
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -28,6 +31,7 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -221,7 +225,33 @@ def norm_section(rounds: int) -> dict[str, float]:
     return figures
 
 
-SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section}
+SWEEP = ["-m", "pooling=max,avg", "seed=0,1,2,3", "epochs=2"]  # 8 runs on mnist5k
+
+
+def sweep_section(rounds: int) -> dict[str, float]:
+    """The same 8-run grid from the command line, one run after another and with ``launcher=local``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    def grid(*extra: str) -> float:
+        with tempfile.TemporaryDirectory() as root:  # a fresh results root: nothing is skipped
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "runner", *SWEEP, *extra, f"results_dir={root}"], check=True,
+                           stdout=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    for _ in range(max(1, rounds // 3)):  # whole grids take minutes: one round unless asked for more
+        times["sequential"].append(grid())
+        times["parallel"].append(grid("launcher=local"))
+    seq, par = min(times["sequential"]), min(times["parallel"])
+    print(f"\nthe 8-run grid `python -m runner {' '.join(SWEEP)}` on {os.cpu_count()} cores: one after another "
+          f"{seq:.1f} s, launcher=local {par:.1f} s ({par / seq:.2f}×)")
+    return {"sweep_sequential_s": seq, "sweep_parallel_s": par, "sweep_parallel_over_sequential": par / seq}
+
+
+SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section}
 
 
 def main() -> None:

@@ -1,0 +1,121 @@
+"""Scale: parallel launches, concurrent writers, killed runs. Nothing may be lost or half-written."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import ROOT, TINY, cli
+from omegaconf import OmegaConf
+
+from runner import launch, records
+
+CHOICES = {"dataset": "mnist", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
+           "loss": "ce", "optim": "sgd", "teacher": "None"}
+
+
+def _finish_a_run(root: str, run_id: str, barrier) -> None:
+    """What a run does at its end: write its record, then rebuild the tables; all at the same moment."""
+    folder = records.Path(root) / "runs" / run_id
+    barrier.wait()
+    records.write_json(folder / "result.json", {"run_id": run_id, "status": "ok", "choices": CHOICES,
+                                                "config": {"seed": 0}, "metrics": {"test_acc": 0.5}})
+    records.rebuild_tables(records.Path(root))
+
+
+def test_eight_processes_finishing_at_once_lose_no_row_and_duplicate_none(tmp_path):
+    ctx = mp.get_context("fork")
+    expected: list[str] = []
+    for wave in range(4):
+        barrier = ctx.Barrier(8)
+        ids = [f"w{wave}r{i}" for i in range(8)]
+        procs = [ctx.Process(target=_finish_a_run, args=(str(tmp_path), rid, barrier)) for rid in ids]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs)
+        expected += ids
+        runs = pd.read_csv(tmp_path / "runs.csv")  # the last writer rebuilt from everything on disk
+        assert sorted(runs["run_id"]) == sorted(expected) and runs["run_id"].is_unique
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_run_killed_at_a_random_moment_leaves_whole_tables_and_reruns(data_dir, tmp_path, attempt):
+    args = [*TINY, f"data_dir={data_dir}", "dataset.verify_checksums=false", f"results_dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until it trains, then kill it somewhere in its first seconds
+        if line.startswith("run ") or time.time() > deadline:
+            break
+    time.sleep(random.Random(attempt).uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    folders = list((tmp_path / "runs").glob("*/"))
+    assert len(folders) == 1
+    record = records.read_result(folders[0])
+    if (tmp_path / "runs.csv").exists():  # whole or absent, never half a table
+        table = pd.read_csv(tmp_path / "runs.csv")
+        assert len(table) <= 1 and set(table.columns) >= {"run_id", "status"}
+    if record is not None and record["status"] != "ok":  # killed before it finished
+        assert record["status"] == "interrupted" and "killed" in record["error"]
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 1 and runs.loc[0, "status"] == "ok"
+
+
+def test_parallel_jobs_share_the_cores_and_get_a_gpu_each(monkeypatch):
+    monkeypatch.setattr(launch, "usable_cores", lambda: 8)
+    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
+    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                               "n_jobs": 3})
+    cfg = OmegaConf.create({"threads": 0, "device": "auto"})
+    launch.place(cfg, joblib)
+    assert cfg.threads == 2 and cfg.device == "auto"  # 3 jobs × 2 threads <= 8 cores
+    cfg = OmegaConf.create({"threads": 4, "device": "cpu"})
+    launch.place(cfg, joblib)
+    assert cfg.threads == 4 and cfg.device == "cpu"  # what the user set stands
+    cfg = OmegaConf.create({"threads": 0, "device": "auto"})
+    launch.place(cfg, OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}))
+    assert cfg.threads == 0  # one run at a time: torch's own default
+    assert launch.machine_jobs() == 8  # one GPU: a job per core
+    monkeypatch.setattr(launch, "gpu_count", lambda: 2)
+    assert launch.machine_jobs() == 2  # several GPUs: a job per GPU
+
+
+def _claim(queue) -> None:
+    queue.put(launch._claim_gpu(2))
+    time.sleep(1.0)  # hold it while the other worker claims
+
+
+def test_two_workers_claim_different_gpus(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path))
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(queue,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert sorted(queue.get(timeout=5) for _ in procs) == [0, 1]
+
+
+@pytest.mark.slow
+def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp_path):
+    args = [*TINY, f"data_dir={data_dir}", "dataset.verify_checksums=false", f"results_dir={tmp_path}", "threads=0"]
+    res = cli("-m", "seed=0,1,2,3", "launcher=local", "hydra.launcher.n_jobs=2", *args)
+    assert res.returncode == 0, res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2, 3] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
+    threads = {records.read_result(tmp_path / "runs" / r)["config"]["threads"] for r in runs["run_id"]}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    res = cli("-m", "seed=0,1,2,3", *args)  # the launcher is not part of what a run is: all four are done
+    assert res.returncode == 0 and res.stdout.count("skip ") == 4, res.stdout
