@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import socket
 import subprocess
 import time
 import traceback
@@ -240,6 +242,14 @@ def _teacher_for(cfg: DictConfig, choices: Mapping[str, str]) -> tuple[TeacherRe
     return ref, records.read_result(ref.checkpoint.parent) or {}
 
 
+def _slurm_job_id() -> str | None:
+    """``<array job>_<task>`` (or the job id) when the run is a SLURM job, else None."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID")
+
+
 def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path, label: str) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -250,7 +260,7 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
     record: dict[str, Any] = {
         "run_id": rid, "choices": dict(choices), "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": _now(), "git_commit": git_commit(), "torch_version": torch.__version__, "device": str(device),
-        "error": None,
+        "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "error": None,
     }
     records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
     rows: list[dict[str, Any]] = []

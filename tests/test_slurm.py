@@ -1,0 +1,76 @@
+"""launcher=slurm against a real single-node SLURM (scripts/slurm-local.sh), as CI runs it.
+
+Needs root and apt-get (the script installs and starts slurmctld, slurmd and munge); elsewhere these
+tests skip and say why.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import ROOT, TINY, cli
+
+from runner import records
+
+SCRIPT = ROOT / "scripts" / "slurm-local.sh"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("needs root and apt-get to install and start a local SLURM (scripts/slurm-local.sh); CI runs it")
+    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode:
+        pytest.fail(f"scripts/slurm-local.sh start failed:\n{started.stdout}\n{started.stderr}")
+    yield
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+
+
+def slurm_args(data_dir, root) -> list[str]:
+    return [*TINY, f"data_dir={data_dir}", "dataset.verify_checksums=false", f"results_dir={root}",
+            "launcher=slurm", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1"]
+
+
+def test_a_sweep_runs_as_slurm_array_tasks(slurm, data_dir, tmp_path):
+    res = cli("-m", "seed=0,1,2,3", *slurm_args(data_dir, tmp_path), timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2, 3] and set(runs["status"]) == {"ok"}
+    jobs = runs["slurm_job_id"].astype(str)
+    assert jobs.str.fullmatch(r"\d+_[0-3]").all() and jobs.is_unique  # each run was one array task
+    assert jobs.str.split("_").str[0].nunique() == 1
+
+
+def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, data_dir, tmp_path):
+    args = ["-m", "seed=4,5,6,7", *slurm_args(data_dir, tmp_path), "epochs=3"]
+    sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline:  # a run that has started training
+        for folder in (tmp_path / "runs").glob("*/") if (tmp_path / "runs").exists() else []:
+            record = records.read_result(folder)
+            if record and record["status"] == "running" and record.get("slurm_job_id"):
+                victim = record
+                break
+        time.sleep(0.5)
+    assert victim is not None, "no run started under SLURM"
+    subprocess.run(["scancel", victim["slurm_job_id"]], check=True)
+    out, _ = sweep.communicate(timeout=600)
+    record = records.read_result(tmp_path / "runs" / victim["run_id"])
+    assert record["status"] in ("interrupted", "ok"), out  # SIGTERM -> interrupted (ok if it had just finished)
+    if record["status"] == "interrupted":
+        assert sweep.returncode != 0  # the launcher reports the cancelled job
+    done = {r["run_id"]: r["started_at"] for f in (tmp_path / "runs").glob("*/")
+            if (r := records.read_result(f)) and r["status"] == "ok"}
+    res = cli(*args, timeout=900)  # the same command: only what is missing runs
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["seed"]) == [4, 5, 6, 7] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
+    again = {rid: records.read_result(tmp_path / "runs" / rid)["started_at"] for rid in done}
+    assert again == done  # the finished runs were not run again
