@@ -63,6 +63,7 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
     subprocess.run(["scancel", victim["slurm_job_id"]], check=True)
     out, _ = sweep.communicate(timeout=600)
     record = records.read_result(tmp_path / "runs" / victim["run_id"])
+    print(f"cancelled {victim['slurm_job_id']}: recorded {record['status']}")
     assert record["status"] in ("interrupted", "ok"), out  # SIGTERM -> interrupted (ok if it had just finished)
     if record["status"] == "interrupted":
         assert sweep.returncode != 0  # the launcher reports the cancelled job
