@@ -42,8 +42,26 @@ def test_every_option_of_every_group_composes_validates_and_builds(group, option
         extra = ["loss=kd", "dataset=mnist", f"results_dir={root}"] + {
             "run": [f"teacher.run_id={rid}"], "checkpoint": [f"teacher.checkpoint={root}/runs/{rid}/checkpoint.pt"]}.get(option, [])
     cfg, choices = compose([f"{group}={option}", *extra, *data_overrides(data_dir)])
-    if group != "experiment":
+    if group not in ("experiment", "launcher"):  # a launcher is how runs execute, not what they are
         assert choices[group] == option
+
+
+@pytest.mark.parametrize("option,target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+                                           ("submitit_local", "LocalLauncher")])
+def test_a_launcher_option_selects_hydras_launcher_and_leaves_the_run_alone(option, target):
+    import os
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"launcher={option}"], return_hydra_config=True)
+        plain = hydra_compose("config")
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if option == "local":
+        assert cfg.hydra.launcher.n_jobs == len(os.sched_getaffinity(0))  # no GPUs here: one job per core
+    assert run_id(*compose([f"launcher={option}"])) == run_id(*compose([]))
+    assert OmegaConf.to_container(plain) == {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
 
 
 def test_every_yaml_with_a_target_names_a_class_that_exists():
