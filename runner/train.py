@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import datasets
+from models import declared
 from runner import records
 from runner.checkpoint import build_model, load_checkpoint, save_checkpoint
 from runner.config import TeacherRef, ood_dataset, run_id, teacher_ref, validate
 from runner.metrics import classification_metrics, final_metrics
-from models import declared
 from runner.optim import warmup_cosine
 from runner.progress import epoch_bar, error, say
 

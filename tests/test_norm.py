@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import build_model
+from models import build_model, declared
 from models.norm import (SELU, BatchNormAct, EvoNormB0, EvoNormS0, Fixup, GroupNormAct, NoNormAct, OnlineNormAct,
                          PowerNormAct, SELUAct, SpectralNorm, WeightNorm)
 from models.pooling import GlobalAvgPool, MaxPool
@@ -234,9 +234,12 @@ def test_spectral_norm_by_hand_and_the_classifier_switch():
 
 
 def test_a_reparametrized_block_declares_what_its_inner_block_does():
-    assert WeightNorm(NoNormAct).conv_bias and not WeightNorm(BatchNormAct).conv_bias
-    assert WeightNorm(BatchNormAct).batch_dependent and not SpectralNorm(NoNormAct).batch_dependent
-    assert SpectralNorm(SELU()).act_layer is nn.SELU and SpectralNorm(SELU(0.5)).param_groups is not None
+    assert declared(WeightNorm(NoNormAct), "conv_bias") and not declared(WeightNorm(BatchNormAct), "conv_bias")
+    assert declared(WeightNorm(BatchNormAct), "batch_dependent")
+    assert not declared(SpectralNorm(NoNormAct), "batch_dependent", False)
+    assert declared(SpectralNorm(SELU()), "act_layer") is nn.SELU
+    assert declared(SpectralNorm(SELU(0.5)), "param_groups") is not None
+    assert declared(WeightNorm(NoNormAct), "param_groups") is None
 
 
 # ---------------------------------------------------------------- Fixup

@@ -10,8 +10,7 @@ def check_batch(block: nn.Module, x: torch.Tensor) -> None:
     """A block that normalizes with statistics over the batch cannot train on one sample: say so, not NaN."""
     if block.training and x.shape[0] == 1:
         raise ValueError(f"{type(block).__name__} normalizes with statistics over the batch and cannot train on a "
-                         f"batch of 1; use batch_size >= 2 or a norm computed per sample (group, layer, instance, "
-                         f"evonorm_s0, online_norm, none)")
+                         f"batch of 1; use batch_size >= 2 or a norm computed per sample")
 
 
 def group_count(channels: int, groups: int, group_size: int | None) -> int:

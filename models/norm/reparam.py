@@ -7,6 +7,7 @@ activation, batch dependence) passes through.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from torch import nn
@@ -23,21 +24,11 @@ class _Reparametrized:
     def __call__(self, channels: int, apply_act: bool = True) -> nn.Module:
         return self.block(channels, apply_act=apply_act)
 
-    @property
-    def conv_bias(self) -> bool:
-        return declared(self.block, "conv_bias", False)
-
-    @property
-    def act_layer(self) -> type[nn.Module]:
-        return declared(self.block, "act_layer", nn.ReLU)
-
-    @property
-    def batch_dependent(self) -> bool:
-        return declared(self.block, "batch_dependent", False)
-
-    @property
-    def param_groups(self):
-        return declared(self.block, "param_groups")
+    def __getattr__(self, name: str):
+        """Whatever the inner block declares (conv_bias, act_layer, batch_dependent, param_groups) passes through."""
+        if name.startswith("_") or name == "block":
+            raise AttributeError(name)
+        return getattr(self.block.func if isinstance(self.block, functools.partial) else self.block, name)
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The convolutions and, with ``classifier=True``, the linear layers."""
