@@ -1,8 +1,8 @@
-"""Build a model from a run config, and save / load a finished run's checkpoint.
+"""A finished run's checkpoint: the weights and the resolved config that rebuilds the model.
 
-A checkpoint holds the weights and the resolved config that rebuilds the model, so a later run can
-use it (as a distillation teacher) without knowing how it was made. It is read with
-``torch.load(weights_only=True)``: plain containers and tensors, no pickled code.
+A later run can use it (as a distillation teacher) without knowing how it was made. It is read with
+``torch.load(weights_only=True)``: plain containers and tensors, no pickled code; the config inside is
+planned like a user's config before anything is built from it (runner/plan.py: ``checkpoint_plan``).
 """
 from __future__ import annotations
 
@@ -10,39 +10,29 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-import models
-from datasets import SPECS
+from runner.records import atomic_path
+from runner.schema import ConfigError
 
 
-def build_model(cfg: DictConfig) -> nn.Module:
-    """The model of ``cfg`` (keys model, pooling, global_pool, norm, dataset.name), on the CPU."""
-    spec = SPECS[cfg.dataset.name]
-    return models.build_model(
-        instantiate(cfg.model),
-        in_channels=spec.in_channels,
-        num_classes=spec.num_classes,
-        pool=instantiate(cfg.pooling),
-        global_pool=instantiate(cfg.global_pool),
-        norm=instantiate(cfg.norm),
-    )
-
-
-def save_checkpoint(path: Path, model: nn.Module, cfg: DictConfig, choices: Mapping[str, str], run_id: str) -> None:
-    from runner.records import atomic_path
-
+def save_checkpoint(path: Path, model: nn.Module, cfg: DictConfig, choices: Mapping[str, Any], run_id: str) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"model": state, "config": OmegaConf.to_container(cfg, resolve=True), "choices": dict(choices), "run_id": run_id}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode with the saved weights, the checkpoint dict)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(OmegaConf.create(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+def read_checkpoint(path: Path, key: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint written by this runner, read without unpickling code; a ConfigError naming ``key`` if it is not one."""
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no checkpoint at {path}.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the weights stay on disk
+    except Exception as e:  # truncated, not a torch file, or a pickle that is not plain data
+        raise ConfigError(f"{key}={path}: not a checkpoint this runner can read ({' '.join(str(e).split()[:24])}).") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise ConfigError(f"{key}={path}: not a checkpoint written by this runner (it needs the 'model' weights and "
+                          "the 'config' that rebuilds them).")
+    return ckpt

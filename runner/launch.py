@@ -6,13 +6,20 @@ are several GPUs, one GPU per worker process, held with a lock for the worker's 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
+
+# The runner's plan for this process (set by ``python -m runner`` before Hydra starts): the plan of each cell by
+# its overrides, and the cells the planned sweeper hands to the launcher. A job process of a parallel launcher
+# starts with neither and plans its own cell (runner/plan.py: plan_from_config).
+PLANNED: dict[tuple[str, ...], Any] = {}
+TO_LAUNCH: set[tuple[str, ...]] | None = None
 
 _gpu_lock: FileLock | None = None  # this worker's GPU, kept until the process ends
 _gpu_index: int | None = None
@@ -56,16 +63,19 @@ def _claim_gpu(gpus: int) -> int:
     return _gpu_index
 
 
-def place(cfg: DictConfig, launcher: Any) -> None:
-    """Under the joblib launcher: divide the cores among the parallel jobs and give each job a GPU."""
+def place(plan: Any, launcher: Any) -> Any:
+    """Under the joblib launcher: the plan with its share of the cores and, with several GPUs, a GPU of its own.
+    Only where/how keys change (threads, device index), never the run's identity."""
     if "joblib" not in str(launcher.get("_target_", "")):
-        return
+        return plan
     cores = usable_cores()
     n_jobs = int(launcher.get("n_jobs") or 1)
     parallel = cores if n_jobs < 0 else max(1, n_jobs)  # joblib reads -1 as one job per core
     gpus = gpu_count()
+    cfg = plan.cfg.copy()
     with open_dict(cfg):
         if cfg.threads == 0:
             cfg.threads = max(1, cores // parallel)
         if cfg.device == "auto" and gpus > 1:
             cfg.device = f"cuda:{_claim_gpu(gpus)}"
+    return dataclasses.replace(plan, cfg=cfg)

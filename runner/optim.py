@@ -1,19 +1,24 @@
 """Optimizers (``factory(params, lr=, weight_decay=)``) and the learning-rate schedule."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
+from annotated_types import Gt, Interval
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
-def sgd(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float = 0.9,
+def sgd(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+        momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.9,
         nesterov: bool = True) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.999),
-          eps: float = 1e-8) -> torch.optim.Optimizer:
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+          betas: Annotated[Sequence[float], Interval(ge=0, lt=1)] = (0.9, 0.999),
+          eps: Annotated[float, Gt(0)] = 1e-8) -> torch.optim.Optimizer:
+    if len(betas) != 2:
+        raise ValueError(f"betas must be two numbers (β1, β2), got {list(betas)}")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
 
 

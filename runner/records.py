@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from runner.config import AXES, NOT_IDENTITY
+from runner.schema import AXES, NOT_IDENTITY
 
 DONE = ("ok", "diverged")  # finished runs; failed, interrupted and killed ones run again
 TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",

@@ -16,18 +16,19 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 import torch
 from filelock import Timeout
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 import datasets
-from models import declared
-from runner import records
-from runner.checkpoint import build_model, load_checkpoint, save_checkpoint
-from runner.config import TeacherRef, ood_dataset, run_id, teacher_ref, validate
+from runner import build, records
+from runner.checkpoint import read_checkpoint, save_checkpoint
+from runner.launch import usable_cores
 from runner.metrics import classification_metrics, final_metrics
 from runner.optim import warmup_cosine
+from runner.plan import RunPlan, TeacherRef, checkpoint_plan, ood_dataset
 from runner.progress import epoch_bar, error, say
+
+TEACHER_WAIT_S = 6 * 3600  # how long a student waits for another process to finish training its teacher
 
 
 class Diverged(Exception):
@@ -36,14 +37,12 @@ class Diverged(Exception):
 
 # ---------------------------------------------------------------- setup
 
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def resolve_device(plan: RunPlan) -> torch.device:
+    """The device the plan was made for; a planned CUDA run on a machine without CUDA is an error of this run."""
+    name = plan.cfg.device if plan.cfg.device != "auto" else plan.device_type
+    if plan.device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"run {plan.run_id} was planned for CUDA (device={plan.cfg.device}), and this machine has none")
+    return torch.device(name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,17 +131,21 @@ class Teacher(nn.Module):
 
 
 def load_teacher(ref: TeacherRef, student_dataset: str) -> Teacher:
-    model, ckpt = load_checkpoint(ref.checkpoint)
-    return Teacher(model, datasets.SPECS[student_dataset], datasets.SPECS[ckpt["config"]["dataset"]["name"]])
+    ckpt = read_checkpoint(ref.checkpoint, "teacher")
+    plan = checkpoint_plan(ckpt, "teacher")
+    model = build.model(plan.cfg)
+    model.load_state_dict(ckpt["model"])
+    return Teacher(model, datasets.SPECS[student_dataset], datasets.SPECS[plan.cfg.dataset.name])
 
 
-def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torch.device,
-        on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None) -> dict[str, Any]:
+def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, splits: datasets.Splits,
+        device: torch.device, on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs``; after each epoch evaluate and call ``on_epoch(row)``.
 
     Returns the final logits and the training time. Raises ``Diverged(message, train_seconds)`` on a
     non-finite training loss.
     """
+    cfg = plan.cfg
     spec = datasets.SPECS[cfg.dataset.name]
     cuda = device.type == "cuda"
     generator = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
@@ -150,11 +153,9 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if teacher is not None:
         teacher.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    loss_fn = instantiate(cfg.loss).to(device)
-    groups = declared(instantiate(cfg.norm), "param_groups")  # a norm may train some parameters at another lr
-    params = groups(model, cfg.lr) if groups else model.parameters()
-    optimizer = instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda and cfg.amp else contextlib.nullcontext
+    loss_fn = loss_fn.to(device)
+    autocast = (functools.partial(torch.autocast, device.type, dtype=getattr(torch, plan.autocast)) if plan.autocast
+                else contextlib.nullcontext)
 
     def batches(split: tuple[torch.Tensor, torch.Tensor], train: bool) -> datasets.Batches:
         x, y = split
@@ -194,49 +195,48 @@ def fit(cfg: DictConfig, model: nn.Module, splits: datasets.Splits, device: torc
 
 # ---------------------------------------------------------------- one recorded run
 
-def _label(choices: Mapping[str, str], overrides: Iterable[str]) -> str:
-    over = " ".join(overrides)
-    return over or " ".join(f"{k}={v}" for k, v in choices.items())
-
-
 def _fmt(row: Mapping[str, Any]) -> str:
     return (f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
             f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  test_ece {row['test_ece']:.4f}  {row['train_s']:.1f}s")
 
 
-def run(cfg: DictConfig, choices: Mapping[str, str], overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Train, evaluate and record one run; return its record (``status`` ok, diverged, failed,
+def run(plan: RunPlan) -> dict[str, Any]:
+    """Train, evaluate and record one planned run; return its record (``status`` ok, diverged, failed,
     interrupted, or busy when another process holds the same run). A completed run is skipped
-    unless ``force``. User errors (``ConfigError``, ``DataError``) propagate with nothing written."""
-    validate(cfg, choices)
-    rid = run_id(cfg, choices)
-    root = Path(cfg.results_dir)
-    folder = root / "runs" / rid
-    label = _label(choices, overrides)
-    done = records.completed(folder)
-    if done and not cfg.force:
-        say(f"skip {rid} ({label}): already completed, status={done['status']} (force=true reruns it)")
+    unless ``force``. Nothing is validated here: the plan was."""
+    done = records.completed(plan.folder)
+    if done and not plan.cfg.force:
+        say(f"skip {plan.run_id} ({plan.label}): already completed, status={done['status']} (force=true reruns it)")
         return done
-    lock = records.run_lock(root, rid)
+    lock = records.run_lock(plan.root, plan.run_id)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        say(f"skip {rid} ({label}): running in another process")
-        return {"run_id": rid, "status": "busy"}
+        say(f"skip {plan.run_id} ({plan.label}): running in another process")
+        return {"run_id": plan.run_id, "status": "busy"}
     try:
-        return _execute(cfg, choices, rid, folder, label)
+        return _execute(plan)
     finally:
         lock.release()
 
 
-def _teacher_for(cfg: DictConfig, choices: Mapping[str, str]) -> tuple[TeacherRef, dict[str, Any]] | None:
-    """The student's teacher reference, after training the teacher run first when it is missing."""
-    ref = teacher_ref(cfg, choices)
+def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
+    """The student's teacher, after training it first when it is missing (or waiting while another process does)."""
+    ref = plan.teacher
     if ref is None:
         return None
-    if ref.cfg is not None and not records.completed(ref.checkpoint.parent):
-        say(f"teacher {ref.run_id} ({choices['teacher']}) is not in {cfg.results_dir}: training it first")
-        record = run(ref.cfg, ref.choices, [f"teacher={choices['teacher']}"])
+    if ref.plan is not None and not records.completed(ref.plan.folder):
+        say(f"teacher {ref.run_id} ({plan.choices['teacher']}) is not in {plan.cfg.results_dir}: training it first")
+        record = run(ref.plan)
+        if record.get("status") == "busy":
+            say(f"teacher {ref.run_id} is being trained by another process: waiting for it (at most {TEACHER_WAIT_S // 3600} h)")
+            lock = records.run_lock(ref.plan.root, ref.run_id)
+            try:
+                lock.acquire(timeout=TEACHER_WAIT_S)
+                lock.release()
+            except Timeout:
+                raise RuntimeError(f"the teacher run {ref.run_id} was still training after {TEACHER_WAIT_S} s") from None
+            record = records.read_result(ref.plan.folder) or {}
         if record.get("status") != "ok":
             raise RuntimeError(f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}")
     return ref, records.read_result(ref.checkpoint.parent) or {}
@@ -250,19 +250,27 @@ def _slurm_job_id() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
-def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path, label: str) -> dict[str, Any]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def where_it_ran(device: torch.device) -> dict[str, Any]:
+    """Recorded beside the run, not part of its id: the device, threads, host and versions."""
+    return {"device": str(device), "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or None,
+            "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "git_commit": git_commit(),
+            "torch_version": torch.__version__}
+
+
+def _execute(plan: RunPlan) -> dict[str, Any]:
+    cfg, rid, folder = plan.cfg, plan.run_id, plan.folder
+    torch.set_num_threads(cfg.threads or usable_cores())  # never more threads than the cores this process may use
     for stale in ("result.json", "epochs.csv", "checkpoint.pt", "logits.pt"):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
-        "run_id": rid, "choices": dict(choices), "config": OmegaConf.to_container(cfg, resolve=True),
-        "started_at": _now(), "git_commit": git_commit(), "torch_version": torch.__version__, "device": str(device),
-        "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "error": None,
+        "run_id": rid, "choices": dict(plan.choices), "config": OmegaConf.to_container(cfg, resolve=True),
+        "device_type": plan.device_type, "autocast": plan.autocast, "started_at": _now(), "error": None,
     }
-    records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
     rows: list[dict[str, Any]] = []
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -271,20 +279,23 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
 
     try:
+        device = resolve_device(plan)
+        record |= where_it_ran(device)
+        records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
         splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
         record |= splits.sizes() | {"val_hash": splits.val_hash}
-        say(f"run {rid} ({label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
+        say(f"run {rid} ({plan.label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
         teacher = None
-        found = _teacher_for(cfg, choices)
+        found = _teacher_for(plan)
         if found is not None:
             ref, teacher_record = found
             teacher = load_teacher(ref, cfg.dataset.name)
             record |= {"teacher_run_id": ref.run_id, "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc")}
         torch.manual_seed(cfg.seed)  # the initial weights
-        model = build_model(cfg)
+        model, loss_fn, optimizer = build.parts(cfg)
         record["params"] = sum(p.numel() for p in model.parameters())
-        out = fit(cfg, model, splits, device, on_epoch, teacher)
-        save_checkpoint(folder / "checkpoint.pt", model, cfg, choices, rid)
+        out = fit(plan, model, loss_fn, optimizer, splits, device, on_epoch, teacher)
+        save_checkpoint(folder / "checkpoint.pt", model, cfg, plan.choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)
         record |= {"status": "ok", "train_seconds": out["train_seconds"], "metrics": final_metrics(out["logits"], cfg.ts_method)}
@@ -299,11 +310,10 @@ def _execute(cfg: DictConfig, choices: Mapping[str, str], rid: str, folder: Path
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
     _finish(record, rows, folder)
-    last = rows[-1] if rows else {}
     final = record.get("metrics", {})
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final)
-    say(f"{record['status']} {rid} ({label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
-        f"-> {folder}  (tables: {folder.parent.parent / 'runs.csv'}, {folder.parent.parent / 'epochs.csv'})")
+    say(f"{record['status']} {rid} ({plan.label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
+        f"-> {folder}  (tables: {plan.root / 'runs.csv'}, {plan.root / 'epochs.csv'})")
     if record["status"] == "failed" and cfg.fail_fast:
         raise SystemExit(1)
     return record

@@ -5,7 +5,20 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.config import CONF_DIR, ConfigError, compose, groups, preflight, run_id
+from runner.compose import CONF_DIR, Composer
+from runner.plan import make_plan, make_plans
+from runner.schema import ConfigError
+
+
+def groups() -> dict[str, list[str]]:
+    """Every config group under conf/ (Hydra's own hydra/ aside) and its options, read from the YAML folders."""
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "hydra"}
+
+
+def compose(overrides):
+    plan = make_plan(overrides)
+    return plan.cfg, plan.choices
 
 
 def data_overrides(data_dir) -> list[str]:
@@ -20,8 +33,7 @@ def finished_run(data_dir, tmp_path_factory):
     from runner.train import run
 
     root = tmp_path_factory.mktemp("teacher")
-    cfg, choices = compose([*TINY, f"data_dir={data_dir}", f"results_dir={root}"])
-    return root, run(cfg, choices)["run_id"]
+    return root, run(make_plan([*TINY, f"data_dir={data_dir}", f"results_dir={root}"]))["run_id"]
 
 
 def _needs_teacher(loss: str) -> bool:
@@ -60,7 +72,7 @@ def test_a_launcher_option_selects_hydras_launcher_and_leaves_the_run_alone(opti
     assert cfg.hydra.launcher._target_.endswith(target)
     if option == "local":
         assert cfg.hydra.launcher.n_jobs == len(os.sched_getaffinity(0))  # no GPUs here: one job per core
-    assert run_id(*compose([f"launcher={option}"])) == run_id(*compose([]))
+    assert make_plan([f"launcher={option}"]).run_id == make_plan([]).run_id
     assert OmegaConf.to_container(plain) == {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
 
 
@@ -98,8 +110,23 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["pooling=adapool", "pooling.beta=global"], "beta must be one of scalar, channel, region"),
     (["pooling=lp", "pooling.p=0"], "p must be >= 0.01, got 0.0"),
     (["global_pool=spp", "global_pool.levels=[1,0]"], "levels must be positive bin counts"),
-    (["pooling._target_=os.system"], "only targets inside this project's packages"),
+    (["pooling._target_=os.system"], "pooling._target_=os.system: not allowed; a pooling option instantiates only"),
     (["+pooling._target_=builtins.eval"], "Could not append"),
+    (["pooling._target_=runner.train.subprocess.call"], "not allowed; a pooling option instantiates only classes and functions defined in this project's models.pooling package"),
+    (["loss._target_=runner.records.write_text"], "not allowed"),
+    (["+pooling._args_=[1]"], "pooling._args_: not allowed"),
+    (["optim.momentum=-1"], "optim.momentum=-1.0: out of range; allowed: >= 0 and < 1."),
+    (["optim=adamw", "optim.betas=[0.9]"], "optim=adamw: betas must be two numbers"),
+    (["optim=adamw", "optim.betas=[0.9,1.5]"], "optim.betas=[0.9, 1.5]: out of range"),
+    (["+optim.foo=1"], "optim.foo: not a setting of optim (runner.optim.sgd). Allowed: momentum, nesterov."),
+    (["dataset.split_seed=-1"], "dataset.split_seed=-1: out of range; allowed: >= 0."),
+    (["norm.momentum=5"], "norm.momentum=5.0: out of range; allowed: >= 0 and <= 1."),
+    (["norm=group", "norm.groups=0"], "norm.groups=0: out of range; allowed: >= 1."),
+    (["loss=focal_adaptive", "loss.threshold=2"], "loss.threshold=2.0: out of range; allowed: > 0 and < 1."),
+    (["loss=focal", "loss.gamma=abc"], "loss.gamma=abc: expected a number."),
+    (["norm=null"], "norm=null: every run needs a norm"),
+    (["epochs=${epochs}"], "epochs: its value cannot be resolved"),
+    (["results_dir=${oc.env:RUNNER_TEST_UNSET_VARIABLE}"], "results_dir: its value cannot be resolved"),
     (["dataset.augment=flip"], "dataset.augment=flip: allowed: none, crop_flip. Did you mean 'crop_flip'?"),
     (["dataset.source_dir=/tmp"], "only mnist, fashion_mnist read IDX files"),
     (["warmup_epochs=20"], "warmup_epochs=20.0: longer than the run"),
@@ -124,25 +151,72 @@ def test_config_errors_name_key_value_and_what_is_allowed(overrides, message):
 
 def test_a_sweep_without_multirun_is_an_error():
     with pytest.raises(ConfigError, match="add -m"):
-        preflight(["pooling=max,avg"], multirun=False)
+        make_plans(["pooling=max,avg"], multirun=False)
 
 
-def test_preflight_expands_the_grid_and_stops_on_any_bad_cell():
-    plan = preflight(["pooling=max,avg", "seed=0,1,2"], multirun=True)
-    assert [c.overrides for c in plan][:2] == [["pooling=max", "seed=0"], ["pooling=max", "seed=1"]]
-    assert len({c.run_id for c in plan}) == 6
+def test_planning_expands_the_grid_and_stops_on_any_bad_cell():
+    plans = make_plans(["pooling=max,avg", "seed=0,1,2"], multirun=True)
+    assert [p.overrides for p in plans][:2] == [("pooling=max", "seed=0"), ("pooling=max", "seed=1")]
+    assert len({p.run_id for p in plans}) == 6
     with pytest.raises(ConfigError, match="avgg"):
-        preflight(["pooling=max,avgg", "seed=0,1"], multirun=True)
+        make_plans(["pooling=max,avgg", "seed=0,1"], multirun=True)
+    with pytest.raises(ConfigError, match="an interval sweep has no list of values"):
+        make_plans(["lr=interval(0.01,0.1)"], multirun=True)
 
 
 def test_run_id_is_the_experiment_not_where_or_how_it_runs():
-    base = run_id(*compose([]))
-    assert run_id(*compose(["lr=5e-2"])) == base  # the same value written differently
-    assert run_id(*compose(["results_dir=/elsewhere", "device=cpu", "threads=1", "force=true", "fail_fast=true",
-                            "data_dir=/other"])) == base
-    assert run_id(*compose(["seed=1"])) != base
-    assert run_id(*compose(["pooling=avg"])) != base
-    assert run_id(*compose(["pooling.kernel_size=3"])) != base
+    base = make_plan([]).run_id
+    assert make_plan(["lr=5e-2"]).run_id == base  # the same value written differently
+    assert make_plan(["results_dir=/elsewhere", "device=cpu", "threads=1", "force=true", "fail_fast=true",
+                      "data_dir=/other", "amp=false", "channels_last=false"]).run_id == base  # cpu: no autocast
+    assert make_plan(["seed=1"]).run_id != base
+    assert make_plan(["pooling=avg"]).run_id != base
+    assert make_plan(["pooling.kernel_size=3"]).run_id != base
+
+
+def test_an_int_for_a_float_setting_is_the_same_run():
+    assert make_plan(["pooling=lp", "pooling.p=3"]).run_id == make_plan(["pooling=lp", "pooling.p=3.0"]).run_id \
+        == make_plan(["pooling=lp"]).run_id
+    a, b = make_plan(["loss=focal", "loss.gamma=2"]), make_plan(["loss=focal", "loss.gamma=2.0"])
+    assert a.run_id == b.run_id and a.cfg.loss.gamma == 2.0 and isinstance(a.cfg.loss.gamma, float)
+
+
+def test_the_identity_holds_the_device_type_and_autocast_dtype_and_ignores_null_keys():
+    from omegaconf import OmegaConf, open_dict
+
+    from runner.plan import device_type, identity
+
+    plan = make_plan([])
+    assert plan.identity["config"]["device_type"] == "cpu" and "autocast" not in plan.identity["config"]
+    cuda = identity(plan.cfg, plan.choices, "cuda", "bfloat16", None)
+    assert cuda["config"]["device_type"] == "cuda" and cuda["config"]["autocast"] == "bfloat16"
+    # a key added later with a null default (the old behaviour) leaves existing identities as they were
+    cfg = OmegaConf.create(OmegaConf.to_container(plan.cfg))
+    with open_dict(cfg):
+        cfg.new_run_key = None
+        cfg.loss.new_option_key = None
+    assert identity(cfg, plan.choices, "cpu", None, None) == plan.identity
+    assert OmegaConf.select(cfg, "loss.new_option_key", default=1) is None
+    # under a SLURM launcher, `auto` follows the GPUs the job asks for, not the submitting machine
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert device_type("auto", {"_target_": slurm, "gpus_per_node": 1}) == "cuda"
+    assert device_type("auto", {"_target_": slurm, "gpus_per_node": 0}) == "cpu"
+    assert device_type("cuda:1") == "cuda"
+
+
+def test_the_fast_composition_equals_hydras_own():
+    """A cell's value overrides applied to the composed group choices give the config Hydra composes itself."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    cells = [["seed=3", "pooling=lp", "pooling.p=4"], ["norm=weight_norm", "norm@norm.block=batch", "++lr=0.1"],
+             ["experiment=cifar10_resnet20", "epochs=2", "model.widths=[8,16,32]"], ["loss=focal", "~loss.gamma"]]
+    with Composer() as composer:
+        ours = [OmegaConf.to_container(composer.compose(c)[0]) for c in cells]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        theirs = [OmegaConf.to_container(hydra_compose("config", overrides=c)) for c in cells]
+    assert ours == theirs
 
 
 def test_data_dir_follows_the_environment(monkeypatch):

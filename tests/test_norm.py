@@ -291,7 +291,7 @@ def online_reference(batches, afwd, abkw, eps=1e-5):
     mu, var, u, v = np.zeros(c), np.ones(c), np.zeros(c), np.zeros(c)
     results = []
     for x, dy in batches:
-        ys, dxs = [], []
+        dxs = []
         scales, outs = [], []
         for xt in x:  # forward
             scale = np.sqrt(var + eps)

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from conftest import TINY
 
 import runner.train
-from runner.checkpoint import load_checkpoint
-from runner.config import compose, run_id
+from runner import build
+from runner.checkpoint import read_checkpoint
+from runner.plan import checkpoint_plan, make_plan
+from runner.schema import ConfigError
 from runner.losses import CrossEntropy
 from runner.metrics import classification_metrics
 from runner.optim import sgd, warmup_cosine
@@ -19,7 +21,7 @@ from runner.train import run
 
 
 def tiny(data_dir, results, *extra):
-    return compose([*TINY, f"data_dir={data_dir}", f"results_dir={results}", *extra])
+    return make_plan([*TINY, f"data_dir={data_dir}", f"results_dir={results}", *extra])
 
 
 def test_metrics_by_hand():
@@ -53,9 +55,9 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_run_learns_and_records_everything(data_dir, tmp_path):
-    cfg, choices = tiny(data_dir, tmp_path, "epochs=3")
-    record = run(cfg, choices)
-    assert record["status"] == "ok" and record["run_id"] == run_id(cfg, choices)
+    plan = tiny(data_dir, tmp_path, "epochs=3")
+    record = run(plan)
+    assert record["status"] == "ok" and record["run_id"] == plan.run_id
     assert record["metrics"]["test_acc"] > 0.5  # chance is 0.1 on the tiny patches
     folder = tmp_path / "runs" / record["run_id"]
     assert {p.name for p in folder.iterdir()} == {"config.yaml", "epochs.csv", "result.json", "checkpoint.pt", "logits.pt"}
@@ -67,15 +69,18 @@ def test_run_learns_and_records_everything(data_dir, tmp_path):
 
 
 def test_checkpoint_rebuilds_the_model_and_its_logits(data_dir, tmp_path):
-    cfg, choices = tiny(data_dir, tmp_path, "model=resnet20", "model.downsample=pool")
-    record = run(cfg, choices)
+    plan = tiny(data_dir, tmp_path, "model=resnet20", "model.downsample=pool")
+    record = run(plan)
     folder = tmp_path / "runs" / record["run_id"]
-    model, ckpt = load_checkpoint(folder / "checkpoint.pt")  # torch.load(weights_only=True)
+    ckpt = read_checkpoint(folder / "checkpoint.pt")  # torch.load(weights_only=True)
+    model = build.model(checkpoint_plan(ckpt).cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
     assert ckpt["run_id"] == record["run_id"] and ckpt["choices"]["model"] == "resnet20"
     saved = torch.load(folder / "logits.pt", weights_only=True)
     from datasets import SPECS, Batches, load
 
-    splits = load(cfg.dataset, data_dir)
+    splits = load(plan.cfg.dataset, data_dir)
     spec = SPECS["mnist"]
     x, _ = next(iter(Batches(*splits.test, 1000, spec.mean, spec.std)))
     with torch.no_grad():
@@ -84,23 +89,23 @@ def test_checkpoint_rebuilds_the_model_and_its_logits(data_dir, tmp_path):
 
 
 def test_same_seed_same_metrics(data_dir, tmp_path):
-    a = run(*tiny(data_dir, tmp_path / "a", "epochs=2"))
-    b = run(*tiny(data_dir, tmp_path / "b", "epochs=2"))
-    c = run(*tiny(data_dir, tmp_path / "c", "epochs=2", "seed=1"))
+    a = run(tiny(data_dir, tmp_path / "a", "epochs=2"))
+    b = run(tiny(data_dir, tmp_path / "b", "epochs=2"))
+    c = run(tiny(data_dir, tmp_path / "c", "epochs=2", "seed=1"))
     assert a["metrics"] == b["metrics"]
     assert a["metrics"] != c["metrics"]
 
 
 def test_completed_run_is_skipped_and_force_reruns(data_dir, tmp_path, capsys):
-    first = run(*tiny(data_dir, tmp_path))
-    again = run(*tiny(data_dir, tmp_path))
+    first = run(tiny(data_dir, tmp_path))
+    again = run(tiny(data_dir, tmp_path))
     assert again["started_at"] == first["started_at"] and "skip" in capsys.readouterr().out
-    forced = run(*tiny(data_dir, tmp_path, "force=true"))
+    forced = run(tiny(data_dir, tmp_path, "force=true"))
     assert forced["status"] == "ok" and len(pd.read_csv(tmp_path / "runs.csv")) == 1
 
 
 def test_non_finite_loss_is_diverged_not_a_crash(data_dir, tmp_path):
-    record = run(*tiny(data_dir, tmp_path, "lr=1e30", "norm=none"))
+    record = run(tiny(data_dir, tmp_path, "lr=1e30", "norm=none"))
     assert record["status"] == "diverged" and "training loss is" in record["error"]
     assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "diverged"
     assert not (tmp_path / "runs" / record["run_id"] / "checkpoint.pt").exists()
@@ -111,18 +116,18 @@ def test_an_exception_is_recorded_as_failed(data_dir, tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(runner.train, "fit", broken)
-    record = run(*tiny(data_dir, tmp_path))
+    record = run(tiny(data_dir, tmp_path))
     assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
     row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
     assert row["status"] == "failed" and row["error"] == "RuntimeError: boom"
     monkeypatch.undo()
-    assert run(*tiny(data_dir, tmp_path))["status"] == "ok"  # a failed run is not skipped
+    assert run(tiny(data_dir, tmp_path))["status"] == "ok"  # a failed run is not skipped
 
 
 def test_fail_fast_stops(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner.train, "fit", lambda *a, **k: 1 / 0)
     with pytest.raises(SystemExit):
-        run(*tiny(data_dir, tmp_path, "fail_fast=true"))
+        run(tiny(data_dir, tmp_path, "fail_fast=true"))
 
 
 def test_interrupt_is_recorded_and_reraised(data_dir, tmp_path, monkeypatch):
@@ -131,20 +136,20 @@ def test_interrupt_is_recorded_and_reraised(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.train, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(*tiny(data_dir, tmp_path))
+        run(tiny(data_dir, tmp_path))
     assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "interrupted"
     monkeypatch.undo()
-    assert run(*tiny(data_dir, tmp_path))["status"] == "ok"  # resumed by the same command
+    assert run(tiny(data_dir, tmp_path))["status"] == "ok"  # resumed by the same command
 
 
 def test_cifar_with_augmentation_trains(data_dir, tmp_path):
-    cfg, choices = tiny(data_dir, tmp_path, "dataset=cifar10", "dataset.verify_checksums=false", "model=resnet20")
-    assert cfg.dataset.augment == "crop_flip"
-    assert run(cfg, choices)["status"] == "ok"
+    plan = tiny(data_dir, tmp_path, "dataset=cifar10", "dataset.verify_checksums=false", "model=resnet20")
+    assert plan.cfg.dataset.augment == "crop_flip"
+    assert run(plan)["status"] == "ok"
 
 
 def test_nll_metric_matches_torch(data_dir, tmp_path):
-    record = run(*tiny(data_dir, tmp_path))
+    record = run(tiny(data_dir, tmp_path))
     saved = torch.load(tmp_path / "runs" / record["run_id"] / "logits.pt", weights_only=True)
     assert record["metrics"]["test_nll"] == pytest.approx(F.cross_entropy(saved["test_logits"], saved["test_target"]).item(), rel=1e-5)
 
@@ -153,8 +158,8 @@ def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_th
     from runner.metrics import final_metrics
     from runner.metrics import main as metrics_main
 
-    cfg, choices = tiny(data_dir, tmp_path, "ood=fashion_mnist", "ts_method=nll_lbfgs")
-    record = run(cfg, choices)
+    plan = tiny(data_dir, tmp_path, "ood=fashion_mnist", "ts_method=nll_lbfgs")
+    record = run(plan)
     assert record["status"] == "ok"
     folder = tmp_path / "runs" / record["run_id"]
     saved = torch.load(folder / "logits.pt", weights_only=True)
@@ -178,8 +183,6 @@ def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_th
     (["ts_method=grid"], "ts_method=grid: allowed: ece_grid, nll_lbfgs"),
 ])
 def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
-    from runner.config import ConfigError
-
     with pytest.raises(ConfigError) as e:
         tiny(data_dir, tmp_path, *extra)
     assert message in str(e.value)
@@ -188,8 +191,8 @@ def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
 # ---------------------------------------------------------------- distillation with a teacher run
 
 def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_dir, tmp_path):
-    cfg, choices = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide")
-    first = run(cfg, choices)
+    plan = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide")
+    first = run(plan)
     assert first["status"] == "ok"
     runs = pd.read_csv(tmp_path / "runs.csv").set_index("run_id")
     teacher_id = first["teacher_run_id"]
@@ -197,26 +200,24 @@ def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_di
     assert runs.loc[first["run_id"], "teacher_test_acc"] == pytest.approx(runs.loc[teacher_id, "test_acc"])
     teacher_started = runs.loc[teacher_id, "started_at"]
 
-    cfg2, choices2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide")
-    second = run(cfg2, choices2)
+    plan2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide")
+    second = run(plan2)
     assert second["teacher_run_id"] == teacher_id
     assert pd.read_csv(tmp_path / "runs.csv").set_index("run_id").loc[teacher_id, "started_at"] == teacher_started
     # the same teacher referenced by its run id is the same experiment: the student is not run again
-    cfg3, choices3 = tiny(data_dir, tmp_path, "loss=kd", "teacher=run", f"teacher.run_id={teacher_id}")
-    assert run_id(cfg3, choices3) == first["run_id"]
+    plan3 = tiny(data_dir, tmp_path, "loss=kd", "teacher=run", f"teacher.run_id={teacher_id}")
+    assert plan3.run_id == first["run_id"]
     # a different teacher is a different experiment
-    cfg4, choices4 = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','seed=1']")
-    assert run_id(cfg4, choices4) != first["run_id"]
+    plan4 = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','seed=1']")
+    assert plan4.run_id != first["run_id"]
 
 
 def test_a_teacher_for_other_classes_or_shapes_is_a_config_error(data_dir, tmp_path):
-    from runner.config import ConfigError
-
-    cfg, choices = tiny(data_dir, tmp_path)  # a finished mnist run: 10 classes, 1×28×28
-    record = run(cfg, choices)
+    plan = tiny(data_dir, tmp_path)  # a finished mnist run: 10 classes, 1×28×28
+    record = run(plan)
     ckpt = tmp_path / "runs" / record["run_id"] / "checkpoint.pt"
     with pytest.raises(ConfigError, match="trained on mnist .*dataset=cifar100 has 100 classes and 3×32×32 images"):
-        compose([*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}", "dataset=cifar100",
+        make_plan([*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}", "dataset=cifar100",
                  "dataset.verify_checksums=false", "loss=kd", "teacher=checkpoint", f"teacher.checkpoint={ckpt}"])
 
 

@@ -2,6 +2,9 @@
 norm_act layers."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Interval
 import torch
 from torch import nn
 
@@ -35,7 +38,8 @@ class BatchNormAct(nn.BatchNorm2d):
     act_layer = nn.ReLU
     batch_dependent = True
 
-    def __init__(self, channels: int, apply_act: bool = True, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, apply_act: bool = True, eps: Annotated[float, Gt(0)] = 1e-5,
+                 momentum: Annotated[float, Interval(ge=0, le=1)] = 0.1) -> None:
         super().__init__(channels, eps=eps, momentum=momentum)
         self.act = self.act_layer(inplace=True) if apply_act else nn.Identity()
 
@@ -56,8 +60,8 @@ class GroupNormAct(nn.GroupNorm):
     conv_bias = False
     act_layer = nn.ReLU
 
-    def __init__(self, channels: int, apply_act: bool = True, groups: int = 8, group_size: int | None = None,
-                 eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, apply_act: bool = True, groups: Annotated[int, Ge(1)] = 8,
+                 group_size: Annotated[int, Ge(1)] | None = None, eps: Annotated[float, Gt(0)] = 1e-5) -> None:
         super().__init__(group_count(channels, groups, group_size), channels, eps=eps)
         self.act = self.act_layer(inplace=True) if apply_act else nn.Identity()
 

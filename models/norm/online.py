@@ -24,6 +24,9 @@ computes the per-sample output, then the class discards it); we return the per-s
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Gt, Interval
 import torch
 from torch import nn
 
@@ -87,8 +90,9 @@ class OnlineNormAct(nn.Module):
     conv_bias = False
     act_layer = nn.ReLU
 
-    def __init__(self, channels: int, apply_act: bool = True, alpha_fwd: float = 0.999, alpha_bkw: float = 0.99,
-                 eps: float = 1e-5, ecm: str = "ls") -> None:
+    def __init__(self, channels: int, apply_act: bool = True, alpha_fwd: Annotated[float, Interval(gt=0, lt=1)] = 0.999,
+                 alpha_bkw: Annotated[float, Interval(gt=0, lt=1)] = 0.99, eps: Annotated[float, Gt(0)] = 1e-5,
+                 ecm: str = "ls") -> None:
         super().__init__()
         if ecm not in ECM:
             raise ValueError(f"norm.ecm={ecm!r}: allowed: {', '.join(ECM)}")

@@ -17,6 +17,9 @@ divides by the batch's quadratic mean, also after warmup; there is no padding ma
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Interval
 import torch
 from torch import nn
 
@@ -54,8 +57,9 @@ class PowerNormAct(nn.Module):
     act_layer = nn.ReLU
     batch_dependent = True
 
-    def __init__(self, channels: int, apply_act: bool = True, alpha_fwd: float = 0.9, alpha_bkw: float = 0.9,
-                 eps: float = 1e-5, warmup_iters: int = 10000, group_scaling: bool = True) -> None:
+    def __init__(self, channels: int, apply_act: bool = True, alpha_fwd: Annotated[float, Interval(gt=0, lt=1)] = 0.9,
+                 alpha_bkw: Annotated[float, Interval(gt=0, lt=1)] = 0.9, eps: Annotated[float, Gt(0)] = 1e-5,
+                 warmup_iters: Annotated[int, Ge(0)] = 10000, group_scaling: bool = True) -> None:
         super().__init__()
         self.alpha_fwd, self.alpha_bkw, self.eps = alpha_fwd, alpha_bkw, eps
         self.warmup_iters, self.group_scaling = warmup_iters, group_scaling

@@ -4,6 +4,9 @@ ICML 2023). Batch mean (the reference code sums over the batch).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from annotated_types import Interval
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +44,8 @@ class AdaptiveFocalLoss(nn.Module):
 
     needs_teacher = False
 
-    def __init__(self, gamma_low: float = 5.0, gamma: float = 3.0, threshold: float = 0.2) -> None:
+    def __init__(self, gamma_low: float = 5.0, gamma: float = 3.0,
+                 threshold: Annotated[float, Interval(gt=0, lt=1)] = 0.2) -> None:
         super().__init__()
         _check_gamma(gamma_low), _check_gamma(gamma)
         self.gamma_low, self.gamma, self.threshold = gamma_low, gamma, threshold

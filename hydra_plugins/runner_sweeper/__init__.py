@@ -1,0 +1,29 @@
+"""Hydra's basic sweeper, launching only the cells the runner planned to run.
+
+``python -m runner -m ...`` plans every cell before Hydra starts (runner/plan.py): each is composed,
+typed and validated, and a cell whose run already completed is skipped there. Hydra's own basic
+sweeper would compose every cell twice more (once to check it, once to run it), about 70 ms each,
+and launch the completed ones too; this subclass expands the grid the same way and hands the launcher
+(basic, joblib or submitit) only the cells that ``runner.launch.TO_LAUNCH`` names.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.types import Override
+
+from runner import launch
+
+
+class PlannedSweeper(BasicSweeper):
+    def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:  # type: ignore[override]
+        batches = BasicSweeper.split_arguments(overrides, max_batch_size)
+        if launch.TO_LAUNCH is None:  # Hydra started without the runner's plan: launch every cell
+            return batches
+        keep = [[cell for cell in batch if tuple(cell) in launch.TO_LAUNCH] for batch in batches]
+        return [batch for batch in keep if batch]
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        if launch.TO_LAUNCH is None:
+            super().validate_batch_is_legal(batch)

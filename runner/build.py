@@ -1,0 +1,46 @@
+"""Build what a planned run trains: the model, the loss and the optimizer, from the plan's typed config.
+
+The plan has already checked every ``_target_`` (runner/plan.py), so building only instantiates.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig
+import torch
+from torch import nn
+
+import models
+from datasets import SPECS
+
+
+def target(node: DictConfig) -> Any:
+    """The class or function an option's node names (its ``_target_``)."""
+    return get_object(str(node._target_))
+
+
+def model(cfg: DictConfig, norm: Any = None) -> nn.Module:
+    """The model of ``cfg`` (keys model, pooling, global_pool, norm, dataset.name), on the CPU."""
+    spec = SPECS[cfg.dataset.name]
+    return models.build_model(instantiate(cfg.model), in_channels=spec.in_channels, num_classes=spec.num_classes,
+                              pool=instantiate(cfg.pooling), global_pool=instantiate(cfg.global_pool),
+                              norm=norm if norm is not None else instantiate(cfg.norm))
+
+
+def loss(cfg: DictConfig) -> nn.Module:
+    return instantiate(cfg.loss)
+
+
+def optimizer(cfg: DictConfig, net: nn.Module, norm: Any = None) -> torch.optim.Optimizer:
+    """The optimizer over ``net``'s parameters; a norm may train some of them at another lr (``param_groups``)."""
+    groups = models.declared(norm if norm is not None else instantiate(cfg.norm), "param_groups")
+    params = groups(net, cfg.lr) if groups else net.parameters()
+    return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def parts(cfg: DictConfig) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """(model, loss, optimizer) of a run, with one norm factory for the model and its parameter groups."""
+    norm = instantiate(cfg.norm)
+    net = model(cfg, norm)
+    return net, loss(cfg), optimizer(cfg, net, norm)
