@@ -110,7 +110,12 @@ def test_default_run_reaches_097_on_mnist5k(tmp_path):
     print(f"default run: test_acc {row['test_acc']:.4f} in {time.perf_counter() - start:.1f}s wall")
 
 
-POOLINGS = "max,avg,softpool,mixed,gated,tree,lp,stochastic,adapool"
+def options(group: str) -> str:
+    """A group's options as a sweep value, read from its conf/ folder."""
+    return ",".join(sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")))
+
+
+POOLINGS = options("pooling")
 
 
 @pytest.mark.slow
@@ -135,25 +140,28 @@ def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_pa
 
 @pytest.mark.slow
 def test_every_loss_trains_on_mnist5k_and_distillation_trains_its_teacher_once(tmp_path):
-    losses = "ce,zloss,focal,focal_adaptive,dual_focal,dice,jaccard,dice_sa,ce_zreg"
+    from test_contracts import DISTILLATION
+
+    losses = ",".join(o for o in options("loss").split(",") if o not in DISTILLATION)
     res = cli("-m", f"loss={losses}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["loss"]) == sorted(losses.split(",")) and set(runs["status"]) == {"ok"}
     assert (runs["test_acc"] > 0.2).all(), runs[["loss", "test_acc"]]  # chance is 0.1
 
-    res = cli("-m", "loss=kd,pld,ttm", "teacher=simple_cnn_wide", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    res = cli("-m", f"loss={','.join(DISTILLATION)}", "teacher=simple_cnn_wide", "epochs=1", f"results_dir={tmp_path}",
+              timeout=900)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("training it first") == 1
     runs = pd.read_csv(tmp_path / "runs.csv")
-    students = runs[runs["loss"].isin(["kd", "pld", "ttm"])]
-    assert len(students) == 3 and set(students["status"]) == {"ok"} and students["teacher_run_id"].nunique() == 1
+    students = runs[runs["loss"].isin(DISTILLATION)]
+    assert len(students) == len(DISTILLATION) and set(students["status"]) == {"ok"} and students["teacher_run_id"].nunique() == 1
     teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]].iloc[0]
     assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 12
     assert (students["teacher_test_acc"] == teacher["test_acc"]).all()
 
 
-NORMS = "batch,none,group,layer,instance,weight_norm,spectral_norm,evonorm_b0,evonorm_s0,selu,online_norm,powernorm"
+NORMS = ",".join(o for o in options("norm").split(",") if o != "fixup")  # fixup needs residual blocks: below
 
 
 @pytest.mark.slow
@@ -169,3 +177,81 @@ def test_every_norm_trains_on_mnist5k_and_fixup_in_the_resnet(tmp_path):
     assert sorted(runs["norm.block"].dropna()) == ["batch", "none", "none"]  # weight_norm+batch, weight_norm, spectral_norm
     cols = list(runs.columns)  # the norm's settings sit beside the learning rate and weight decay
     assert cols.index("weight_decay") + 1 == cols.index("norm.alpha_bkw") and "norm.groups" in cols
+
+
+# ---------------------------------------------------------------- one plan per run (issue 13)
+
+def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir, tmp_path):
+    res = cli("-m", "pooling=lp", "pooling.p=3,4", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr
+    assert "grid of 2 runs: 2 ok" in res.stdout
+    again = cli("pooling=lp", "pooling.p=3.0", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
+    assert again.returncode == 0 and "already completed" in again.stdout
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 2
+
+
+@pytest.mark.parametrize("mistake", [
+    ["optim.momentum=-1"], ["optim=adamw", "optim.betas=[0.9]"], ["+optim.foo=1"], ["dataset.split_seed=-1"],
+    ["norm.momentum=5"], ["norm=group", "norm.groups=0"], ["loss=focal_adaptive", "loss.threshold=2"], ["norm=null"],
+    ["-m", "seed=interval(0,3)"], ["pooling._target_=runner.train.subprocess.call"], ["epochs=${epochs}"],
+    ["--config-dir", "/nonexistent/presets"], ["-m", "pooling=max,maxx"],
+])
+def test_a_config_mistake_exits_2_before_any_data_with_nothing_written(mistake, tmp_path):
+    res = cli(*mistake, f"results_dir={tmp_path / 'out'}", f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_null_for_an_optional_group_is_its_default(data_dir, tmp_path):
+    a = cli("--cfg", "job", "teacher=null", "launcher=null", "experiment=null")
+    assert a.returncode == 0 and "teacher: null" in a.stdout
+
+
+def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir, tmp_path):
+    common = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    # the teacher's own settings (conf/teacher/simple_cnn_wide.yaml) on the student's data: its recipe is the default one
+    shell = cli("model=simple_cnn", "model.widths=[64,128]", "dataset=mnist", "threads=1", *common[4:])
+    assert shell.returncode == 0, shell.stderr
+    student = cli("loss=kd", "teacher=simple_cnn_wide", *common)
+    assert student.returncode == 0, student.stderr
+    assert "training it first" not in student.stdout
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 2 and runs.loc[runs["loss"] == "kd", "teacher_run_id"].iloc[0] in set(runs["run_id"])
+
+
+def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path):
+    mine = tmp_path / "presets"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "pooling").mkdir()
+    (mine / "experiment" / "quick.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /pooling: avg3\nepochs: 1\nbatch_size: 16\n")
+    (mine / "pooling" / "avg3.yaml").write_text("_target_: models.pooling.AvgPool\n_partial_: true\nkernel_size: 3\nstride: 2\n")
+    (mine / "experiment" / "grid.yaml").write_text(
+        "# @package _global_\nepochs: 1\nhydra:\n  sweeper:\n    params:\n      pooling: max,avg3\n      seed: 0,1\n")
+    where = ["--config-dir", str(mine), "dataset=mnist", "threads=1", f"data_dir={data_dir}", f"results_dir={tmp_path / 'r'}"]
+    res = cli(*where, "experiment=quick")
+    assert res.returncode == 0, res.stderr
+    res = cli("-m", *where, "experiment=grid", "batch_size=16")
+    assert res.returncode == 0, res.stderr
+    assert "grid of 4 runs: 4 ok" in res.stdout
+    assert res.stdout.count("already completed") == 1  # avg3, seed 0, 1 epoch, batch 16: the preset's run
+    runs = pd.read_csv(tmp_path / "r" / "runs.csv")
+    assert sorted(runs["pooling"]) == ["avg3", "avg3", "max", "max"] and set(runs["pooling.kernel_size"]) == {2, 3}
+    bad = cli("-m", *where, "experiment=grid", "pooling.kernel_size=0")  # every cell of a config-file sweep is planned
+    assert bad.returncode == 2 and "kernel_size must be >= 1" in bad.stderr
+
+
+def test_cfg_job_builds_nothing_and_imports_neither_torch_nor_timm():
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "--cfg", "job", "norm=evonorm_b0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "_target_: models.norm.EvoNormB0" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "timm" not in imported
+
+
+def test_timm_is_imported_only_for_an_evonorm():
+    code = ("import sys; from runner.plan import make_plan; make_plan(['norm=batch']); a = 'timm' in sys.modules; "
+            "make_plan(['norm=evonorm_s0']); print(a, 'timm' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == ["False", "True"], res.stderr

@@ -15,7 +15,8 @@ from runner.losses.dice import tversky_loss
 PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), "focal": FocalLoss(),
          "focal_adaptive": AdaptiveFocalLoss(), "dual_focal": DualFocalLoss(), "dice": DiceMetricLoss(smooth=0.0),
          "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss()}
-DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "ttm": TransformedTeacherMatching()}
+DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "pld_cifar": PlackettLuceDistillation(temperature=4.0),
+           "ttm": TransformedTeacherMatching()}
 
 
 def one(logits, target, loss, teacher=None):

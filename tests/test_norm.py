@@ -34,6 +34,7 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "online_norm": (OnlineNormAct, False),
     "powernorm": (PowerNormAct, True),
 }
+RESIDUAL_ONLY = {"fixup": Fixup()}  # blocks that need residual models: their own section below
 MODELS = {"simple_cnn": SimpleCNN, "resnet20": CifarResNet, "vgg11": VGG}
 
 

@@ -14,6 +14,8 @@ import pytest
 from conftest import ROOT, TINY, cli
 from omegaconf import OmegaConf
 
+from runner.plan import make_plan
+
 from runner import launch, records
 
 CHOICES = {"dataset": "mnist", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
@@ -77,15 +79,14 @@ def test_parallel_jobs_share_the_cores_and_get_a_gpu_each(monkeypatch):
     monkeypatch.setattr(launch, "gpu_count", lambda: 1)
     joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
                                "n_jobs": 3})
-    cfg = OmegaConf.create({"threads": 0, "device": "auto"})
-    launch.place(cfg, joblib)
-    assert cfg.threads == 2 and cfg.device == "auto"  # 3 jobs × 2 threads <= 8 cores
-    cfg = OmegaConf.create({"threads": 4, "device": "cpu"})
-    launch.place(cfg, joblib)
-    assert cfg.threads == 4 and cfg.device == "cpu"  # what the user set stands
-    cfg = OmegaConf.create({"threads": 0, "device": "auto"})
-    launch.place(cfg, OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}))
-    assert cfg.threads == 0  # one run at a time: torch's own default
+    plan = make_plan(["threads=0"])
+    placed = launch.place(plan, joblib)
+    assert placed.cfg.threads == 2 and placed.cfg.device == "auto"  # 3 jobs × 2 threads <= 8 cores
+    assert placed.run_id == plan.run_id and plan.cfg.threads == 0  # the plan it was given is unchanged
+    placed = launch.place(make_plan(["threads=4", "device=cpu"]), joblib)
+    assert placed.cfg.threads == 4 and placed.cfg.device == "cpu"  # what the user set stands
+    basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    assert launch.place(plan, basic) is plan  # one run at a time: the run uses the cores it may use
     assert launch.machine_jobs() == 8  # one GPU: a job per core
     monkeypatch.setattr(launch, "gpu_count", lambda: 2)
     assert launch.machine_jobs() == 2  # several GPUs: a job per GPU

@@ -12,7 +12,6 @@ the validator and the models:
   at another learning rate (Fixup's scalars, SELU nets).
 """
 from models.norm.basic import BatchNormAct, GroupNormAct, NoNormAct
-from models.norm.evonorm import EvoNormB0, EvoNormS0
 from models.norm.fixup import Fixup, FixupAct, FixupNormAct
 from models.norm.online import OnlineNormAct
 from models.norm.power import PowerNormAct
@@ -21,3 +20,12 @@ from models.norm.selu import SELU, SELUAct
 
 __all__ = ["BatchNormAct", "EvoNormB0", "EvoNormS0", "Fixup", "FixupAct", "FixupNormAct", "GroupNormAct", "NoNormAct",
            "OnlineNormAct", "PowerNormAct", "SELU", "SELUAct", "SpectralNorm", "WeightNorm"]
+
+
+def __getattr__(name: str):
+    # EvoNorm comes from timm, whose import costs about 2 s: paid only by a run that chooses an EvoNorm.
+    if name in ("EvoNormB0", "EvoNormS0"):
+        from models.norm import evonorm
+
+        return getattr(evonorm, name)
+    raise AttributeError(f"module 'models.norm' has no attribute {name!r}")
