@@ -20,6 +20,10 @@ reparametrized 64→64 3×3 conv weight to their inner block's time.
 Section ``sweep``: wall time of the same 8-run grid on mnist5k (``-m pooling=max,avg seed=0,1,2,3
 epochs=2``) run by ``python -m runner`` one run after another and with ``launcher=local``, and their ratio.
 
+Section ``plan``: what a user waits for before anything trains: planning a 200-cell grid in-process, the
+whole command re-running that grid when every run is complete, rejecting a 200-cell grid whose last cell
+is bad, and ``python -m runner --cfg job`` less the interpreter's own start.
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -41,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 import datasets
-from runner.checkpoint import build_model
-from runner.config import compose, groups
+from runner import build
+from runner.compose import Composer
+from runner.plan import make_plan
 from runner.optim import warmup_cosine
 from runner.train import train_one_epoch
 
@@ -56,7 +61,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def loop_section(rounds: int) -> dict[str, float]:
-    cfg, _ = compose(["dataset=fashion_mnist", f"dataset.source_dir={FMNIST}"])
+    cfg = make_plan(["dataset=fashion_mnist", f"dataset.source_dir={FMNIST}"]).cfg
     spec = datasets.SPECS["fashion_mnist"]
     splits = datasets.load(cfg.dataset, cfg.data_dir)
     x, y = splits.train
@@ -64,7 +69,7 @@ def loop_section(rounds: int) -> dict[str, float]:
 
     def fresh():
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build.model(cfg)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         return model, opt
 
@@ -151,10 +156,12 @@ def pool_section(rounds: int) -> dict[str, float]:
     ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: large blocks go back at free
     shape = (128, 64, 32, 32)
     layers: dict[str, torch.nn.Module] = {}
-    for name in groups()["pooling"]:
-        cfg, _ = compose([f"pooling={name}"])
+    with Composer() as composer:
+        poolings = composer.options("pooling")
+    for name in poolings:
+        cfg = make_plan([f"pooling={name}"]).cfg
         layers[name] = instantiate(cfg.pooling)(shape[1]).train()
-    layers["softpool_eager"] = instantiate(compose(["pooling=softpool", "pooling.compile=false"])[0].pooling)(shape[1])
+    layers["softpool_eager"] = instantiate(make_plan(["pooling=softpool", "pooling.compile=false"]).cfg.pooling)(shape[1])
     layers = {"max": layers.pop("max"), "softpool": layers.pop("softpool"), **layers}  # softpool compiles first
 
     x = torch.randn(shape).requires_grad_()
@@ -192,8 +199,10 @@ def norm_section(rounds: int) -> dict[str, float]:
     x = torch.randn(shape).requires_grad_()
     grad = torch.randn(shape)
     blocks: dict[str, Callable[[], None]] = {}
-    for name in groups()["norm"]:
-        cfg, _ = compose([f"norm={name}"] + (["model=resnet20"] if name == "fixup" else []))
+    with Composer() as composer:
+        norms = composer.options("norm")
+    for name in norms:
+        cfg = make_plan([f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])).cfg
         factory = instantiate(cfg.norm)
         block = factory(shape[1]).train()
         conv = None
@@ -225,6 +234,54 @@ def norm_section(rounds: int) -> dict[str, float]:
     return figures
 
 
+PLAN_GRID = ["pooling=max,avg,lp,softpool", "seed=range(50)"]  # 200 cells
+
+
+def plan_section(rounds: int) -> dict[str, float]:
+    """What a user waits for before anything trains: planning a 200-cell grid, re-running a completed one,
+    rejecting one whose last cell is bad, and ``--cfg job``; the commands' times include the interpreter's start."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from runner import records
+    from runner.plan import make_plans
+
+    make_plans(PLAN_GRID[:1], multirun=True)  # imports and first compositions, paid once by any command
+    planning = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        plans = make_plans(PLAN_GRID, multirun=True)
+        planning.append(time.perf_counter() - start)
+
+    def command(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    bad_last = "seed=" + ",".join(map(str, range(199))) + ",-1"  # 200 cells, the last one out of range
+    with tempfile.TemporaryDirectory() as root:
+        for p in make_plans([*PLAN_GRID, f"results_dir={root}"], multirun=True):  # a finished grid, as records
+            records.write_json(p.folder / "result.json", {"run_id": p.run_id, "status": "ok", "choices": p.choices,
+                                                          "config": {}, "metrics": {}})
+        times: dict[str, list[float]] = {"python": [], "rerun": [], "reject": [], "cfg": []}
+        for _ in range(rounds):
+            times["python"].append(command("-c", "pass"))
+            times["rerun"].append(command("-m", "runner", "-m", *PLAN_GRID, f"results_dir={root}"))
+            times["reject"].append(command("-m", "runner", "-m", bad_last, f"results_dir={root}"))
+            times["cfg"].append(command("-m", "runner", "--cfg", "job"))
+    best = {k: min(v) for k, v in times.items()}
+    figures = {"plan_200_cells_s": min(planning), "plan_rerun_completed_200_s": best["rerun"],
+               "plan_reject_200_last_bad_s": best["reject"], "plan_cfg_job_s": best["cfg"] - best["python"],
+               "plan_python_start_s": best["python"], "plan_cells": len(plans)}
+    print(f"\nplanning `-m {' '.join(PLAN_GRID)}` ({len(plans)} cells) in-process: {figures['plan_200_cells_s']:.2f} s "
+          f"(target <= 2)\nre-running it when every run is complete (the whole command): {best['rerun']:.2f} s "
+          f"(target <= 10)\nrejecting a 200-cell grid whose last cell is bad: {best['reject']:.2f} s\n"
+          f"--cfg job after the interpreter starts: {figures['plan_cfg_job_s']:.2f} s (target <= 2; "
+          f"the interpreter alone {best['python']:.2f} s)")
+    return figures
+
+
 SWEEP = ["-m", "pooling=max,avg", "seed=0,1,2,3", "epochs=2"]  # 8 runs on mnist5k
 
 
@@ -251,7 +308,8 @@ def sweep_section(rounds: int) -> dict[str, float]:
     return {"sweep_sequential_s": seq, "sweep_parallel_s": par, "sweep_parallel_over_sequential": par / seq}
 
 
-SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section}
+SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section,
+            "plan": plan_section}
 
 
 def main() -> None:

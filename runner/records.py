@@ -24,7 +24,8 @@ TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epoch
              "ood")
 TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
 BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
-               "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device", "host", "slurm_job_id")
+               "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device_type", "autocast", "device",
+               "threads", "interop_threads", "thread_env", "host", "slurm_job_id")
 
 
 @contextlib.contextmanager

@@ -79,6 +79,19 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str], li
     return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), config, sorted(metrics)
 
 
+def mixed_devices(ok: pd.DataFrame, config: list[str]) -> list[str]:
+    """A warning per group whose seeds ran on different device types or autocast settings: their numbers
+    differ for that reason alone (the run id holds both, so such runs are different experiments)."""
+    where = [c for c in ("device_type", "autocast") if c in ok]
+    out = []
+    for key, group in ok.groupby(config, dropna=False, sort=False):
+        kinds = sorted({"/".join("None" if pd.isna(v) else str(v) for v in row) for row in group[where].itertuples(index=False)})
+        if len(kinds) > 1:
+            out.append(f"warning: {label(pd.Series(dict(zip(config, key))), varying(ok, config)) or 'one group'} mixes "
+                       f"runs on {', '.join(kinds)}; compare runs of one device type")
+    return out
+
+
 def varying(df: pd.DataFrame, columns: list[str]) -> list[str]:
     """The columns that take more than one value (NaN counts as a value)."""
     return [c for c in columns if df[c].astype(str).nunique() > 1]
@@ -395,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             t.add_row(r.method, str(r.n_pairs), f"{r.diff_mean:+.4f}", f"[{r.diff_ci_low:+.4f}, {r.diff_ci_high:+.4f}]",
                       f"{r.p_t_holm:.3g}", f"{r.p_wilcoxon_holm:.3g}", r.verdict, r.unpaired_seeds or "–")
         console.print(t)
+    for warning in mixed_devices(ok, config):
+        console.print(warning, style="yellow", highlight=False)
     not_ok = runs[runs.status != "ok"]
     if len(not_ok):
         console.print(f"not aggregated: {len(not_ok)} runs ({', '.join(f'{n} {s}' for s, n in not_ok.status.value_counts().items())}):")

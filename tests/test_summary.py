@@ -1,6 +1,8 @@
 """The summary over hand-made result folders: statistics checked against scipy and by hand."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,3 +143,14 @@ def test_a_distillation_loss_is_compared_with_its_teacher_attached(tmp_path):
     row = c[c.metric == "test_acc"].iloc[0]
     assert row.method == "loss=kd teacher=resnet20" and row.n_pairs == 3
     assert row.diff_mean == pytest.approx((0.02 + 0.02 + 0.01) / 3)
+
+
+def test_a_group_that_mixes_device_types_is_warned_about(tmp_path, capsys):
+    for seed, kind in enumerate(["cpu", "cpu", "cuda"]):
+        make_run(tmp_path, f"m{seed}", pooling="max", seed=seed, acc=0.9)
+        path = tmp_path / "runs" / f"m{seed}" / "result.json"
+        record = json.loads(path.read_text()) | {"device_type": kind, "autocast": "bfloat16" if kind == "cuda" else None}
+        path.write_text(json.dumps(record))
+    assert summary_main([str(tmp_path), "--results", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "mixes runs on cpu/None, cuda/bfloat16" in out
