@@ -175,6 +175,9 @@ def _check_decoded(name: str, t: Mapping[str, torch.Tensor]) -> None:
 
 def _save_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mask = os.umask(0o022)  # mkstemp makes the file 0600: give it what open() would (0644 under umask 022)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -184,19 +187,47 @@ def _save_atomic(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _read_cache(name: str, path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None (with the file removed) when the cache is not what this code writes."""
+    try:
+        tensors = torch.load(path, weights_only=True)
+        if not isinstance(tensors, dict) or any(not isinstance(tensors.get(k), torch.Tensor)
+                                                for k in ("train_x", "train_y", "test_x", "test_y")):
+            raise DataError("not the four tensors train_x, train_y, test_x, test_y")
+        _check_decoded(name, tensors)
+        return tensors
+    except Exception as e:  # truncated, another format, a pickle that is not plain tensors
+        import sys
+
+        print(f"warning: the dataset cache {path} is corrupt ({' '.join(str(e).split()[:16])}); "
+              "removing it and decoding the source files again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def load_cached(ds: Mapping[str, Any], data_dir: str | Path, download: bool = False) -> dict[str, torch.Tensor]:
-    """The decoded train/test tensors, from the cache or decoded (and cached) once under a lock."""
+    """The decoded train/test tensors, from the cache or decoded (and cached) once under a lock.
+
+    A corrupt cache is removed and rebuilt from the source files; without them, the DataError names both."""
     name, data_dir = ds["name"], Path(data_dir)
     path = cache_path(name, data_dir)
-    if not path.exists():
-        check_available(ds, data_dir, download)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.with_suffix(".lock"))):
-            if not path.exists():  # another process may have made it while we waited
-                tensors = _decode(name, ds, data_dir, download)
-                _check_decoded(name, tensors)
-                _save_atomic(tensors, path)
-    return torch.load(path, weights_only=True)
+    if path.exists() and (tensors := _read_cache(name, path)) is not None:
+        return tensors
+    check_available(ds, data_dir, download)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        if path.exists() and (tensors := _read_cache(name, path)) is not None:  # made by another process meanwhile
+            return tensors
+        try:
+            tensors = _decode(name, ds, data_dir, download)
+        except (OSError, RuntimeError) as e:  # no network for download=true, unreadable or corrupt source files
+            how = ("download=true could not fetch them (is there a network?); put the files there by hand or use "
+                   "a data_dir that has them" if download else "check the files, or fetch them again with download=true")
+            raise DataError(f"dataset={name}: reading its files under {data_dir} failed: "
+                            f"{' '.join(str(e).split()[:30])}. To fix: {how}.") from None
+        _check_decoded(name, tensors)
+        _save_atomic(tensors, path)
+    return tensors
 
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

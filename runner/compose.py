@@ -49,6 +49,65 @@ def one_paragraph(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# What a command line may change of Hydra's own settings: the launcher's and sweeper's knobs, verbosity and the
+# folders Hydra writes into. Everything else (callbacks, the job's environment, logging factories, chdir, the
+# sweeper itself) could run code or change what the runner does, and is refused.
+HYDRA_SETTINGS = ("hydra.launcher.", "hydra.sweeper.params", "hydra.sweeper.max_batch_size", "hydra.verbose",
+                  "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.run.dir", "hydra.searchpath", "hydra.output_subdir",
+                  "hydra/launcher", "hydra/job_logging", "hydra/hydra_logging")
+LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+             "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+             "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+             "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+SWEEPER = "hydra_plugins.runner_sweeper.PlannedSweeper"
+
+
+def check_hydra_overrides(parsed: Sequence[Override]) -> None:
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_hydra_override() and not any(key == a.rstrip(".") or key.startswith(a) for a in HYDRA_SETTINGS) \
+                or key.endswith("._target_") and key.startswith("hydra"):
+            allowed = ", ".join(a + ("*" if a.endswith(".") else "") for a in HYDRA_SETTINGS)
+            raise ConfigError(f"{o.input_line}: the runner does not let a command change this Hydra setting "
+                              f"(it could run other code or change where and how runs execute). Allowed: {allowed}.")
+
+
+def check_hydra_config(hydra_node: DictConfig) -> None:
+    """Hydra's settings as composed (the command line and every YAML, a --config-dir's included)."""
+    def refuse(key: str, why: str) -> ConfigError:
+        return ConfigError(f"hydra.{key}: {why}; the runner refuses it, whichever config file or override set it.")
+
+    if hydra_node.get("callbacks"):
+        raise refuse("callbacks", "Hydra callbacks run code around every job")
+    if hydra_node.job.get("env_set") or hydra_node.job.get("env_copy"):
+        raise refuse("job.env_set", "it changes the environment the runner (and the git it calls) runs in")
+    if hydra_node.job.get("chdir"):
+        raise refuse("job.chdir", "runs write under results_dir, relative to where the command starts")
+    launcher = str(hydra_node.launcher.get("_target_"))
+    if launcher not in LAUNCHERS:
+        raise refuse("launcher._target_", f"{launcher} is not one of Hydra's launchers that conf/launcher/ selects")
+    if str(hydra_node.sweeper.get("_target_")) != SWEEPER:
+        raise refuse("sweeper", "the runner's planned sweeper launches only cells it has checked")
+    for section in ("job_logging", "hydra_logging"):
+        for key, value in _walk(OmegaConf.to_container(hydra_node.get(section) or {}, resolve=False), section):
+            if key.endswith("()") or (key.endswith(".class") and not str(value).startswith("logging.")):
+                raise refuse(key, "a logging factory outside the logging module runs code")
+    n_jobs = hydra_node.launcher.get("n_jobs")
+    if "joblib" in launcher and (not isinstance(n_jobs, int) or n_jobs == 0):
+        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: allowed: a whole number of parallel runs >= 1, or -1 for "
+                          "one per core (launcher=local's default is one per usable core).")
+
+
+def _walk(node: Any, prefix: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{prefix}.{k}", v
+            yield from _walk(v, f"{prefix}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{prefix}[{i}]")
+
+
 def chosen(runtime_choices: Mapping[str, Any]) -> dict[str, str | None]:
     """The chosen option of every axis (None where a group is unset, as ``teacher``), and of an option's own
     sub-options (``norm@norm.block`` as ``norm.block``)."""
@@ -146,13 +205,19 @@ class Composer:
     def master(self, overrides: Sequence[str], multirun: bool) -> DictConfig:
         """The command's config as Hydra composes it before sweeping (with its ``hydra`` node)."""
         parsed = self.parse(overrides)
+        check_hydra_overrides(parsed)
         self._check_options(parsed)
         sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
         if sweeps and not multirun:
             raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m (multirun) to run one job per value.")
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         try:
-            return self.hydra.compose_config(self.config_name, list(overrides), run_mode=mode)
+            master = self.hydra.compose_config(self.config_name, list(overrides), run_mode=mode)
+            try:
+                check_hydra_config(master.hydra)
+            except OmegaConfBaseException as e:  # an interpolation in Hydra's settings that does not resolve
+                raise ConfigError(f"hydra.{getattr(e, 'full_key', '')}: {one_paragraph(str(e).splitlines()[0])}.") from None
+            return master
         except (HydraException, OmegaConfBaseException) as e:
             groups_only = [o.input_line for o in self.parse(overrides) if self._is_group(o) and not o.is_sweep_override()]
             try:  # the keys that do exist, for a "did you mean"

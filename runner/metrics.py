@@ -201,13 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
     for folder in args.runs:
-        record = records.read_result(folder)
-        logits_path = folder / "logits.pt"
-        if record is None or not logits_path.exists():
+        record, saved = records.read_result(folder), records.read_logits(folder)
+        if record is None or saved is None:
             console.print(f"error: {folder}: not a finished run folder (needs result.json and logits.pt)", style="red")
             return 2
         cfg = record["config"]
-        metrics = final_metrics(torch.load(logits_path, weights_only=True), cfg.get("ts_method", "ece_grid"))
+        metrics = final_metrics(saved, cfg.get("ts_method", "ece_grid"))
         table = Table(title=f"{record['run_id']} ({' '.join(f'{k}={v}' for k, v in record['choices'].items())})")
         table.add_column("metric")
         table.add_column("recomputed", justify="right")

@@ -11,7 +11,9 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -20,7 +22,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from datasets import SPECS, DataError, check_available
+from datasets import SPECS, DataError, check_available, load_cached
+from datasets.registry import cache_path
 from datasets.batches import AUGMENTS
 from models import declared
 from runner import build, records
@@ -109,6 +112,8 @@ def plan_from_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, 
     architecture is built once and each distinct option node is typed once per command."""
     cfg = _typed(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
+    if check_data:
+        _check_writable("results_dir", cfg.results_dir)
     _check_values(cfg, choices)
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
@@ -120,7 +125,7 @@ def plan_from_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, 
     if not done:
         _check_builds(cfg, choices, checked if checked is not None else set())
     if check_data:
-        _check_data(cfg)
+        _check_data(cfg, checked if checked is not None else set())
     return plan
 
 
@@ -230,7 +235,7 @@ def resolve_target(key: str, path: str, home: str) -> Callable[..., Any]:
         if (inspect.isclass(obj) or inspect.isfunction(obj)) and (defined_in + ".").startswith(home + "."):
             return obj
         raise refuse
-    raise ConfigError(f"{key}={path}: no such module in {home}.")
+    raise refuse  # the package itself, or nothing importable under it
 
 
 # ---------------------------------------------------------------- checks before any data is touched
@@ -399,13 +404,35 @@ def _dry_forward(cfg: DictConfig) -> None:
         raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
 
 
-def _check_data(cfg: DictConfig) -> None:
-    try:
-        check_available(cfg.dataset, cfg.data_dir, cfg.download)
-        if cfg.ood is not None:
-            check_available(ood_dataset(cfg), cfg.data_dir, cfg.download)
-    except DataError as e:
-        raise ConfigError(str(e)) from None
+def _check_data(cfg: DictConfig, checked: set[str]) -> None:
+    """The folders a run writes are writable, and its data can be read: with download=true, missing files are
+    fetched now, once per command, so that an offline machine is a setup error before anything trains."""
+    sets = [cfg.dataset] + ([ood_dataset(cfg)] if cfg.ood is not None else [])
+    for ds in sets:
+        key = json.dumps(["data", cfg.data_dir, ds.name, ds.get("source_dir")])
+        if key in checked:
+            continue
+        try:
+            if not cache_path(ds.name, cfg.data_dir).exists():
+                _check_writable("data_dir", cfg.data_dir)  # the decoded tensors are cached there
+            check_available(ds, cfg.data_dir, cfg.download)
+            if cfg.download and not cache_path(ds.name, cfg.data_dir).exists():
+                load_cached(ds, cfg.data_dir, download=True)
+        except DataError as e:
+            raise ConfigError(f"{'ood=' + str(cfg.ood) + ': ' if ds is not sets[0] else ''}{e}") from None
+        checked.add(key)
+
+
+def _check_writable(key: str, folder: str) -> None:
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={folder}: is a file, not a folder. Give a folder (it is created if missing).")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    try:  # a probe, removed at once: permission bits say nothing for root, nor for read-only or virtual file systems
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".runner-probe-"))
+    except OSError as e:
+        raise ConfigError(f"{key}={folder}: cannot create folders in {existing} ({e.strerror}); "
+                          "choose a folder you can write to.") from None
 
 
 # ---------------------------------------------------------------- the distillation teacher

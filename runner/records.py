@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from runner.schema import AXES, NOT_IDENTITY
+from runner.schema import AXES, NOT_IDENTITY, RUN_ID
 
 DONE = ("ok", "diverged")  # finished runs; failed, interrupted and killed ones run again
 TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",
@@ -28,11 +28,23 @@ BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_d
                "threads", "interop_threads", "thread_env", "host", "slurm_job_id")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: 0644 under the usual umask 022, so colleagues can read
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
-    """Yield a temporary name beside ``path``; on success rename it over ``path`` (atomic on POSIX)."""
+    """Yield a temporary name beside ``path``; on success rename it over ``path`` (atomic on POSIX).
+
+    mkstemp creates the file 0600; it gets the mode a plain open() would have given before the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         yield tmp
@@ -60,16 +72,59 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 
 def run_lock(root: Path, run_id: str) -> FileLock:
     """The lock a process holds while it trains a run (an flock: the OS drops it when the process dies)."""
+    if not RUN_ID.fullmatch(run_id):  # an id is data, never a path
+        raise ValueError(f"not a run id: {run_id!r}")
     (root / ".locks").mkdir(parents=True, exist_ok=True)
     return FileLock(str(root / ".locks" / f"{run_id}.lock"))
 
 
+class CorruptRecord(Exception):
+    """A file in a run folder that is not what this runner writes: reported once and skipped."""
+
+
+_reported: set[str] = set()
+
+
+def report_corrupt(path: Path, what: str) -> None:
+    """Say once per process that ``path`` is skipped, and why (it never stops another run or the summary)."""
+    if str(path) not in _reported:
+        _reported.add(str(path))
+        import sys
+
+        print(f"warning: skipping {path}: {what}", file=sys.stderr)
+
+
+def _check_record(record: Any, folder: Path) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise CorruptRecord(f"a run record is a JSON object, this is a {type(record).__name__}")
+    rid = record.get("run_id")
+    if not isinstance(rid, str) or not RUN_ID.fullmatch(rid) or rid != folder.name:
+        raise CorruptRecord(f"its run_id {rid!r} is not the folder's name ({folder.name!r}, 10 hexadecimal digits)")
+    if not isinstance(record.get("status"), str):
+        raise CorruptRecord("it has no status")
+    for key in ("config", "choices"):
+        if not isinstance(record.get(key), dict):
+            raise CorruptRecord(f"its '{key}' is not a mapping")
+    metrics = record.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float, type(None))) for v in metrics.values()):
+        raise CorruptRecord("its 'metrics' is not a mapping of numbers")
+    if not all(isinstance(v, (str, type(None))) for v in record["choices"].values()):
+        raise CorruptRecord("its 'choices' are not option names")
+    return record
+
+
 def read_result(folder: Path) -> dict[str, Any] | None:
-    """A run's record. A run records ``running`` when it starts; if no process holds its lock any more it
-    was killed (SIGKILL, a node failure) before it could say so, and reads as ``interrupted``."""
+    """A run's record, or None when there is none or it is not a valid record (reported once, never raised).
+
+    A run records ``running`` when it starts; if no process holds its lock any more it was killed
+    (SIGKILL, a node failure) before it could say so, and reads as ``interrupted``."""
+    path = folder / "result.json"
     try:
-        record = json.loads((folder / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = _check_record(json.loads(path.read_text()), folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, CorruptRecord) as e:
+        report_corrupt(path, str(e))
         return None
     if record.get("status") == "running":
         lock = run_lock(folder.parent.parent, record["run_id"])
@@ -80,6 +135,40 @@ def read_result(folder: Path) -> dict[str, Any] | None:
         lock.release()
         record |= {"status": "interrupted", "error": "the process ended without recording a result (killed)"}
     return record
+
+
+def read_epochs(folder: Path) -> pd.DataFrame | None:
+    """A run's epochs.csv, or None when it is missing, empty or not a table this runner wrote (reported once)."""
+    path = folder / "epochs.csv"
+    try:
+        if not path.exists() or not path.stat().st_size:
+            return None
+        df = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        report_corrupt(path, f"not a CSV table ({' '.join(str(e).split())})")
+        return None
+    if "epoch" not in df.columns:
+        report_corrupt(path, "it has no 'epoch' column")
+        return None
+    return df
+
+
+def read_logits(folder: Path) -> dict[str, Any] | None:
+    """A run's logits.pt (tensors only, no pickled code), or None when missing or unreadable (reported once)."""
+    path = folder / "logits.pt"
+    if not path.exists():
+        return None
+    import torch  # here: reading tables needs no torch, and the summary imports it only to draw reliability
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or a pickle that is not plain tensors
+        report_corrupt(path, f"not a logits file this runner wrote ({' '.join(str(e).split()[:16])})")
+        return None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), torch.Tensor) for k in ("test_logits", "test_target")):
+        report_corrupt(path, "it has no test_logits and test_target tensors")
+        return None
+    return saved
 
 
 def completed(folder: Path) -> dict[str, Any] | None:
@@ -132,11 +221,10 @@ def rebuild_tables(root: Path) -> pd.DataFrame:
             runs = runs[_columns(runs)]
         epoch_frames = []
         for r in records:
-            path = root / "runs" / r["run_id"] / "epochs.csv"
-            if path.exists() and path.stat().st_size:
-                df = pd.read_csv(path)
+            df = read_epochs(root / "runs" / r["run_id"])
+            if df is not None:
                 keys = {"run_id": r["run_id"], **r["choices"], "seed": r["config"].get("seed")}
-                epoch_frames.append(df.assign(**keys)[list(keys) + list(df.columns)])
+                epoch_frames.append(df.assign(**keys)[list(keys) + [c for c in df.columns if c not in keys]])
         epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame()
         write_csv(root / "runs.csv", runs)
         write_csv(root / "epochs.csv", epochs)

@@ -177,11 +177,11 @@ def _omega_type(hint: Any) -> tuple[Any, dict[str, float], tuple[Any, ...] | Non
 
 
 def _signature_params(target: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
-    """The keyword parameters of ``target`` (a class: its __init__ and, through ``**kwargs``, its bases').
-    None when it takes arbitrary keywords that cannot be listed."""
-    func = target.__init__ if inspect.isclass(target) else target
+    """The keyword parameters of ``target`` (a class: its __init__ and, through ``**kwargs``, its bases' up to the
+    first class from a library: a library's ``**kwargs`` swallows unknown settings, so they stop there).
+    None when a function of this project takes arbitrary keywords that cannot be listed."""
     params: dict[str, inspect.Parameter] = {}
-    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [func]
+    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
     for fn in chain:
         if fn is object.__init__:
             break
@@ -189,9 +189,10 @@ def _signature_params(target: Callable[..., Any]) -> dict[str, inspect.Parameter
         for name, p in sig.parameters.items():
             if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 params.setdefault(name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        ours = (getattr(fn, "__module__", "") or "").split(".")[0] in PACKAGES
+        if not ours or not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return params
-    return None
+    return params if inspect.isclass(target) else None
 
 
 @functools.lru_cache(maxsize=None)

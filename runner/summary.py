@@ -66,8 +66,9 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str], li
             continue
         metrics |= {k for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
         rows.append(records.row(record) | {"folder": str(folder)})
-        if (folder / "epochs.csv").exists() and (folder / "epochs.csv").stat().st_size:
-            epochs.append(pd.read_csv(folder / "epochs.csv").assign(run_id=record["run_id"]))
+        frame = records.read_epochs(folder)
+        if frame is not None:
+            epochs.append(frame.assign(run_id=record["run_id"]))
     if not rows:
         raise SummaryError("no runs found: run a sweep first, e.g. python -m runner -m pooling=max,avg seed=0,1,2")
     runs = pd.DataFrame(rows)
@@ -233,7 +234,6 @@ def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
 
     out_dir = root / "plots"
@@ -273,7 +273,10 @@ def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups:
                              squeeze=False)
     for ax, g in zip(axes.flat, group_names):
         pairs = [top_label(saved["test_logits"], saved["test_target"])
-                 for saved in (torch.load(Path(f) / "logits.pt", weights_only=True) for f in ok[ok.group == g].folder)]
+                 for saved in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder) if saved is not None]
+        if not pairs:
+            ax.axis("off")
+            continue
         mass, acc, _ = reliability(np.concatenate([c for c, _ in pairs]), np.concatenate([h for _, h in pairs]), bins)
         ax.bar(bins[:-1], np.where(mass > 0, acc, 0), width=1 / 15, align="edge", edgecolor="k", label="accuracy")
         ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
