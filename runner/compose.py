@@ -72,8 +72,12 @@ def check_hydra_overrides(parsed: Sequence[Override]) -> None:
                               f"(it could run other code or change where and how runs execute). Allowed: {allowed}.")
 
 
-def check_hydra_config(hydra_node: DictConfig) -> None:
-    """Hydra's settings as composed (the command line and every YAML, a --config-dir's included)."""
+SHELL_SETTINGS = ("setup", "srun_args", "additional_parameters")  # submitit puts these into the job script
+
+
+def check_hydra_config(hydra_node: DictConfig, given: Sequence[str] = ()) -> None:
+    """Hydra's settings as composed (the command line and every YAML, a --config-dir's included); ``given`` are
+    the keys the command line itself set."""
     def refuse(key: str, why: str) -> ConfigError:
         return ConfigError(f"hydra.{key}: {why}; the runner refuses it, whichever config file or override set it.")
 
@@ -92,6 +96,10 @@ def check_hydra_config(hydra_node: DictConfig) -> None:
         for key, value in _walk(OmegaConf.to_container(hydra_node.get(section) or {}, resolve=False), section):
             if key.endswith("()") or (key.endswith(".class") and not str(value).startswith("logging.")):
                 raise refuse(key, "a logging factory outside the logging module runs code")
+    for key in SHELL_SETTINGS:  # shell lines for the job script: the user's own command may give them, a file not
+        if hydra_node.launcher.get(key) and not any(g.startswith(f"hydra.launcher.{key}") for g in given):
+            raise ConfigError(f"hydra.launcher.{key}: set by a config file; it puts shell commands into the job "
+                              "script, so the runner takes it only from the command line (give it there if you mean it).")
     n_jobs = hydra_node.launcher.get("n_jobs")
     if "joblib" in launcher and (not isinstance(n_jobs, int) or n_jobs == 0):
         raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: allowed: a whole number of parallel runs >= 1, or -1 for "
@@ -214,7 +222,7 @@ class Composer:
         try:
             master = self.hydra.compose_config(self.config_name, list(overrides), run_mode=mode)
             try:
-                check_hydra_config(master.hydra)
+                check_hydra_config(master.hydra, [o.key_or_group for o in parsed])
             except OmegaConfBaseException as e:  # an interpolation in Hydra's settings that does not resolve
                 raise ConfigError(f"hydra.{getattr(e, 'full_key', '')}: {one_paragraph(str(e).splitlines()[0])}.") from None
             return master

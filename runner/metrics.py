@@ -41,14 +41,19 @@ TS_METHODS = ("ece_grid", "nll_lbfgs")
 # The direction of each metric, for sorting and verdicts: True when larger is better.
 HIGHER_IS_BETTER = {"acc": True, "msp_auroc": True, "ood_auroc": True, "nll": False, "brier": False, "ece": False,
                     "ada_ece": False, "classwise_ece": False, "mce": False, "rmsce": False, "aurc": False,
-                    "ood_fpr95": False, "ece_ts": False, "nll_ts": False, "loss": False}
+                    "ood_fpr95": False, "loss": False}
+NO_DIRECTION = ("temperature",)  # recorded measurements that are not a quality: nothing ranks by them
 
 
 def higher_is_better(column: str) -> bool | None:
-    """The direction of a runs.csv metric column (``test_ece`` -> False), or None when it has none."""
+    """The direction of a runs.csv metric column (``test_ece`` and ``best_test_ece_ts`` -> False), or None for
+    a column with no direction. A ``_ts`` metric (after temperature scaling) has its base metric's direction."""
+    name = column.removeprefix("best_")
     for prefix in ("test_", "val_", "train_", ""):
-        if column.startswith(prefix) and column[len(prefix):] in HIGHER_IS_BETTER:
-            return HIGHER_IS_BETTER[column[len(prefix):]]
+        if name.startswith(prefix):
+            base = name[len(prefix):].removesuffix("_ts")
+            if base in HIGHER_IS_BETTER:
+                return HIGHER_IS_BETTER[base]
     return None
 
 

@@ -197,7 +197,9 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
         hyper |= _flatten(cfg.get(axis) or {}, f"{axis}.")
     out = dict(record["choices"]) | {k: cfg[k] for k in TOP_LEVEL if k in cfg} | {k: record[k] for k in TEACHER if k in record}
     out |= dict(sorted(hyper.items())) | record.get("metrics", {})
-    return out | {k: record.get(k) for k in BOOKKEEPING}
+    best = record.get("best") if isinstance(record.get("best"), dict) else {}
+    out |= {"best_epoch": best.get("epoch")} | {f"best_{k}": v for k, v in best.items() if k != "epoch"} if best else {}
+    return out | {"at_chance": record.get("at_chance")} | {k: record.get(k) for k in BOOKKEEPING}
 
 
 def _columns(df: pd.DataFrame) -> list[str]:

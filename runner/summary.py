@@ -1,48 +1,48 @@
-"""``python -m runner.summary``: what a sweep found, with statistics over seeds.
+"""``python -m runner.summary RESULTS``: what a sweep found, and whether it is real.
 
-Reads every run folder under the results root (or the folders given), groups the finished runs by
-every config setting except ``seed``, and writes under the results root:
+Loads the runs (``load``), keeps the ones asked for (``--where``, at-chance runs out unless
+``--include-at-chance``), groups them by every setting except the seed (typed columns, a distillation
+run by its teacher's run id however the teacher was named), and writes into ``--out`` (default: the
+results root it reads):
 
-- ``summary.csv``: per group and metric, n, mean, std and the 95 % t-interval of the mean over seeds;
-- ``comparison.csv`` (with ``--baseline axis=value``): for every other value of that axis, the
-  difference to the baseline paired by seed within each setting of the other axes, its 95 % CI,
-  the paired t-test and Wilcoxon signed-rank p-values, both Holm-corrected over all comparisons of
-  a metric, and a verdict (better / worse / no detectable difference at α = 0.05 on the corrected
-  t-test). Seeds present on one side only are listed, not silently dropped;
-- ``ranks.csv``: each method's rank in every task (dataset × setting of the other axes), its mean
-  rank and its Borda count (Colombo et al., "What are the best systems? New perspectives on NLP
-  Benchmarking", NeurIPS 2022);
-- ``plots/``: learning curves (mean ± std over seeds), reliability diagrams, a method comparison;
-- ``report.md``: all of it in one file.
-
-Runs that failed, diverged or were interrupted are counted and listed, never averaged in. Works on
-partial results and rewrites every output each time (idempotent).
+- ``summary.csv``: per group and metric, n, mean, sd and a bootstrap CI over seeds;
+- ``comparison.csv`` (with ``--baseline axis=value``): each other method of that axis against the
+  baseline within each task, paired by seed: mean difference, BCa bootstrap CI, exact sign-flip p-value,
+  Holm over the report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with
+  ``--rope``, the Bayesian probabilities of better / equivalent / worse;
+- ``ranks.csv``: ranks per task over common seeds, mean rank, Borda count, IQM and probability of
+  improvement with stratified bootstrap CIs, the Friedman test and Wilcoxon–Holm post-hoc p-values;
+- ``plots/``: paired differences, probability of improvement, critical-difference diagram (only when
+  Friedman rejects), learning curves, reliability diagrams with bin counts and ECE;
+- ``report.md``: a paragraph that answers in words, then the tables and plots.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from runner import records
-from runner.metrics import higher_is_better, reliability, top_label
+from runner import records, stats
+from runner.metrics import higher_is_better
 
-ALPHA = 0.05
 KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
+AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
+# How a teacher was named (settings, run id, checkpoint) is not what it is: its run id is, kept as teacher_run_id.
+TEACHER_NAMING = ("teacher", "teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_test_acc")
+NOT_CONFIG = set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch"} | set(TEACHER_NAMING)
 
 
 class SummaryError(Exception):
     """A usage mistake: printed as one line, exit status 2."""
 
 
-# ---------------------------------------------------------------- reading runs
+# ---------------------------------------------------------------- reading and choosing runs
 
 def run_folders(paths: Iterable[Path]) -> list[Path]:
     """Run folders from results roots (holding ``runs/``) or run folders themselves."""
@@ -57,15 +57,17 @@ def run_folders(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]:
-    """(runs, epochs, config columns, metric columns): one row per run, one per run × epoch."""
+def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(runs, epochs, metric columns): one row per readable run (a corrupt one is reported and skipped)."""
     rows, epochs, metrics = [], [], set()
     for folder in folders:
         record = records.read_result(folder)
         if record is None:
             continue
-        metrics |= {k for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
-        rows.append(records.row(record) | {"folder": str(folder)})
+        row = records.row(record) | {"folder": str(folder)}
+        metrics |= {k for k, v in row.items() if (k.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
+                                                   or k == "temperature") and isinstance(v, (int, float, type(None)))}
+        rows.append(row)
         frame = records.read_epochs(folder)
         if frame is not None:
             epochs.append(frame.assign(run_id=record["run_id"]))
@@ -75,351 +77,388 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str], li
     for c in runs.columns:  # lists (model.widths) as text, so that they can be grouped on
         if runs[c].dtype == object:
             runs[c] = runs[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-    skip = set(records.BOOKKEEPING) | metrics | {"seed", "folder"}
-    config = [c for c in runs.columns if c not in skip]
-    return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), config, sorted(metrics)
+    if "at_chance" not in runs:
+        runs["at_chance"] = False
+    runs["at_chance"] = runs["at_chance"].map(lambda v: v is True or v == 1)
+    return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), sorted(metrics)
 
 
-def mixed_devices(ok: pd.DataFrame, config: list[str]) -> list[str]:
-    """A warning per group whose seeds ran on different device types or autocast settings: their numbers
-    differ for that reason alone (the run id holds both, so such runs are different experiments)."""
-    where = [c for c in ("device_type", "autocast") if c in ok]
-    out = []
-    for key, group in ok.groupby(config, dropna=False, sort=False):
-        kinds = sorted({"/".join("None" if pd.isna(v) else str(v) for v in row) for row in group[where].itertuples(index=False)})
-        if len(kinds) > 1:
-            out.append(f"warning: {label(pd.Series(dict(zip(config, key))), varying(ok, config)) or 'one group'} mixes "
-                       f"runs on {', '.join(kinds)}; compare runs of one device type")
+def parse_where(items: list[str], columns: Iterable[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or key not in columns:
+            raise SummaryError(f"--where {item}: expected column=value[,value...] with a column of runs.csv, "
+                               f"e.g. pooling=max,softpool or dataset=cifar10")
+        out[key] = values.split(",")
     return out
 
 
-def varying(df: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The columns that take more than one value (NaN counts as a value)."""
-    return [c for c in columns if df[c].astype(str).nunique() > 1]
+def select(runs: pd.DataFrame, where: dict[str, list[str]]) -> pd.DataFrame:
+    for key, values in where.items():
+        runs = runs[runs[key].map(_text).isin(values)]
+    return runs
 
 
-def label(row: pd.Series, columns: list[str]) -> str:
-    return " ".join(f"{c}={row[c]}" for c in columns if pd.notna(row[c])) or "all runs"
+def _text(v: Any) -> str:
+    """A cell as a user writes it: 3.0 as 3.0, 64 as 64 (not 64.0), missing as 'none'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v)) if not isinstance(v, bool) else str(v)
+    return str(v)
 
 
-# ---------------------------------------------------------------- statistics
-
-def describe(values: np.ndarray) -> dict[str, float]:
-    """n, mean, sample std and the 95 % t-interval of the mean."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    n = len(values)
-    mean = float(values.mean()) if n else np.nan
-    std = float(values.std(ddof=1)) if n > 1 else np.nan
-    if n > 1 and std > 0:
-        lo, hi = stats.t.interval(1 - ALPHA, n - 1, loc=mean, scale=stats.sem(values))
-    elif n > 1:
-        lo = hi = mean
-    else:
-        lo = hi = np.nan
-    return {"n": n, "mean": mean, "std": std, "ci_low": float(lo), "ci_high": float(hi)}
+def config_columns(runs: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The settings that vary across the runs (a missing value counts as a value), the seed aside."""
+    cols = [c for c in runs.columns if c not in NOT_CONFIG and c not in metrics
+            and not c.startswith(("train_", "best_"))]
+    return [c for c in cols if runs[c].map(_text).nunique() > 1]
 
 
-def summarize(ok: pd.DataFrame, config: list[str], metrics: list[str]) -> pd.DataFrame:
-    """summary.csv: one row per group × metric."""
-    out = []
-    for key, group in ok.groupby(config, dropna=False, sort=False):
-        base = dict(zip(config, key))
-        for m in metrics:
-            out.append(base | {"metric": m, "higher_is_better": higher_is_better(m)} | describe(group[m].to_numpy()))
-    return pd.DataFrame(out)
+def group_key(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One text key per run from typed columns, a missing value kept distinct from every value."""
+    if not columns:
+        return pd.Series("all runs", index=runs.index)
+    return runs[columns].apply(lambda r: " ".join(_label_part(c, v) for c, v in r.items() if _label_part(c, v)), axis=1)
 
 
-# A distillation method is its loss and its teacher: comparing losses keeps the teacher with the loss.
-ATTACHED = {"loss": ("teacher", "teacher_run_id", "teacher_test_acc")}
-# Columns that identify a teacher in detail; labels show the teacher's option name instead.
-LABEL_SKIP = ("teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_run_id", "teacher_test_acc")
+def _label_part(column: str, value: Any) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    if missing and "." in column:  # a hyperparameter the option does not have: nothing to say
+        return ""
+    if column == "teacher_run_id":
+        return "" if missing else f"teacher={value}"
+    return f"{column}={_text(value)}"
 
 
-def _method_columns(axis: str, config: list[str]) -> list[str]:
-    """The axis and its own hyperparameters (``pooling`` and ``pooling.*``): what defines a method."""
-    own = [axis] + [c for c in config if c.startswith(axis + ".")]
-    attached = [c for c in config if c in ATTACHED.get(axis, ()) or any(c.startswith(a + ".") for a in ATTACHED.get(axis, ()))]
-    return own + attached
+# ---------------------------------------------------------------- the paired comparison
+
+def method_columns(axis: str, columns: list[str]) -> list[str]:
+    """The axis, its own hyperparameters, and for a loss the teacher: what defines a method of that axis."""
+    return [c for c in columns if c == axis or c.startswith(axis + ".") or (axis == "loss" and c == "teacher_run_id")]
 
 
-def labelled(df: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The varying columns worth showing in a label."""
-    return [c for c in varying(df, columns) if c not in LABEL_SKIP]
-
-
-def compare(ok: pd.DataFrame, config: list[str], metrics: list[str], baseline: str) -> pd.DataFrame:
-    """comparison.csv: every method of the baseline's axis against the baseline, paired by seed."""
+def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: str, main_metric: str,
+            rope: float | None) -> pd.DataFrame:
+    """comparison.csv: every method of the baseline's axis against the baseline, per task, paired by seed."""
     axis, _, value = baseline.partition("=")
-    methods = _method_columns(axis, config)
-    context = [c for c in config if c not in methods]
+    methods = method_columns(axis, columns)
+    context = [c for c in columns if c not in methods]
+    ok = ok.assign(_method=group_key(ok, methods), _task=group_key(ok, context))
     rows = []
-    for ctx, group in ok.groupby(context, dropna=False, sort=False) if context else [((), ok)]:
-        ctx = ctx if isinstance(ctx, tuple) else (ctx,)
-        base = group[group[axis].astype(str) == value]
+    for task, group in ok.groupby("_task", sort=False):
+        base = group[group[axis].map(_text) == value]
         if base.empty:
             continue
-        if base[methods].astype(str).drop_duplicates().shape[0] > 1:
-            raise SummaryError(f"--baseline {baseline} matches several settings of {', '.join(methods[1:])}; "
-                               "summarize a results folder with one of them")
-        for key, other in group[group[axis].astype(str) != value].groupby(methods, dropna=False, sort=False):
-            method = label(pd.Series(dict(zip(methods, key if isinstance(key, tuple) else (key,)))),
-                           labelled(ok, methods) or [axis])
+        if base["_method"].nunique() > 1:
+            raise SummaryError(f"--baseline {baseline} matches several methods in {task}: "
+                               f"{', '.join(sorted(base['_method'].unique()))}; add --where to keep one")
+        for method, other in group[group[axis].map(_text) != value].groupby("_method", sort=False):
             pairs = base.merge(other, on="seed", suffixes=("_base", ""))
             unpaired = sorted(set(base.seed) ^ set(other.seed))
             for m in metrics:
-                d = (pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float)
-                d = d[np.isfinite(d)]
-                rows.append(dict(zip(context, ctx)) | {"method": method, "baseline": baseline, "metric": m,
-                            "higher_is_better": higher_is_better(m), "n_pairs": len(d),
-                            "unpaired_seeds": " ".join(map(str, unpaired))}
-                            | {f"diff_{k}": v for k, v in describe(d).items() if k != "n"} | _tests(d))
+                if m not in pairs or f"{m}_base" not in pairs:
+                    continue
+                r = stats.paired((pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float))
+                row = {"task": task, "method": method, "baseline": baseline, "metric": m,
+                       "higher_is_better": higher_is_better(m), "n_pairs": r.n, "diff_mean": r.mean,
+                       "diff_ci_low": r.ci_low, "diff_ci_high": r.ci_high, "p_sign_flip": r.p, "effect_dz": r.effect,
+                       "diff_sd": r.sd, "unpaired_seeds": " ".join(map(str, unpaired))}
+                if rope is not None:
+                    left, eq, right = stats.bayes_correlated_t(
+                        (pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float), rope)
+                    better_is_right = higher_is_better(m) is not False
+                    row |= {"p_better": right if better_is_right else left, "p_equivalent": eq,
+                            "p_worse": left if better_is_right else right}
+                rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    from statsmodels.stats.multitest import multipletests
-
-    for test in ("t", "wilcoxon"):
-        table[f"p_{test}_holm"] = np.nan
-        for m, idx in table.groupby("metric").groups.items():
-            p = table.loc[idx, f"p_{test}"]
-            valid = p.notna()
-            if valid.any():
-                table.loc[p[valid].index, f"p_{test}_holm"] = multipletests(p[valid], alpha=ALPHA, method="holm")[1]
-    table["verdict"] = [_verdict(r) for r in table.itertuples()]
+    table["p_holm"] = np.nan
+    table["verdict"] = ""
+    for m, idx in table.groupby("metric").groups.items():
+        sub = table.loc[idx]
+        table.loc[idx, "p_holm"] = stats.holm(sub["p_sign_flip"])
+        comparisons = int(sub["p_sign_flip"].notna().sum()) or 1
+        percent = m.endswith(("acc", "ece", "ece_ts", "auroc", "fpr95", "mce", "brier")) and "nll" not in m
+        for i in idx:
+            r = table.loc[i]
+            result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign_flip,
+                                  r.effect_dz, r.diff_sd)
+            table.loc[i, "verdict"] = stats.verdict(result, r.p_holm, higher_is_better(m), comparisons,
+                                                    scale=100 if percent else 1, unit=" points" if percent else "")
     return table
 
 
-def _tests(d: np.ndarray) -> dict[str, float]:
-    if len(d) < 2:
-        return {"p_t": np.nan, "p_wilcoxon": np.nan}
-    if np.all(d == 0):
-        return {"p_t": 1.0, "p_wilcoxon": 1.0}
-    with warnings.catch_warnings():  # near-identical differences make scipy warn; its p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p_t = stats.ttest_rel(d, np.zeros_like(d)).pvalue if np.std(d) > 0 else 0.0  # identical non-zero differences
-        return {"p_t": float(p_t), "p_wilcoxon": float(stats.wilcoxon(d).pvalue)}
+# ---------------------------------------------------------------- ranks across tasks
 
-
-def _verdict(r: Any) -> str:
-    if r.n_pairs < 2:
-        return "too few paired seeds"
-    if r.higher_is_better is None or not (r.p_t_holm < ALPHA):
-        return "no detectable difference"
-    return "better" if (r.diff_mean > 0) == bool(r.higher_is_better) else "worse"
-
-
-def rank(ok: pd.DataFrame, config: list[str], metric: str, axis: str) -> pd.DataFrame:
-    """ranks.csv: per task (dataset × setting of the other axes) rank 1 = best; mean rank and Borda count."""
-    methods = _method_columns(axis, config)
-    tasks = [c for c in config if c not in methods]
-    means = ok.groupby(tasks + methods, dropna=False, sort=False)[metric].mean().reset_index()
-    means["method"] = [label(r, labelled(ok, methods) or [axis]) for _, r in means.iterrows()]
-    means["task"] = [label(r, ["dataset"] + [c for c in varying(ok, tasks) if c != "dataset"]) for _, r in means.iterrows()]
-    ascending = higher_is_better(metric) is False
-    means["rank"] = means.groupby("task")[metric].rank(ascending=ascending, method="average")
-    means["borda"] = means.groupby("task")["rank"].transform("count") - means["rank"]  # methods beaten
-    wide = means.pivot_table(index="method", columns="task", values="rank")
-    wide.columns = [f"rank: {c}" for c in wide.columns]
-    agg = means.groupby("method").agg(mean_rank=("rank", "mean"), borda=("borda", "sum"), tasks=("task", "nunique"))
-    return agg.join(wide).sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index()
-
-
-# ---------------------------------------------------------------- plots
-
-def plots(ok: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, groups: list[str], metric: str,
-          root: Path) -> list[Path]:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
-    out_dir = root / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    ok = ok.assign(group=[label(r, groups) for _, r in ok.iterrows()])
-    datasets = list(dict.fromkeys(ok["dataset"]))
-
-    def save(fig: Any, name: str) -> None:
-        with warnings.catch_warnings():  # long labels: tight_layout gives up where bbox_inches="tight" still fits them
-            warnings.simplefilter("ignore", UserWarning)
-            fig.tight_layout()
-        path = out_dir / name
-        with records.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
-    curve = metric if metric in epochs.columns else "test_acc"
-    if not epochs.empty and curve in epochs.columns:
-        fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
-        for ax, ds in zip(axes[0], datasets):
-            for g, members in ok[ok.dataset == ds].groupby("group", sort=False):
-                e = epochs[epochs.run_id.isin(members.run_id)].groupby("epoch")[curve]
-                mean, std = e.mean(), e.std().fillna(0)
-                ax.plot(mean.index, mean.values, label=f"{g} (n={members.run_id.nunique()})")
-                ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
-            ax.set(title=f"{ds}: {curve} per epoch (mean ± std over seeds)", xlabel="epoch", ylabel=curve)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.legend(fontsize=7)
-        save(fig, "learning_curves.png")
-
-    bins = np.linspace(0, 1, 16)
-    group_names = list(dict.fromkeys(ok["group"]))
-    cols = min(4, len(group_names))
-    fig, axes = plt.subplots((len(group_names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 3.2 * ((len(group_names) + cols - 1) // cols)),
-                             squeeze=False)
-    for ax, g in zip(axes.flat, group_names):
-        pairs = [top_label(saved["test_logits"], saved["test_target"])
-                 for saved in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder) if saved is not None]
-        if not pairs:
-            ax.axis("off")
+def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
+         task_columns: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """ranks.csv and what the test across tasks found. A task counts only where every method has runs; each
+    method's score in a task is its mean over the seeds that every method of that task has."""
+    methods = method_columns(axis, columns)
+    tasks = [c for c in task_columns if c in ok] + [c for c in columns if c not in methods and c not in task_columns]
+    ok = ok.assign(_method=group_key(ok, methods), _task=group_key(ok, [c for c in tasks if c in ok]))
+    names = sorted(ok["_method"].unique())
+    info: dict[str, Any] = {"methods": names, "tasks_used": [], "tasks_skipped": [], "seeds_dropped": 0}
+    if len(names) < 2:
+        return pd.DataFrame(), info
+    scores: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+    for task, group in ok.groupby("_task", sort=False):
+        if set(group["_method"]) != set(names):
+            info["tasks_skipped"].append(task)
             continue
-        mass, acc, _ = reliability(np.concatenate([c for c, _ in pairs]), np.concatenate([h for _, h in pairs]), bins)
-        ax.bar(bins[:-1], np.where(mass > 0, acc, 0), width=1 / 15, align="edge", edgecolor="k", label="accuracy")
-        ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-        ax.set(title=g, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-        ax.title.set_fontsize(7)
-    for ax in list(axes.flat)[len(group_names):]:
-        ax.axis("off")
-    save(fig, "reliability.png")
+        common = set.intersection(*(set(g.seed) for _, g in group.groupby("_method")))
+        if not common:
+            info["tasks_skipped"].append(task)
+            continue
+        info["seeds_dropped"] += int((~group.seed.isin(common)).sum())
+        info["tasks_used"].append(task)
+        for name, g in group.groupby("_method"):
+            scores[name][task] = g[g.seed.isin(common)].sort_values("seed")[metric].to_numpy(dtype=float)
+    if not info["tasks_used"]:
+        return pd.DataFrame(), info
+    used = info["tasks_used"]
+    hib = higher_is_better(metric) is not False
+    matrix = np.array([[scores[n][t].mean() for n in names] for t in used])  # tasks × methods
+    ranks = pd.DataFrame(matrix, index=used, columns=names).rank(axis=1, ascending=not hib, method="average")
+    table = pd.DataFrame({"method": names, "mean_rank": ranks.mean().to_numpy(),
+                          "borda": (len(names) - ranks).sum().to_numpy(), "tasks": len(used)})
+    for n in names:  # rliable's aggregates with stratified bootstrap CIs over runs within tasks
+        runs_n = [scores[n][t] for t in used]
+        table.loc[table.method == n, "iqm"] = stats.iqm(np.concatenate(runs_n))
+        lo, hi = stats.stratified_bootstrap_ci([runs_n], lambda s: stats.iqm(np.concatenate(s)), n_resamples=1000)
+        table.loc[table.method == n, ["iqm_ci_low", "iqm_ci_high"]] = lo, hi
+    info["friedman_p"] = stats.friedman_p(matrix if hib else -matrix)
+    info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names) if len(used) >= 2 else None
+    info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))
+    poi = pd.DataFrame(index=names, columns=names, dtype=float)
+    for a in names:
+        for b in names:
+            x, y = [scores[a][t] for t in used], [scores[b][t] for t in used]
+            poi.loc[a, b] = stats.probability_of_improvement(x, y) if hib else stats.probability_of_improvement(y, x)
+    info["poi"] = poi
+    return table.sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index(drop=True), info
 
-    s = summary[summary.metric == metric].assign(group=lambda d: [label(r, groups) for _, r in d.iterrows()])
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 0.5 * s.group.nunique() + 1.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        d = s[s.dataset == ds].sort_values("mean", ascending=higher_is_better(metric) is not False)  # best at the top
-        y = np.arange(len(d))
-        err = np.vstack([d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]])
-        ax.errorbar(d["mean"], y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
-        ax.set_yticks(y, d["group"], fontsize=7)
-        ax.set(title=f"{ds}: {metric}, mean and 95 % CI over seeds", xlabel=metric)
-    save(fig, "comparison.png")
-    return written
 
+# ---------------------------------------------------------------- the report
 
-# ---------------------------------------------------------------- report and CLI
+def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
+    """The report's opening paragraph: each comparison of the main metric in one sentence."""
+    if comparison.empty:
+        return (f"No comparison was asked for: add --baseline axis=value (e.g. --baseline pooling=max) to compare "
+                f"methods on {metric}.")
+    c = comparison[comparison.metric == metric]
+    percent = metric.endswith(("acc", "ece", "ece_ts", "auroc", "brier")) and "nll" not in metric
+    scale, unit = (100, " points") if percent else (1, "")
+    sentences = []
+    for r in c.itertuples():
+        ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")
+        sentences.append(f"{r.method} vs {baseline} on {r.task}: {r.diff_mean * scale:+.2g}{unit}{ci}, "
+                         f"n = {r.n_pairs}, {r.verdict}.")
+    return " ".join(sentences)
+
 
 def _fmt(mean: float, lo: float, hi: float, n: int) -> str:
     if not np.isfinite(mean):
         return "–"
-    half = (hi - lo) / 2 if np.isfinite(lo) else np.nan
-    return f"{mean:.4f} ± {half:.4f} (n={n})" if np.isfinite(half) else f"{mean:.4f} (n={n})"
+    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}] (n={n})" if np.isfinite(lo) else f"{mean:.4f} (n={n})"
 
 
-def overview(summary: pd.DataFrame, groups: list[str], metrics: list[str], sort_by: str) -> pd.DataFrame:
-    """One row per group: 'mean ± CI half-width (n)' per metric, best first by ``sort_by``."""
-    rows = {}
-    for _, r in summary.iterrows():
-        g = label(r, groups)
-        rows.setdefault(g, {"group": g})
-        rows[g][r.metric] = _fmt(r["mean"], r.ci_low, r.ci_high, r.n)
+def summarize(ok: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """summary.csv: per group and metric, n, mean, sd and the bootstrap CI of the mean over seeds."""
+    out = []
+    for g, group in ok.groupby("group", sort=False):
+        for m in metrics:
+            v = group[m].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            lo, hi = stats.bootstrap_ci(v)
+            out.append({"group": g, "metric": m, "higher_is_better": higher_is_better(m), "n": len(v),
+                        "mean": float(v.mean()) if len(v) else np.nan,
+                        "sd": float(v.std(ddof=1)) if len(v) > 1 else np.nan, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(out)
+
+
+def overview(summary: pd.DataFrame, metrics: list[str], sort_by: str, references: list[tuple[str, str, float]]) -> pd.DataFrame:
+    rows: dict[str, dict[str, Any]] = {}
+    for r in summary.itertuples():
+        rows.setdefault(r.group, {"group": r.group})
+        rows[r.group][r.metric] = _fmt(r.mean, r.ci_low, r.ci_high, r.n)
         if r.metric == sort_by:
-            rows[g]["_key"] = r["mean"]
+            rows[r.group]["_key"] = r.mean
+    for name, m, v in references:
+        rows[f"{name} (published)"] = {"group": f"{name} (published)", m: f"{v:.4f}", "_key": v if m == sort_by else np.nan}
     table = pd.DataFrame(rows.values())
     table = table.sort_values("_key", ascending=higher_is_better(sort_by) is False, na_position="last")
     return table[["group"] + [m for m in metrics if m in table]]
 
 
-def report(root: Path, runs: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
-           images: list[Path], metric: str, baseline: str | None) -> str:
-    bad = runs[runs.status != "ok"]
-    lines = [f"# Sweep summary: {root}", "",
+def export(table: pd.DataFrame, fmt: str) -> str:
+    if fmt == "tex":
+        return table.to_latex(index=False, float_format="%.4g", escape=True)
+    if fmt == "md":
+        return table.to_markdown(index=False, floatfmt=".4g")
+    return table.to_csv(index=False)
+
+
+def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
+           info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str) -> str:
+    excluded = runs[runs.status != "ok"]
+    chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
+    lines = [f"# What the runs found ({metric}, {args.select} epoch)", "", answer(comparison, metric, args.baseline), "",
              f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
-             + ". Only `ok` runs are aggregated.", ""]
-    if len(bad):
-        lines += ["Not aggregated:", ""] + [f"- `{r.run_id}` {r.status}: {r.error}" for r in bad.itertuples()] + [""]
+             + f". {len(ok)} enter the statistics.", ""]
+    if len(excluded):
+        lines += ["Not aggregated (did not finish):", ""] + [f"- `{r.run_id}` {r.status}: {r.error}" for r in excluded.itertuples()] + [""]
+    if len(chance):
+        lines += ["Left out because they ended at chance (test accuracy within 3 standard errors of 1/K; "
+                  "`--include-at-chance` keeps them):", ""] + [f"- `{r.run_id}` {r.group_label}: test_acc {r.test_acc:.4f}"
+                                                               for r in chance.itertuples()] + [""]
     arrow = {True: "higher is better", False: "lower is better", None: ""}[higher_is_better(metric)]
-    lines += [f"## Groups (mean ± 95 % CI half-width over seeds), sorted by {metric} ({arrow})", "",
+    lines += [f"## Groups (mean [95 % bootstrap CI] over seeds), sorted by {metric} ({arrow})", "",
               table.to_markdown(index=False), ""]
-    if baseline and not comparison.empty:
+    if not comparison.empty:
         c = comparison[comparison.metric == metric]
-        fixed = [col for col in c.columns[:c.columns.get_loc("method")] if c[col].astype(str).nunique() == 1]
-        cols = [col for col in c.columns if col not in ("baseline", "metric", "higher_is_better", *fixed)]
-        lines += [f"## Against {baseline} ({metric}, paired by seed; Holm-corrected p-values)", "",
-                  c[cols].to_markdown(index=False, floatfmt=".4g"), ""]
+        cols = [k for k in ("task", "method", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "p_sign_flip",
+                            "p_holm", "effect_dz", "p_better", "p_equivalent", "p_worse", "verdict", "unpaired_seeds")
+                if k in c]
+        lines += [f"## Against {args.baseline} ({metric}; paired by seed, exact sign-flip test, Holm over "
+                  f"{int(c.p_sign_flip.notna().sum())} comparisons)", "", c[cols].to_markdown(index=False, floatfmt=".4g"), ""]
     if not ranks.empty:
-        lines += [f"## Ranks by {metric} (1 = best; Borda = methods beaten, summed over tasks)", "",
-                  ranks.to_markdown(index=False, floatfmt=".3g"), ""]
+        fried = info.get("friedman_p", math.nan)
+        lines += [f"## Across {len(info['tasks_used'])} tasks ({metric}; ranks over the seeds every method has)", "",
+                  ranks.to_markdown(index=False, floatfmt=".4g"), "",
+                  f"Friedman test: p = {fried:.3g}" + (" (the ranks differ; the critical-difference diagram shows which)"
+                                                       if fried < stats.ALPHA else " (no detectable difference in ranks; no "
+                                                       "critical-difference diagram is drawn)") + "."]
+        if info["tasks_skipped"]:
+            lines += ["", f"Tasks without every method, not ranked: {', '.join(info['tasks_skipped'])}."]
+        if info["seeds_dropped"]:
+            lines += ["", f"{info['seeds_dropped']} runs on seeds that not every method has were left out of the ranks."]
+        lines.append("")
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     return "\n".join(lines)
+
+
+def parse_reference(items: list[str]) -> list[tuple[str, str, float]]:
+    out = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        metric, eq, value = rest.partition("=")
+        try:
+            out.append((name, metric, float(value)))
+        except ValueError:
+            raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'") from None
+        if not eq or not name:
+            raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from runner import summary_plots
+
     parser = argparse.ArgumentParser(prog="python -m runner.summary", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="*", type=Path, help="results roots or run folders (default: --results)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results root; outputs go here (default %(default)s)")
+    parser.add_argument("paths", nargs="*", type=Path, help="results roots or run folders (default: results)")
+    parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)  # the old spelling of a single path
+    parser.add_argument("--out", type=Path, help="where to write (default: the results root read)")
+    parser.add_argument("--where", nargs="+", default=[], help="keep runs whose column has one of the values, "
+                        "e.g. --where pooling=max,softpool dataset=cifar10")
     parser.add_argument("--metric", default="test_acc", help="the metric to sort, compare and rank by (default %(default)s)")
     parser.add_argument("--baseline", help="axis=value to compare every other value of that axis against, e.g. pooling=max")
+    parser.add_argument("--select", choices=("last", "best_val"), default="last",
+                        help="the epoch whose metrics are compared: the last (default) or the best validation accuracy")
+    parser.add_argument("--task", default="dataset,model", help="columns that define a task for ranks (default %(default)s)")
+    parser.add_argument("--rope", type=float, help="region of practical equivalence for a Bayesian verdict, e.g. 0.005")
+    parser.add_argument("--reference", nargs="+", default=[], help="a published number as a row: 'pooling=max:test_acc=0.9125'")
+    parser.add_argument("--format", choices=("md", "tex", "csv"), default="csv", help="also export the comparison table")
+    parser.add_argument("--include-at-chance", action="store_true", help="keep runs that ended at chance in the statistics")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
+    paths = args.paths or [args.results or Path("results")]
+    out = args.out or args.results or (paths[0] if (paths[0] / "runs").is_dir() or not (paths[0] / "result.json").exists()
+                       else paths[0].parent.parent)
     try:
-        runs, epochs, config, metrics = load(run_folders(args.paths or [args.results]))
-        if args.metric not in metrics:
-            raise SummaryError(f"--metric {args.metric}: not a recorded metric. Allowed: {', '.join(metrics)}")
-        ok = runs[runs.status == "ok"]
+        if args.rope is not None and not args.rope >= 0:
+            raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")
+        runs, epochs, metrics = load(run_folders(paths))
+        runs = select(runs, parse_where(args.where, runs.columns))
+        references = parse_reference(args.reference)
+        metric = args.metric if args.select == "last" else f"best_{args.metric}"
+        if metric not in runs:
+            allowed = sorted(m for m in metrics if not m.startswith("best_"))
+            raise SummaryError(f"--metric {args.metric}: not recorded" + (" at the best validation epoch" if args.select
+                               == "best_val" else "") + f". Allowed: {', '.join(allowed)}")
+        columns = config_columns(runs, metrics)
+        runs["group_label"] = group_key(runs, columns)
+        ok = runs[(runs.status == "ok") & (~runs.at_chance | args.include_at_chance)].copy()
         if ok.empty:
-            raise SummaryError(f"none of the {len(runs)} runs finished ok: " + ", ".join(runs.status.unique()))
+            raise SummaryError(f"none of the {len(runs)} runs can be aggregated: " + ", ".join(runs.status.unique())
+                               + (" (runs at chance are left out; --include-at-chance keeps them)" if runs.at_chance.any() else ""))
+        ok["group"] = ok["group_label"]
         axis = None
         if args.baseline:
             axis, eq, value = args.baseline.partition("=")
-            if not eq or axis not in config:
+            if not eq or axis not in ok:
                 raise SummaryError(f"--baseline {args.baseline}: expected axis=value with axis one of "
-                                   f"{', '.join(c for c in config if '.' not in c)}")
-            if value not in set(ok[axis].astype(str)):
-                raise SummaryError(f"--baseline {args.baseline}: no ok run has {axis}={value}. "
-                                   f"Values: {', '.join(sorted(set(ok[axis].astype(str))))}")
+                                   f"{', '.join(a for a in AXES if a in ok)}")
+            if value not in set(ok[axis].map(_text)):
+                raise SummaryError(f"--baseline {args.baseline}: no run in the statistics has {axis}={value}. "
+                                   f"Values: {', '.join(sorted(set(ok[axis].map(_text))))}")
     except SummaryError as e:
         console.print(f"error: {e}", style="red", highlight=False)
         return 2
 
-    groups = labelled(ok, config)
-    summary = summarize(ok, config, metrics)
-    comparison = compare(ok, config, metrics, args.baseline) if args.baseline else pd.DataFrame()
-    axis = axis or next((a for a in ("pooling", "global_pool", "norm", "loss", "model", "optim") if a in groups), None)
-    ranks = rank(ok, config, args.metric, axis) if axis else pd.DataFrame()
-    root = args.results
-    records.write_csv(root / "summary.csv", summary)
-    for name, table in (("comparison.csv", comparison), ("ranks.csv", ranks)):
-        if not table.empty:
-            records.write_csv(root / name, table)
+    shown = [m for m in dict.fromkeys([metric, *(m if args.select == "last" else f"best_{m}" for m in KEY_METRICS)])
+             if m in ok]
+    compared = [m for m in metrics if m in ok and (m.startswith("best_") == (args.select == "best_val"))]
+    summary = summarize(ok, compared)
+    comparison = compare(ok, columns, compared, args.baseline, metric, args.rope) if args.baseline else pd.DataFrame()
+    axis = axis or next((a for a in AXES if a in columns), None)
+    ranks, info = rank(ok, columns, metric, axis, args.task.split(",")) if axis else (pd.DataFrame(), {})
+    table = overview(summary, shown, metric, references)
+    images = [] if args.no_plots else summary_plots.draw(ok, epochs, comparison, info, metric, args.rope, out / "plots")
+    records.write_csv(out / "summary.csv", summary)
+    for name, frame in (("comparison", comparison), ("ranks", ranks)):
+        if frame.empty:
+            (out / f"{name}.csv").unlink(missing_ok=True)
         else:
-            (root / name).unlink(missing_ok=True)
-    images = [] if args.no_plots else plots(ok, epochs, summary, groups, args.metric, root)
-    shown = [m for m in dict.fromkeys([args.metric, *KEY_METRICS]) if m in metrics]
-    table = overview(summary, groups, shown, args.metric)
-    records.write_text(root / "report.md", report(root, runs, table, comparison, ranks, images, args.metric, args.baseline))
+            records.write_csv(out / f"{name}.csv", frame)
+    if not comparison.empty and args.format != "csv":
+        records.write_text(out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format))
+    records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric))
 
-    arrow = "↑" if higher_is_better(args.metric) else "↓" if higher_is_better(args.metric) is False else ""
-    t = Table(title=f"{len(ok)} ok runs in {len(table)} groups, sorted by {args.metric} {arrow} (mean ± 95 % CI half-width)")
+    console.print(answer(comparison, metric, args.baseline), highlight=False)
+    t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % bootstrap CI])")
     for c in table.columns:
         t.add_column(c, justify="left" if c == "group" else "right")
     for r in table.itertuples(index=False):
         t.add_row(*map(str, r))
     console.print(t)
-    if not comparison.empty:
-        c = comparison[comparison.metric == args.metric]
-        t = Table(title=f"against {args.baseline}: {args.metric} difference paired by seed (Holm-corrected)")
-        for col in ("method", "n_pairs", "diff_mean", "95% CI", "p_t_holm", "p_wilcoxon_holm", "verdict", "unpaired_seeds"):
-            t.add_column(col)
-        for r in c.itertuples():
-            t.add_row(r.method, str(r.n_pairs), f"{r.diff_mean:+.4f}", f"[{r.diff_ci_low:+.4f}, {r.diff_ci_high:+.4f}]",
-                      f"{r.p_t_holm:.3g}", f"{r.p_wilcoxon_holm:.3g}", r.verdict, r.unpaired_seeds or "–")
-        console.print(t)
-    for warning in mixed_devices(ok, config):
+    for warning in mixed_devices(ok):
         console.print(warning, style="yellow", highlight=False)
-    not_ok = runs[runs.status != "ok"]
-    if len(not_ok):
-        console.print(f"not aggregated: {len(not_ok)} runs ({', '.join(f'{n} {s}' for s, n in not_ok.status.value_counts().items())}):")
-        for r in not_ok.itertuples():
-            console.print(f"  {r.run_id} {r.status}: {r.error}", highlight=False)
-    console.print(f"wrote {root / 'summary.csv'}, {root / 'report.md'}" + (f" and {len(images)} plots in {root / 'plots'}" if images else ""))
+    left_out = runs[(runs.status != "ok") | (runs.at_chance & ~args.include_at_chance)]
+    for r in left_out.itertuples():
+        why = "at chance" if r.status == "ok" else f"{r.status}: {r.error}"
+        console.print(f"  not aggregated: {r.run_id} ({why})", highlight=False)
+    console.print(f"wrote {out / 'summary.csv'}, {out / 'report.md'}" + (f" and {len(images)} plots in {out / 'plots'}" if images else ""))
     return 0
+
+
+def mixed_devices(ok: pd.DataFrame) -> list[str]:
+    """A warning per group whose seeds ran on different device types or autocast settings: their numbers
+    differ for that reason alone (the run id holds both, so such runs are different experiments)."""
+    where = [c for c in ("device_type", "autocast") if c in ok]
+    out = []
+    for g, group in ok.groupby("group", sort=False):
+        kinds = sorted({"/".join(_text(v) for v in row) for row in group[where].itertuples(index=False)}) if where else []
+        if len(kinds) > 1:
+            out.append(f"warning: {g} mixes runs on {', '.join(kinds)}; compare runs of one device type")
+    return out
 
 
 if __name__ == "__main__":

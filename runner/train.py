@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import datasets
-from runner import build, records
+from runner import build, records, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
 from runner.launch import usable_cores
 from runner.metrics import classification_metrics, final_metrics
@@ -319,11 +319,20 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     return record
 
 
+SELECT_BY = "val_acc"  # model selection: the epoch with the best validation accuracy (the earliest on ties)
+
+
 def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path) -> None:
     last = rows[-1] if rows else {}
     # A finished run has its final metrics (with temperature scaling and OOD); others keep their last epoch's.
     final = record.get("metrics") or {k: v for k, v in last.items() if k.startswith(("test_", "val_"))}
     record["metrics"] = {k: last[k] for k in ("train_loss", "train_acc") if k in last} | final
     record |= {"epochs_done": len(rows), "finished_at": _now()}
+    if rows and all(SELECT_BY in r for r in rows):
+        best = max(rows, key=lambda r: (r[SELECT_BY], -r["epoch"]))
+        record["best"] = {"epoch": best["epoch"]} | {k: v for k, v in best.items() if k.startswith(("test_", "val_"))}
+    if "test_acc" in record["metrics"] and record.get("n_test"):
+        spec = datasets.SPECS[record["config"]["dataset"]["name"]]
+        record["at_chance"] = stats.at_chance(record["metrics"]["test_acc"], spec.num_classes, record["n_test"])
     records.write_json(folder / "result.json", record)
     records.rebuild_tables(folder.parent.parent)

@@ -78,6 +78,9 @@ CASES = [
     ("logging factory in a config-dir preset", ["--config-dir", "{p}/conf", "experiment=log"],
      {"conf/experiment/log.yaml": "# @package _global_\nhydra:\n  job_logging:\n    version: 1\n    handlers:\n"
                                   "      h:\n        (): os.system\n"}, "logging factory"),
+    ("job-script shell lines in a config-dir preset", ["-m", "--config-dir", "{p}/conf", "experiment=setup", "launcher=slurm"],
+     {"conf/experiment/setup.yaml": "# @package _global_\nhydra:\n  launcher:\n    setup: [touch {p}/PAYLOAD-RAN]\n"},
+     "hydra.launcher.setup: set by a config file"),
     ("evil option in a config-dir", ["--config-dir", "{p}/conf", "pooling=evil"], {"conf/pooling/evil.yaml": "EVIL"}, "not allowed"),
     ("evil option in a config-dir sweep", ["-m", "--config-dir", "{p}/conf", "pooling=max,evil"], {"conf/pooling/evil.yaml": "EVIL"},
      "not allowed"),
@@ -144,15 +147,35 @@ def _materialize(place: Path, name: str, text: str | None) -> None:
         path.write_text(text.replace("{p}", str(place)))
 
 
+# These go through a real interpreter (`python -m runner`); the others call the same entry point,
+# runner.__main__.main, in this process (a subprocess costs 2 s of torch import per case).
+SUBPROCESS = {"target that walks into a library", "callbacks in a config-dir preset",
+              "teacher checkpoint with a pickled payload", "download offline"}
+
+
+def in_process(args: list[str], cwd: Path, env: dict, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    import runner.__main__ as entry
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["runner", *args])
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    code = entry.main()
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 @pytest.mark.parametrize("name,args,given,expected", CASES, ids=[c[0] for c in CASES])
-def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, args, given, expected):
+def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, args, given, expected, monkeypatch, capsys):
     for rel, text in given.items():
         _materialize(place, rel, text)
     before = files(place)
     args = [a.replace("{p}", str(place)).replace("{{", "{").replace("}}", "}") for a in args]
     if not any(a.startswith("results_dir=") for a in args):
         args.append(f"results_dir={place / 'results'}")
-    res = cli(*args, cwd=place, env={"PATH": f"{place / 'bin'}:{os.environ['PATH']}"})
+    env = {"PATH": f"{place / 'bin'}:{os.environ['PATH']}"}
+    res = cli(*args, cwd=place, env=env) if name in SUBPROCESS else in_process(args, place, env, monkeypatch, capsys)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
     assert expected in res.stderr, res.stderr
@@ -190,7 +213,7 @@ def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(dat
     from runner.summary import main as summary_main
 
     root = tmp_path / "results"
-    ok = cli(*TINY, f"data_dir={data_dir}", f"results_dir={root}")
+    ok = cli(*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={root}")  # learns: not at chance
     assert ok.returncode == 0, ok.stderr
     good = next((root / "runs").iterdir()).name
     for i, (name, (file, text)) in enumerate(CORRUPT.items()):
@@ -198,7 +221,7 @@ def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(dat
         if file != "result.json":  # a copy of the good run whose other file is broken
             write(folder / "result.json", (root / "runs" / good / "result.json").read_text().replace(good, folder.name))
         write(folder / file, text)
-    res = cli(*TINY, "seed=1", f"data_dir={data_dir}", f"results_dir={root}")
+    res = cli(*TINY, "epochs=3", "seed=1", f"data_dir={data_dir}", f"results_dir={root}")
     assert res.returncode == 0, res.stderr
     assert "warning: skipping" in res.stderr and "Traceback" not in res.stderr
     runs = pd.read_csv(root / "runs.csv")

@@ -119,12 +119,13 @@ POOLINGS = options("pooling")
 
 
 @pytest.mark.slow
-def test_every_pooling_option_trains_on_mnist5k(tmp_path):
-    res = cli("-m", f"pooling={POOLINGS}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+def test_every_pooling_option_trains(data_dir, tmp_path):
+    # the tests' MNIST files (IDX, 270 training images with a class signal): every option, the real code path
+    res = cli("-m", f"pooling={POOLINGS}", *TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
-    assert (runs["test_acc"] > 0.3).all(), runs[["pooling", "test_acc"]]  # one epoch learns something: chance is 0.1
+    assert (runs["test_acc"] > 0.3).all(), runs[["pooling", "test_acc"]]  # three epochs learn something: chance is 0.1
 
 
 @pytest.mark.slow
@@ -139,18 +140,18 @@ def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_every_loss_trains_on_mnist5k_and_distillation_trains_its_teacher_once(tmp_path):
+def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tmp_path):
     from test_contracts import DISTILLATION
 
+    tiny = [*TINY, "epochs=5", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
     losses = ",".join(o for o in options("loss").split(",") if o not in DISTILLATION)
-    res = cli("-m", f"loss={losses}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+    res = cli("-m", f"loss={losses}", *tiny, timeout=900)
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["loss"]) == sorted(losses.split(",")) and set(runs["status"]) == {"ok"}
     assert (runs["test_acc"] > 0.2).all(), runs[["loss", "test_acc"]]  # chance is 0.1
 
-    res = cli("-m", f"loss={','.join(DISTILLATION)}", "teacher=simple_cnn_wide", "epochs=1", f"results_dir={tmp_path}",
-              timeout=900)
+    res = cli("-m", f"loss={','.join(DISTILLATION)}", "teacher=simple_cnn_wide", *tiny, timeout=900)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("training it first") == 1
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -165,11 +166,12 @@ NORMS = ",".join(o for o in options("norm").split(",") if o != "fixup")  # fixup
 
 
 @pytest.mark.slow
-def test_every_norm_trains_on_mnist5k_and_fixup_in_the_resnet(tmp_path):
-    res = cli("-m", f"norm={NORMS}", "epochs=1", f"results_dir={tmp_path}", timeout=900)
+def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path):
+    tiny = [*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
+    res = cli("-m", f"norm={NORMS}", *tiny, timeout=900)
     assert res.returncode == 0, res.stderr
     for extra in (["model=resnet20", "norm=fixup"], ["norm=weight_norm", "norm@norm.block=batch"]):
-        res = cli(*extra, "epochs=1", f"results_dir={tmp_path}")
+        res = cli(*extra, *tiny)
         assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["norm"]) == sorted(NORMS.split(",") + ["fixup", "weight_norm"]) and set(runs["status"]) == {"ok"}

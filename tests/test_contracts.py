@@ -21,12 +21,15 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-@functools.cache
-def planned(group: str, option: str):
-    extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar100"]}.get((group, option), [])
-    if group == "loss" and option in DISTILLATION:
-        extra = ["teacher=resnet20"]
-    return make_plan([f"{group}={option}", *extra, "dataset.verify_checksums=false", "download=true"])
+@pytest.fixture(scope="module")
+def planned(data_dir):
+    @functools.cache
+    def plan(group: str, option: str):
+        extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar100"]}.get((group, option), [])
+        if group == "loss" and option in DISTILLATION:
+            extra = ["teacher=resnet20"]
+        return make_plan([f"{group}={option}", *extra, "dataset.verify_checksums=false", f"data_dir={data_dir}"])
+    return plan
 
 
 DISTILLATION = [o for o in options("loss") if getattr(
@@ -35,7 +38,7 @@ DISTILLATION = [o for o in options("loss") if getattr(
 
 
 @pytest.mark.parametrize("option", options("pooling"))
-def test_local_pooling_contract(option):
+def test_local_pooling_contract(option, planned):
     make = instantiate(planned("pooling", option).cfg.pooling)
     k, s = planned("pooling", option).cfg.pooling.kernel_size, planned("pooling", option).cfg.pooling.stride
     layer = make(3)
@@ -50,7 +53,7 @@ def test_local_pooling_contract(option):
 
 
 @pytest.mark.parametrize("option", options("global_pool"))
-def test_global_pooling_contract(option):
+def test_global_pooling_contract(option, planned):
     head = instantiate(planned("global_pool", option).cfg.global_pool)(5)
     x = torch.randn(2, 5, 7, 6, requires_grad=True)
     y = head(x)
@@ -60,7 +63,7 @@ def test_global_pooling_contract(option):
 
 
 @pytest.mark.parametrize("option", options("norm"))
-def test_norm_block_contract(option):
+def test_norm_block_contract(option, planned):
     block = instantiate(planned("norm", option).cfg.norm)(8)
     x = torch.randn(4, 8, 6, 6, requires_grad=True)
     y = block.train()(x * 1)  # not a leaf: blocks may apply their activation in place
@@ -70,7 +73,7 @@ def test_norm_block_contract(option):
 
 
 @pytest.mark.parametrize("option", options("loss"))
-def test_loss_contract(option):
+def test_loss_contract(option, planned):
     loss = instantiate(planned("loss", option).cfg.loss)
     logits = torch.randn(6, 10, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, 9])
@@ -82,7 +85,7 @@ def test_loss_contract(option):
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_model_contract(option):
+def test_model_contract(option, planned):
     from runner import build
 
     plan = planned("model", option)

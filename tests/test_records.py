@@ -14,6 +14,13 @@ CHOICES = {"dataset": "mnist5k", "model": "simple_cnn", "pooling": "max", "globa
            "loss": "ce", "optim": "sgd"}
 
 
+def hexid(name: str) -> str:
+    """A run id (10 hex digits) for a test's short name."""
+    import hashlib
+
+    return hashlib.sha1(name.encode()).hexdigest()[:10]
+
+
 def fake_run(root: Path, rid: str, seed: int, status: str = "ok", epochs: int = 3) -> None:
     folder = root / "runs" / rid
     config = {"seed": seed, "epochs": epochs, "lr": 0.05, "dataset": {"name": "mnist5k", "val_fraction": 0.1},
@@ -25,7 +32,7 @@ def fake_run(root: Path, rid: str, seed: int, status: str = "ok", epochs: int = 
 
 
 def test_row_puts_axes_first_then_hyperparameters_metrics_and_bookkeeping(tmp_path):
-    fake_run(tmp_path, "aaaa", 3)
+    fake_run(tmp_path, "aaaaaaaaaa", 3)
     runs = records.rebuild_tables(tmp_path)
     cols = list(runs.columns)
     assert cols[:7] == list(CHOICES)
@@ -34,13 +41,13 @@ def test_row_puts_axes_first_then_hyperparameters_metrics_and_bookkeeping(tmp_pa
     table = pd.read_csv(tmp_path / "runs.csv")  # no post-processing needed
     assert table.loc[0, "seed"] == 3 and table.loc[0, "test_acc"] == 0.9 and table.loc[0, "pooling"] == "max"
     epochs = pd.read_csv(tmp_path / "epochs.csv")
-    assert list(epochs["epoch"]) == [1, 2, 3] and set(epochs["run_id"]) == {"aaaa"} and "pooling" in epochs
+    assert list(epochs["epoch"]) == [1, 2, 3] and set(epochs["run_id"]) == {"aaaaaaaaaa"} and "pooling" in epochs
 
 
 def test_completed_means_ok_or_diverged(tmp_path):
     for rid, status in (("a", "ok"), ("b", "diverged"), ("c", "failed"), ("d", "interrupted")):
-        fake_run(tmp_path, rid, 0, status)
-    done = {rid for rid in "abcd" if records.completed(tmp_path / "runs" / rid)}
+        fake_run(tmp_path, rid * 10, 0, status)
+    done = {rid for rid in "abcd" if records.completed(tmp_path / "runs" / (rid * 10))}
     assert done == {"a", "b"}
     assert records.completed(tmp_path / "runs" / "missing") is None
 
@@ -68,7 +75,7 @@ def test_concurrent_writers_never_lose_or_duplicate_a_row(tmp_path):
     n = 8
     for round_ in range(3):
         barrier = ctx.Barrier(n)
-        procs = [ctx.Process(target=_writer, args=(str(tmp_path), f"r{round_}-{i}", i, barrier)) for i in range(n)]
+        procs = [ctx.Process(target=_writer, args=(str(tmp_path), hexid(f"r{round_}-{i}"), i, barrier)) for i in range(n)]
         for p in procs:
             p.start()
         for p in procs:
@@ -81,5 +88,5 @@ def test_concurrent_writers_never_lose_or_duplicate_a_row(tmp_path):
 
 
 def test_result_json_is_plain_json(tmp_path):
-    fake_run(tmp_path, "x", 1)
-    assert json.loads((tmp_path / "runs" / "x" / "result.json").read_text())["status"] == "ok"
+    fake_run(tmp_path, "0123456789", 1)
+    assert json.loads((tmp_path / "runs" / "0123456789" / "result.json").read_text())["status"] == "ok"

@@ -19,7 +19,7 @@ from runner.plan import make_plan
 from runner import launch, records
 
 CHOICES = {"dataset": "mnist", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
-           "loss": "ce", "optim": "sgd", "teacher": "None"}
+           "loss": "ce", "optim": "sgd", "teacher": None}
 
 
 def _finish_a_run(root: str, run_id: str, barrier) -> None:
@@ -36,7 +36,7 @@ def test_eight_processes_finishing_at_once_lose_no_row_and_duplicate_none(tmp_pa
     expected: list[str] = []
     for wave in range(4):
         barrier = ctx.Barrier(8)
-        ids = [f"w{wave}r{i}" for i in range(8)]
+        ids = [f"a{wave:04d}b{i:04d}" for i in range(8)]
         procs = [ctx.Process(target=_finish_a_run, args=(str(tmp_path), rid, barrier)) for rid in ids]
         for p in procs:
             p.start()
@@ -120,3 +120,16 @@ def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp
     assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
     res = cli("-m", "seed=0,1,2,3", *args)  # the launcher is not part of what a run is: all four are done
     assert res.returncode == 0 and res.stdout.count("skip ") == 4, res.stdout
+
+
+@pytest.mark.slow
+def test_two_students_of_one_untrained_teacher_in_parallel_train_it_once(data_dir, tmp_path):
+    res = cli("-m", "loss=kd,pld", "teacher=simple_cnn_wide", "launcher=local", "hydra.launcher.n_jobs=2", *TINY,
+              f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 3 and set(runs["status"]) == {"ok"}
+    students = runs[runs["loss"].isin(["kd", "pld"])]
+    teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]]
+    assert students["teacher_run_id"].nunique() == 1 and len(teacher) == 1
+    assert res.stdout.count(f"run {teacher['run_id'].iloc[0]} (") == 1  # trained once; the other student waited

@@ -1,0 +1,104 @@
+"""runner/stats.py against the definitions worked by hand on small cases, and against scipy, statsmodels and baycomp."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from runner import stats
+
+
+def sign_flip_by_hand(d):
+    """Every sign pattern: the share whose |mean| reaches the observed |mean|."""
+    d = np.asarray(d, dtype=float)
+    observed = abs(d.mean())
+    means = [abs((np.array(signs) * d).mean()) for signs in itertools.product((1, -1), repeat=len(d))]
+    return float(np.mean([m >= observed - 1e-12 for m in means]))
+
+
+@pytest.mark.parametrize("d", [[1, 2, 3], [0.5, -0.1, 0.3, 0.2], [1, 1, 1, 1, 1, 1], [0.01, -0.02, 0.03, 0.04, 0.05, -0.01, 0.02]])
+def test_sign_flip_p_is_the_exact_permutation_p(d):
+    assert stats.sign_flip_p(d) == pytest.approx(sign_flip_by_hand(d))
+
+
+def test_the_smallest_p_and_the_pairs_a_verdict_needs():
+    assert stats.sign_flip_p([1, 2, 3]) == 0.25 == stats.smallest_p(3)  # 2 of 8 sign patterns
+    assert stats.smallest_p(6) == 2 / 64
+    assert stats.pairs_needed(0.05, 1) == 6  # 2/2^5 = 0.0625 > 0.05 > 2/2^6
+    assert stats.pairs_needed(0.05, 8) == 9  # 2/2^8 = 0.0078 > 0.05/8 = 0.00625 > 2/2^9
+
+
+def test_identical_differences_at_n2_are_never_better():
+    r = stats.paired(np.array([0.01, 0.01]))
+    assert r.p == 0.5  # the old t-test said p = 0 here
+    v = stats.verdict(r, p_holm=r.p, higher_is_better=True, comparisons=1, scale=100, unit=" points")
+    assert v.startswith("n = 2 cannot detect a difference at α = 0.05 (needs ≥ 6 paired seeds)")
+
+
+def test_holm_by_hand():
+    # sorted p: 0.01·3 = 0.03; 0.03·2 = 0.06; 0.04·1 = 0.04 -> raised to the running max 0.06
+    assert stats.holm([0.01, 0.04, 0.03, math.nan]).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_effect_size_and_bootstrap_ci():
+    d = np.array([1.0, 2.0, 3.0, 4.0])
+    assert stats.effect_size(d) == pytest.approx(2.5 / math.sqrt(5 / 3))
+    lo, hi = stats.bootstrap_ci(d)
+    ref = sps.bootstrap((d,), np.mean, method="BCa", n_resamples=9999, rng=np.random.default_rng(0)).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    assert lo < 2.5 < hi and stats.bootstrap_ci([0.2, 0.2, 0.2]) == (0.2, 0.2)
+
+
+def test_the_power_advisor_gives_the_smallest_n_with_80_percent_power():
+    n = stats.seeds_for(0.5, 1.0)
+    def power(k):  # a two-sided paired t-test, from the noncentral t distribution
+        crit = sps.t.ppf(0.975, k - 1)
+        nc = 0.5 * math.sqrt(k)
+        return sps.nct.sf(crit, k - 1, nc) + sps.nct.cdf(-crit, k - 1, nc)
+    assert power(n) >= 0.8 > power(n - 1)
+    assert stats.seeds_for(0.0, 1.0) is None and stats.seeds_for(0.5, 0.0) is None
+    assert stats.seeds_for(10.0, 1.0) == 6  # never fewer than the sign-flip test needs
+
+
+def test_iqm_and_probability_of_improvement_by_hand():
+    assert stats.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # the middle 50 %: 3, 4, 5, 6
+    # (1 vs 1: ½) (1 vs 0: 1) (2 vs 1: 1) (2 vs 0: 1) -> 3.5 / 4; a second task with x below y -> 0
+    assert stats.probability_of_improvement([np.array([1, 2])], [np.array([1, 0])]) == pytest.approx(0.875)
+    assert stats.probability_of_improvement([np.array([1, 2]), np.array([0.0])], [np.array([1, 0]), np.array([1.0])]) \
+        == pytest.approx(0.4375)
+
+
+def test_stratified_bootstrap_resamples_within_tasks():
+    # one task all 1.0, another all 0.0: every resample keeps each task's values, so the mean never moves
+    lo, hi = stats.stratified_bootstrap_ci([[np.ones(5), np.zeros(3)]], lambda s: np.mean([t.mean() for t in s]))
+    assert lo == hi == 0.5
+
+
+def test_friedman_wilcoxon_and_ranks_against_scipy():
+    m = np.array([[0.9, 0.8, 0.7], [0.91, 0.85, 0.6], [0.95, 0.7, 0.71], [0.99, 0.98, 0.5], [0.92, 0.81, 0.8]])
+    assert stats.friedman_p(m) == pytest.approx(sps.friedmanchisquare(*m.T).pvalue)
+    assert stats.average_ranks(m).tolist() == pytest.approx([1.0, 2.2, 2.8])
+    post = stats.wilcoxon_holm(m)
+    raw = [sps.wilcoxon(m[:, i], m[:, j]).pvalue for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert post[0, 1] == post[1, 0] and post[0, 1] == pytest.approx(stats.holm(raw)[0])
+    assert math.isnan(stats.friedman_p(m[:, :2]))
+
+
+def test_bayesian_correlated_t_matches_baycomp_at_its_cross_validation_rho():
+    from baycomp.single import CorrelatedTTest
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0.8, 0.02, 10), rng.normal(0.81, 0.02, 10)
+    ref = CorrelatedTTest.probs(x, y, rope=0.005, runs=2)  # 2 runs of 5-fold CV: rho = 1/5
+    ours = stats.bayes_correlated_t(y - x, 0.005, rho=1 / 5)
+    assert ours == pytest.approx(ref, abs=1e-9)
+    left, eq, right = stats.bayes_correlated_t(y - x, 0.005)  # independent seeds: rho = 0
+    assert left + eq + right == pytest.approx(1.0)
+
+
+def test_at_chance():
+    assert stats.at_chance(0.11, 10, 1000) and not stats.at_chance(0.2, 10, 1000)
+    assert stats.at_chance(0.128, 10, 1000) and not stats.at_chance(0.129, 10, 1000)  # 0.1 + 3·0.00949
