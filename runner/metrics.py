@@ -99,8 +99,17 @@ def classwise_ece(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> fl
 
 
 def aurc(conf: np.ndarray, hit: np.ndarray) -> float:
-    """Area under the risk–coverage curve: mean over k = 1..N of the error rate of the k most confident."""
-    errors = 1.0 - hit[np.argsort(-conf, kind="stable")]
+    """Area under the risk–coverage curve: mean over k = 1..N of the error rate of the k most confident.
+
+    Samples with equal confidence have no order among them, so each error among tied samples counts as
+    its group's mean error (the expectation over every order of the ties): the result does not depend on
+    the order of the input."""
+    order = np.argsort(-conf, kind="stable")
+    c, errors = conf[order], 1.0 - hit[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(c)) + 1]  # first index of each run of equal confidences
+    sums = np.add.reduceat(errors, starts)
+    sizes = np.diff(np.r_[starts, len(c)])
+    errors = np.repeat(sums / sizes, sizes)
     return float(np.mean(np.cumsum(errors) / np.arange(1, len(errors) + 1)))
 
 
@@ -159,7 +168,14 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = "e
             return loss
 
         opt.step(closure)
-        return float(log_t.exp().item())
+        # L-BFGS can stop short of the minimum on a flat NLL; polish log T with a bounded 1-D search around it.
+        from scipy.optimize import minimize_scalar
+
+        start = float(log_t.item())
+        with torch.no_grad():
+            res = minimize_scalar(lambda v: F.cross_entropy(logits / math.exp(v), target).item(), method="bounded",
+                                  bounds=(start - 1.0, start + 1.0), options={"xatol": 1e-8})
+        return float(math.exp(res.x))
     raise ValueError(f"temperature scaling method must be one of {', '.join(TS_METHODS)}, got {method!r}")
 
 
@@ -171,7 +187,7 @@ def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, 
     score_in = F.softmax(in_logits.double(), dim=1).amax(dim=1).numpy()
     score_out = F.softmax(out_logits.double(), dim=1).amax(dim=1).numpy()
     labels = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
-    fpr, tpr, _ = roc_curve(labels, np.r_[score_in, score_out])
+    fpr, tpr, _ = roc_curve(labels, np.r_[score_in, score_out], drop_intermediate=False)  # every threshold
     return {"ood_auroc": _auroc(labels, np.r_[score_in, score_out]), "ood_fpr95": float(fpr[np.searchsorted(tpr, 0.95)])}
 
 

@@ -100,12 +100,12 @@ def seeds_for(difference: float, sd: float, alpha: float = ALPHA, power: float =
 
     if not (np.isfinite(sd) and sd > 0 and np.isfinite(difference) and difference != 0):
         return None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True):  # record: statsmodels' solver resets the filters and warns anyway
         warnings.simplefilter("ignore")
         n = TTestPower().solve_power(effect_size=abs(difference) / sd, alpha=alpha / comparisons, power=power,
                                      alternative="two-sided")
-    if not np.isfinite(n):
-        return None
+    if not np.isfinite(n):  # the solver fails for effects so large that the fewest pairs the test allows suffice
+        return pairs_needed(alpha, comparisons) if abs(difference) / sd > 1 else None
     return max(int(math.ceil(n)), pairs_needed(alpha, comparisons))
 
 

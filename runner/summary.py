@@ -45,10 +45,13 @@ class SummaryError(Exception):
 # ---------------------------------------------------------------- reading and choosing runs
 
 def run_folders(paths: Iterable[Path]) -> list[Path]:
-    """Run folders from results roots (holding ``runs/``) or run folders themselves."""
+    """Run folders from results roots (holding ``runs/``) or run folders themselves; a runs.csv table stands for
+    itself (read by ``load``)."""
     out: list[Path] = []
     for p in paths:
-        if (p / "result.json").exists():
+        if p.suffix == ".csv" and p.is_file():
+            out.append(p)
+        elif (p / "result.json").exists():
             out.append(p)
         elif (p / "runs").is_dir():
             out += sorted(f for f in (p / "runs").iterdir() if (f / "result.json").exists())
@@ -61,12 +64,23 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(runs, epochs, metric columns): one row per readable run (a corrupt one is reported and skipped)."""
     rows, epochs, metrics = [], [], set()
     for folder in folders:
+        if folder.suffix == ".csv":  # a runs.csv table (a colleague's, or docs/examples): its rows as they are
+            table = pd.read_csv(folder)
+            if not {"run_id", "status", "seed"} <= set(table.columns):
+                raise SummaryError(f"{folder}: not a runs.csv written by this runner (needs run_id, status and seed)")
+            rows += [r | {"folder": ""} for r in table.to_dict("records")]
+            metrics |= {c for c in table.columns if (c.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
+                        or c == "temperature") and c not in records.BOOKKEEPING and pd.api.types.is_numeric_dtype(table[c])}
+            if (folder.parent / "epochs.csv").is_file():
+                epochs.append(pd.read_csv(folder.parent / "epochs.csv"))
+            continue
         record = records.read_result(folder)
         if record is None:
             continue
         row = records.row(record) | {"folder": str(folder)}
         metrics |= {k for k, v in row.items() if (k.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
-                                                   or k == "temperature") and isinstance(v, (int, float, type(None)))}
+                                                   or k == "temperature") and k not in records.BOOKKEEPING
+                    and isinstance(v, (int, float, type(None)))}
         rows.append(row)
         frame = records.read_epochs(folder)
         if frame is not None:
@@ -77,10 +91,19 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for c in runs.columns:  # lists (model.widths) as text, so that they can be grouped on
         if runs[c].dtype == object:
             runs[c] = runs[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-    if "at_chance" not in runs:
-        runs["at_chance"] = False
-    runs["at_chance"] = runs["at_chance"].map(lambda v: v is True or v == 1)
+    runs["at_chance"] = [flag is True or flag == 1 if isinstance(flag, (bool, int, float)) and not pd.isna(flag)
+                         else _at_chance(r) for flag, (_, r) in zip(runs.get("at_chance", [None] * len(runs)), runs.iterrows())]
     return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), sorted(metrics)
+
+
+def _at_chance(row: pd.Series) -> bool:
+    """For runs recorded before ``at_chance`` existed: the same rule, from the dataset's classes and n_test."""
+    from datasets import SPECS
+
+    acc, n, name = row.get("test_acc"), row.get("n_test"), row.get("dataset")
+    if name not in SPECS or not isinstance(acc, (int, float)) or pd.isna(acc) or pd.isna(n):
+        return False
+    return stats.at_chance(float(acc), SPECS[name].num_classes, int(n))
 
 
 def parse_where(items: list[str], columns: Iterable[str]) -> dict[str, list[str]]:
@@ -117,10 +140,19 @@ def config_columns(runs: pd.DataFrame, metrics: list[str]) -> list[str]:
 
 
 def group_key(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """One text key per run from typed columns, a missing value kept distinct from every value."""
-    if not columns:
+    """One text key per run from typed columns, a missing value kept distinct from every value. An option's
+    setting (``pooling.p``) is named only where it varies among the runs of one option; elsewhere the option's
+    name says it all."""
+    def informative(c: str) -> bool:
+        axis = c.split(".")[0]
+        if "." not in c or axis not in runs:
+            return True
+        return bool((runs.groupby(runs[axis].map(_text))[c].agg(lambda v: v.map(_text).nunique()) > 1).any())
+
+    shown = [c for c in columns if informative(c)]
+    if not shown:
         return pd.Series("all runs", index=runs.index)
-    return runs[columns].apply(lambda r: " ".join(_label_part(c, v) for c, v in r.items() if _label_part(c, v)), axis=1)
+    return runs[shown].apply(lambda r: " ".join(_label_part(c, v) for c, v in r.items() if _label_part(c, v)), axis=1)
 
 
 def _label_part(column: str, value: Any) -> str:
@@ -255,8 +287,9 @@ def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
     sentences = []
     for r in c.itertuples():
         ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")
-        sentences.append(f"{r.method} vs {baseline} on {r.task}: {r.diff_mean * scale:+.2g}{unit}{ci}, "
-                         f"n = {r.n_pairs}, {r.verdict}.")
+        n = "" if r.verdict.startswith("n = ") else f"n = {r.n_pairs}, "
+        where = "" if r.task == "all runs" else f" on {r.task}"
+        sentences.append(f"{r.method} vs {baseline}{where}: {r.diff_mean * scale:+.2g}{unit}{ci}, {n}{r.verdict}.")
     return " ".join(sentences)
 
 
@@ -327,11 +360,15 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
                   f"{int(c.p_sign_flip.notna().sum())} comparisons)", "", c[cols].to_markdown(index=False, floatfmt=".4g"), ""]
     if not ranks.empty:
         fried = info.get("friedman_p", math.nan)
+        if len(info["tasks_used"]) < 2 or not np.isfinite(fried):
+            test = (f"Friedman test: not possible with {len(info['tasks_used'])} task(s) and {len(info['methods'])} methods "
+                    "(it needs 2 tasks and 3 methods); the ranks of one task are the order of its means, not a finding.")
+        else:
+            test = f"Friedman test: p = {fried:.3g}" + (" (the ranks differ; the critical-difference diagram shows which)."
+                                                        if fried < stats.ALPHA else " (no detectable difference in ranks; "
+                                                        "no critical-difference diagram is drawn).")
         lines += [f"## Across {len(info['tasks_used'])} tasks ({metric}; ranks over the seeds every method has)", "",
-                  ranks.to_markdown(index=False, floatfmt=".4g"), "",
-                  f"Friedman test: p = {fried:.3g}" + (" (the ranks differ; the critical-difference diagram shows which)"
-                                                       if fried < stats.ALPHA else " (no detectable difference in ranks; no "
-                                                       "critical-difference diagram is drawn)") + "."]
+                  ranks.to_markdown(index=False, floatfmt=".4g"), "", test]
         if info["tasks_skipped"]:
             lines += ["", f"Tasks without every method, not ranked: {', '.join(info['tasks_skipped'])}."]
         if info["seeds_dropped"]:
@@ -362,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     from runner import summary_plots
 
     parser = argparse.ArgumentParser(prog="python -m runner.summary", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="*", type=Path, help="results roots or run folders (default: results)")
+    parser.add_argument("paths", nargs="*", type=Path, help="results roots, run folders or runs.csv tables (default: results)")
     parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)  # the old spelling of a single path
     parser.add_argument("--out", type=Path, help="where to write (default: the results root read)")
     parser.add_argument("--where", nargs="+", default=[], help="keep runs whose column has one of the values, "
@@ -380,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     paths = args.paths or [args.results or Path("results")]
-    out = args.out or args.results or (paths[0] if (paths[0] / "runs").is_dir() or not (paths[0] / "result.json").exists()
-                       else paths[0].parent.parent)
+    out = args.out or args.results or (paths[0].parent if paths[0].suffix == ".csv" else paths[0]
+                                       if (paths[0] / "runs").is_dir() or not (paths[0] / "result.json").exists()
+                                       else paths[0].parent.parent)
     try:
         if args.rope is not None and not args.rope >= 0:
             raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")

@@ -39,7 +39,7 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
         if rope:
             ax.axvspan(-rope, rope, color="tab:green", alpha=0.15, label=f"ROPE ±{rope:g}")
             ax.legend(fontsize=7)
-        ax.set_yticks(y, [f"{m} ({t}, n={n})" for m, t, n in zip(c.method, c.task, c.n_pairs)], fontsize=7)
+        ax.set_yticks(y, [f"{m} ({t + ', ' if t != 'all runs' else ''}n={n})" for m, t, n in zip(c.method, c.task, c.n_pairs)], fontsize=7)
         ax.set(title=f"{metric}: difference to {c.baseline.iloc[0]} paired by seed, 95 % bootstrap CI", xlabel="difference")
         save(fig, "differences.png")
 
@@ -79,16 +79,16 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
         save(fig, "learning_curves.png")
 
     bins = np.linspace(0, 1, 16)
-    names = list(dict.fromkeys(ok.group))
+    logits = {g: [s for s in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder if f) if s is not None]
+              for g in dict.fromkeys(ok.group)}
+    names = [g for g, saved in logits.items() if saved]
+    if not names:  # runs read from a table: no logits to draw
+        return written
     cols = min(4, len(names))
     rows_n = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 3.4 * rows_n), squeeze=False)
     for ax, g in zip(axes.flat, names):
-        pairs = [top_label(s["test_logits"], s["test_target"])
-                 for s in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder) if s is not None]
-        if not pairs:
-            ax.axis("off")
-            continue
+        pairs = [top_label(s["test_logits"], s["test_target"]) for s in logits[g]]
         conf, hit = np.concatenate([c for c, _ in pairs]), np.concatenate([h for _, h in pairs])
         mass, acc, _ = reliability(conf, hit, bins)
         ax.bar(bins[:-1], np.where(mass > 0, acc, 0), width=1 / 15, align="edge", edgecolor="k")

@@ -39,7 +39,19 @@ def one(logits, target, loss, teacher=None):
     ([3, 1, 0, -4], 0, 10, 1, 0.015773),
 ])
 def test_zloss_values_by_hand(logits, target, a, b, expected):
-    assert one(logits, target, ZLoss(a=a, b=b)) == pytest.approx(expected, abs=1e-6)
+    assert one(logits, target, ZLoss(a=a, b=b, eps=1e-12)) == pytest.approx(expected, abs=1e-6)  # the authors' eps
+    assert one(logits, target, ZLoss(a=a, b=b)) == pytest.approx(expected, rel=1e-4)  # the runner's bounded eps
+
+
+def test_zloss_gradient_at_equal_logits_is_finite_and_bounded():
+    # A zero-initialized classifier (norm=fixup) gives exactly equal logits: z = 0 for every class, and
+    # dz_y/ds_k = (δ_yk − 1/K)/sqrt(var + eps²) = (δ_yk − 1/K)/eps; dL/dz_y = −σ(−a·b)·… = −½ for a = 1, b = 0;
+    # so |dL/ds_y| = ½·(1 − 1/K)/(eps·N) for the batch mean.
+    n, k = 128, 10
+    s = torch.zeros(n, k, requires_grad=True)
+    ZLoss()(s, torch.arange(n) % k).backward()
+    assert torch.isfinite(s.grad).all()
+    assert s.grad.abs().max().item() == pytest.approx(0.5 * (1 - 1 / k) / (1e-3 * n), rel=1e-5)
 
 
 def test_zloss_is_shift_and_positive_scale_invariant_and_safe_for_equal_logits():
@@ -155,9 +167,30 @@ def test_classes_absent_from_the_batch_are_left_out():
     assert tversky_loss(probs, F.one_hot(torch.tensor([0]), 3).double(), 0.5, 0.5).item() == pytest.approx(only.item())
 
 
-@pytest.mark.parametrize("p,y,expected", [(0.9, 1, 0.435407), (0.5, 1, 1 / 3), (0.1, 1, 0.435407)])
-def test_self_adjusting_dice_by_hand(p, y, expected):
-    assert one([math.log(p), math.log(1 - p)], 0, SelfAdjustingDiceLoss()) == pytest.approx(expected, abs=1e-6)
+def test_self_adjusting_dice_is_the_authors_square_form():
+    # METHODS.md §8a: α = 0.01, smooth = 1, probs [[0.8, 0.2], [0.4, 0.6]], y = [0, 1] -> 0.131078
+    assert SelfAdjustingDiceLoss()(PROBS.log(), torch.tensor([0, 1])).item() == pytest.approx(0.131078, abs=1e-6)
+
+
+def test_self_adjusting_dice_against_the_authors_loop_on_random_inputs():
+    """Their DiceLoss(square_denominator=True, alpha, smooth): softmax, per class c the column (N,1),
+    p̃ = (1 − p)^α·p, 1 − (2·p̃·y + s)/(p̃² + y² + s), summed over classes, mean over N."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 5, (16,))
+    probs, onehot = logits.softmax(1), F.one_hot(target, 5).double()
+    loss = 0
+    for c in range(5):
+        p, y = probs[:, c:c + 1], onehot[:, c:c + 1]
+        q = (1 - p) ** 0.01 * p
+        loss = loss + (1 - (2 * q * y + 1.0) / (q * q + y * y + 1.0))
+    assert SelfAdjustingDiceLoss()(logits, target).item() == pytest.approx(loss.mean().item(), abs=1e-9)
+
+
+def test_self_adjusting_dice_raises_a_confident_correct_prediction():
+    # the per-sample α = 1 form would lower the true logit at p_y = 0.9 (its (1 − p)p peaks at ½); this one raises it
+    s = torch.tensor([[math.log(0.9), math.log(0.1)]], requires_grad=True)
+    SelfAdjustingDiceLoss()(s, torch.tensor([0])).backward()
+    assert s.grad[0, 0] < 0
 
 
 def test_ce_weight_mixes_cross_entropy_in():

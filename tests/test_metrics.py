@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from runner.metrics import (aurc, calibration_errors, classification_metrics, final_metrics, fit_temperature,
                             ood_metrics)
@@ -94,6 +95,34 @@ def test_temperature_grid_recovers_a_known_temperature():
     assert round(t * 10) == pytest.approx(t * 10)  # a point of the 0.1 grid
     with pytest.raises(ValueError, match="ece_grid, nll_lbfgs"):
         fit_temperature(z, y, "platt")
+
+
+def test_nll_lbfgs_reaches_the_nll_minimum():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3000, 4, generator=g, dtype=torch.float64) * 3
+    y = torch.multinomial((z / 1.7).softmax(1), 1, generator=g).squeeze(1)
+    t = fit_temperature(z, y, "nll_lbfgs")
+    nll = lambda temp: F.cross_entropy(z / temp, y).item()  # noqa: E731
+    grid = np.linspace(t - 0.05, t + 0.05, 2001)  # a fine grid around it, by brute force
+    assert t == pytest.approx(grid[int(np.argmin([nll(v) for v in grid]))], abs=1e-4)
+
+
+def test_fpr95_with_tied_scores_counts_every_threshold():
+    # in-distribution MSP [0.9 ×19, 0.6], OOD [0.6, 0.6, 0.5, 0.5]: keeping 95 % of the in-distribution images
+    # (19 of 20) needs the threshold 0.9, which passes no OOD image: FPR95 = 0. With dropped intermediate
+    # points roc_curve jumps from (tpr 0) to the 0.6 threshold, and read FPR95 = 0.5.
+    def logits(msp):
+        return torch.tensor([[math.log(m), math.log(1 - m)] for m in msp])
+
+    m = ood_metrics(logits([0.9] * 19 + [0.6]), logits([0.6, 0.6, 0.5, 0.5]))
+    assert m["ood_fpr95"] == 0.0
+
+
+def test_aurc_with_ties_does_not_depend_on_the_input_order():
+    # two samples tied at 0.8, one right and one wrong; a third at 0.5, right. Over both orders of the tie the
+    # risks at coverage 1, 2, 3 average to ½, ½, ⅓: AURC = (½ + ½ + ⅓)/3 = 4/9.
+    conf, hit = np.array([0.8, 0.8, 0.5]), np.array([1.0, 0.0, 1.0])
+    assert aurc(conf, hit) == pytest.approx(4 / 9) == aurc(conf[[1, 0, 2]], hit[[1, 0, 2]])
 
 
 def test_ood_auroc_and_fpr95_by_hand():

@@ -7,10 +7,14 @@
   whole batch (their ``mIoUD``), ``T_c = (tp + s)/(tp + α·fp + β·fn + s)``, loss = mean of
   ``1 − T_c`` over the classes present in the batch. ``ce_weight`` mixes in cross-entropy
   (``w·CE + (1 − w)·loss``; the authors use 0.25).
-- ``SelfAdjustingDiceLoss``: Li et al., "Dice Loss for Data-imbalanced NLP Tasks" (ACL 2020), per
-  sample on the true-class probability: ``1 − (2·p̃ + γ)/(p̃ + 1 + γ)``, ``p̃ = (1 − p_y)^α·p_y``.
-  Batch mean. (Their code's multi-class form without ``--dice_square`` mixes a per-sample numerator
-  with a batch-total denominator; not reproduced.)
+- ``SelfAdjustingDiceLoss``: Li et al., "Dice Loss for Data-imbalanced NLP Tasks" (ACL 2020), in the
+  multi-class "square" form every experiment script of the authors runs (``--dice_square``,
+  ``DICE_ALPHA=0.01``, ``DICE_SMOOTH=1``): per sample and class
+  ``1 − (2·p̃_c·y_c + s)/(p̃_c² + y_c² + s)`` with ``p̃ = (1 − p)^α·p``, summed over classes, batch mean.
+  The paper's per-sample true-class form with α = 1 is not offered: ``(1 − p)·p`` peaks at p = ½, so it
+  is minimised at p_y = ½ and lowers confident correct predictions (METHODS.md §8a); on the tests' data
+  it stayed near chance. Their code's form without ``--dice_square`` mixes a per-sample numerator with
+  a batch-total denominator; not reproduced either.
 """
 from __future__ import annotations
 
@@ -56,17 +60,27 @@ class DiceMetricLoss(nn.Module):
 
 
 class SelfAdjustingDiceLoss(nn.Module):
-    """``1 − (2·p̃ + γ)/(p̃ + 1 + γ)`` with ``p̃ = (1 − p_y)^α·p_y`` (Li et al., ACL 2020); batch mean."""
+    """Σ_c ``1 − (2·p̃_c·y_c + s)/(p̃_c² + y_c² + s)``, ``p̃ = (1 − p)^α·p`` (Li et al., ACL 2020, the authors'
+    square form); batch mean."""
 
     needs_teacher = False
 
-    def __init__(self, alpha: float = 1.0, gamma: float = 1.0) -> None:
+    def __init__(self, alpha: float = 0.01, smooth: float = 1.0) -> None:
         super().__init__()
-        if alpha < 0 or gamma <= 0:
-            raise ValueError(f"need alpha >= 0 and gamma > 0, got {alpha}, {gamma}")
-        self.alpha, self.gamma = alpha, gamma
+        if alpha < 0 or smooth <= 0:
+            raise ValueError(f"need alpha >= 0 and smooth > 0, got {alpha}, {smooth}")
+        self.alpha, self.smooth = alpha, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p_y = F.softmax(wide(logits), dim=1).gather(1, target[:, None]).squeeze(1)
-        p = (1 - p_y).pow(self.alpha) * p_y
-        return (1 - (2 * p + self.gamma) / (p + 1 + self.gamma)).mean()
+        s = wide(logits)
+        log_p = F.log_softmax(s, dim=1)  # (N, K)
+        k = s.shape[1]
+        # log(1 − p_c) = logsumexp of the other logits − logsumexp of all: (1 − p)^α stays differentiable where
+        # p rounds to 1 (its plain power has an infinite gradient at 0 for α < 1)
+        others = s.unsqueeze(1).masked_fill(torch.eye(k, dtype=torch.bool, device=s.device), float("-inf"))  # (N, K, K)
+        log_rest = torch.logsumexp(others, dim=2) - torch.logsumexp(s, dim=1, keepdim=True)
+        p = log_p.exp()
+        y = F.one_hot(target, k).to(p.dtype)
+        q = torch.exp(self.alpha * log_rest) * p
+        per_class = 1 - (2 * q * y + self.smooth) / (q.square() + y.square() + self.smooth)
+        return per_class.sum(dim=1).mean()
