@@ -28,7 +28,8 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
-                "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir")
+                "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir",
+                "checkpoint_every", "keep_resume")
 
 
 class ConfigError(Exception):
@@ -79,6 +80,8 @@ class RunConfig:
     results_dir: str = "results"
     force: bool = False
     fail_fast: bool = False
+    checkpoint_every: int = _num(1, ge=0)  # save what the next epoch needs every this many epochs (0: never)
+    keep_resume: bool = False  # keep the last resume state after the run finishes
     teacher: Any = None  # conf/teacher/: the distillation teacher, a run of this runner
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution

@@ -139,8 +139,11 @@ def load_teacher(ref: TeacherRef, student_dataset: str) -> Teacher:
 
 
 def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, splits: datasets.Splits,
-        device: torch.device, on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None) -> dict[str, Any]:
-    """Train ``model`` for ``cfg.epochs``; after each epoch evaluate and call ``on_epoch(row)``.
+        device: torch.device, on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None,
+        resume: Mapping[str, Any] | None = None, on_state: Callable[[dict[str, Any]], None] = lambda state: None) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.epochs``; after each epoch evaluate, call ``on_epoch(row)`` and, every
+    ``checkpoint_every`` epochs, ``on_state(state)`` with everything the next epoch needs (weights, optimizer,
+    schedule and every random generator), from which ``resume`` continues bit for bit on the CPU.
 
     Returns the final logits and the training time. Raises ``Diverged(message, train_seconds)`` on a
     non-finite training loss.
@@ -167,8 +170,17 @@ def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.op
     train, val, test = batches(splits.train, True), batches(splits.val, False), batches(splits.test, False)
     steps = cfg.epochs * len(train)
     scheduler = warmup_cosine(optimizer, steps, round(cfg.warmup_epochs * len(train)))
-    train_seconds = 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    train_seconds, first = 0.0, 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if cuda and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        train_seconds, first = float(resume["train_seconds"]), int(resume["epoch"]) + 1
+    for epoch in range(first, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
@@ -186,6 +198,11 @@ def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.op
         row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
         row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
         on_epoch(row)
+        if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
+            on_state({"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(),
+                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                      "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None})
     logits = {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}
     if cfg.ood is not None:  # scored with this dataset's input normalization, as the model sees every input
         ood = datasets.load_cached(ood_dataset(cfg), cfg.data_dir, cfg.download)
@@ -264,19 +281,24 @@ def where_it_ran(device: torch.device) -> dict[str, Any]:
 def _execute(plan: RunPlan) -> dict[str, Any]:
     cfg, rid, folder = plan.cfg, plan.run_id, plan.folder
     torch.set_num_threads(cfg.threads or usable_cores())  # never more threads than the cores this process may use
-    for stale in ("result.json", "epochs.csv", "checkpoint.pt", "logits.pt"):
+    resume = None if cfg.force else read_resume(folder, plan)
+    for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", RESUME)):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
         "run_id": rid, "choices": dict(plan.choices), "config": OmegaConf.to_container(cfg, resolve=True),
         "device_type": plan.device_type, "autocast": plan.autocast, "started_at": _now(), "error": None,
     }
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(resume["rows"]) if resume else []
 
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
         records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
+
+    def on_state(state: dict[str, Any]) -> None:  # one file per run, replaced atomically: only the latest state
+        with records.atomic_path(folder / RESUME) as tmp:
+            torch.save(state | {"run_id": rid, "rows": rows}, tmp)
 
     try:
         device = resolve_device(plan)
@@ -285,6 +307,9 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
         record |= splits.sizes() | {"val_hash": splits.val_hash}
         say(f"run {rid} ({plan.label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
+        if resume:
+            say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} (its saved state: {folder / RESUME})")
+            records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         teacher = None
         found = _teacher_for(plan)
         if found is not None:
@@ -294,7 +319,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)  # the initial weights
         model, loss_fn, optimizer = build.parts(cfg)
         record["params"] = sum(p.numel() for p in model.parameters())
-        out = fit(plan, model, loss_fn, optimizer, splits, device, on_epoch, teacher)
+        out = fit(plan, model, loss_fn, optimizer, splits, device, on_epoch, teacher, resume, on_state)
         save_checkpoint(folder / "checkpoint.pt", model, cfg, plan.choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)
@@ -310,6 +335,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
     _finish(record, rows, folder)
+    if record["status"] in records.DONE and not cfg.keep_resume:
+        (folder / RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final)
     say(f"{record['status']} {rid} ({plan.label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
@@ -317,6 +344,26 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     if record["status"] == "failed" and cfg.fail_fast:
         raise SystemExit(1)
     return record
+
+
+RESUME = "resume.pt"  # in a run folder: the state the next epoch needs, while the run is not finished
+
+
+def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
+    """The saved state of an unfinished run of this plan, or None (a state that does not fit is reported and ignored)."""
+    path = folder / RESUME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("run_id") != plan.run_id:
+            raise ValueError("it belongs to another run")
+        if not 1 <= int(state["epoch"]) < plan.cfg.epochs or len(state["rows"]) != int(state["epoch"]):
+            raise ValueError(f"its epoch {state.get('epoch')} does not fit a run of {plan.cfg.epochs} epochs")
+        return state
+    except Exception as e:  # truncated, foreign or stale: the run starts from its first epoch
+        records.report_corrupt(path, f"{' '.join(str(e).split()[:20])}; the run starts from its first epoch")
+        return None
 
 
 SELECT_BY = "val_acc"  # model selection: the epoch with the best validation accuracy (the earliest on ties)

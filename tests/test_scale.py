@@ -1,6 +1,7 @@
 """Scale: parallel launches, concurrent writers, killed runs. Nothing may be lost or half-written."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import random
@@ -11,6 +12,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 from conftest import ROOT, TINY, cli
 from omegaconf import OmegaConf
 
@@ -133,3 +135,31 @@ def test_two_students_of_one_untrained_teacher_in_parallel_train_it_once(data_di
     teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]]
     assert students["teacher_run_id"].nunique() == 1 and len(teacher) == 1
     assert res.stdout.count(f"run {teacher['run_id'].iloc[0]} (") == 1  # trained once; the other student waited
+
+
+def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir, tmp_path):
+    """SIGKILL at a random moment after the second epoch, the same command again: the run continues from the
+    last saved epoch and ends with the weights and metrics of an uninterrupted run, bit for bit (CPU)."""
+    args = [*TINY, "epochs=6", f"data_dir={data_dir}"]
+    whole = cli(*args, f"results_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    cmd = [sys.executable, "-m", "runner", *args, f"results_dir={tmp_path / 'cut'}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            break
+    time.sleep(random.Random(0).uniform(0.0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+    again = cli(*args, f"results_dir={tmp_path / 'cut'}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout and "after epoch" in again.stdout
+    (a,), (b,) = (list((tmp_path / r / "runs").iterdir()) for r in ("whole", "cut"))
+    assert a.name == b.name and not (b / "resume.pt").exists()
+    wa, wb = (torch.load(f / "checkpoint.pt", weights_only=True)["model"] for f in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ra, rb = (json.loads((f / "result.json").read_text()) for f in (a, b))
+    assert ra["metrics"] == rb["metrics"] and ra["epochs_done"] == rb["epochs_done"] == 6
+    ea, eb = (pd.read_csv(f / "epochs.csv") for f in (a, b))
+    assert ea.drop(columns=["train_s", "eval_s"]).equals(eb.drop(columns=["train_s", "eval_s"]))
