@@ -24,6 +24,9 @@ Section ``plan``: what a user waits for before anything trains: planning a 200-c
 whole command re-running that grid when every run is complete, rejecting a 200-cell grid whose last cell
 is bad, and ``python -m runner --cfg job`` less the interpreter's own start.
 
+Section ``records``: one run's finish (its rows into the tables) with 10 and with 1,000 runs already
+recorded, and a full rebuild from 1,000 run folders for reference.
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -282,6 +285,50 @@ def plan_section(rounds: int) -> dict[str, float]:
     return figures
 
 
+def records_section(rounds: int) -> dict[str, float]:
+    """The cost of one run's finish (its rows into runs.csv and epochs.csv) in a results root that already
+    holds 10 and 1,000 runs of 12 epochs each, and a full rebuild from 1,000 folders (what every finish did)."""
+    import tempfile
+
+    import pandas as pd
+
+    from runner import records
+
+    plan = make_plan([])
+    base = {"choices": plan.choices, "config": {**dict(plan.cfg.items()), "teacher": None}, "status": "ok",
+            "metrics": {f"test_m{i}": 0.5 for i in range(30)}}
+    base = json.loads(json.dumps(base, default=lambda o: None))
+    epochs = pd.DataFrame({"epoch": range(1, 13), **{f"test_m{i}": [0.5] * 12 for i in range(30)}})
+
+    def add(root: Path, i: int) -> dict:
+        rid = f"{i:010x}"
+        record = base | {"run_id": rid, "config": base["config"] | {"seed": i}}
+        records.write_json(root / "runs" / rid / "result.json", record)
+        records.write_csv(root / "runs" / rid / "epochs.csv", epochs)
+        return record
+
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (10, 1000):
+            root = Path(tmp) / str(n)
+            for i in range(n):
+                add(root, i)
+            records.rebuild_tables(root)
+            times = []
+            for r in range(max(rounds, 3) * 3):
+                record = add(root, n + r)
+                times.append(timed(lambda: records.update_tables(root, record)))
+            figures[f"records_finish_at_{n}_ms"] = min(times) * 1e3
+        figures["records_rebuild_at_1000_ms"] = min(timed(lambda: records.rebuild_tables(Path(tmp) / "1000"))
+                                                    for _ in range(2)) * 1e3
+    figures["records_finish_1000_over_10"] = figures["records_finish_at_1000_ms"] / figures["records_finish_at_10_ms"]
+    print(f"\none finish (rows appended to runs.csv and epochs.csv): {figures['records_finish_at_10_ms']:.1f} ms with 10 "
+          f"runs, {figures['records_finish_at_1000_ms']:.1f} ms with 1,000 (ratio "
+          f"{figures['records_finish_1000_over_10']:.2f}, target <= 1.5); a rebuild from 1,000 folders "
+          f"{figures['records_rebuild_at_1000_ms']:.0f} ms")
+    return figures
+
+
 SWEEP = ["-m", "pooling=max,avg", "seed=0,1,2,3", "epochs=2"]  # 8 runs on mnist5k
 
 
@@ -309,7 +356,7 @@ def sweep_section(rounds: int) -> dict[str, float]:
 
 
 SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section,
-            "plan": plan_section}
+            "plan": plan_section, "records": records_section}
 
 
 def main() -> None:

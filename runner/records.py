@@ -8,7 +8,9 @@ on disk, so concurrent jobs never lose or duplicate a row, and a reader never se
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import sys
 import os
 import tempfile
 from pathlib import Path
@@ -89,8 +91,6 @@ def report_corrupt(path: Path, what: str) -> None:
     """Say once per process that ``path`` is skipped, and why (it never stops another run or the summary)."""
     if str(path) not in _reported:
         _reported.add(str(path))
-        import sys
-
         print(f"warning: skipping {path}: {what}", file=sys.stderr)
 
 
@@ -213,21 +213,82 @@ def _columns(df: pd.DataFrame) -> list[str]:
         [c for c in BOOKKEEPING if c in df]
 
 
+def _epoch_frame(record: Mapping[str, Any], df: pd.DataFrame) -> pd.DataFrame:
+    keys = {"run_id": record["run_id"], **record["choices"], "seed": record["config"].get("seed")}
+    return df.assign(**keys)[list(keys) + [c for c in df.columns if c not in keys]]
+
+
 def rebuild_tables(root: Path) -> pd.DataFrame:
-    """Rebuild runs.csv and epochs.csv from every finished run folder under ``root``."""
+    """Rebuild runs.csv and epochs.csv from every run folder under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".tables.lock")):
-        records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None]
-        runs = pd.DataFrame([row(r) for r in records])
-        if len(runs):
-            runs = runs[_columns(runs)]
-        epoch_frames = []
-        for r in records:
-            df = read_epochs(root / "runs" / r["run_id"])
-            if df is not None:
-                keys = {"run_id": r["run_id"], **r["choices"], "seed": r["config"].get("seed")}
-                epoch_frames.append(df.assign(**keys)[list(keys) + [c for c in df.columns if c not in keys]])
-        epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame()
-        write_csv(root / "runs.csv", runs)
-        write_csv(root / "epochs.csv", epochs)
+        return _rebuild(root)
+
+
+def _rebuild(root: Path) -> pd.DataFrame:
+    records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None]
+    runs = pd.DataFrame([row(r) for r in records])
+    if len(runs):
+        runs = runs[_columns(runs)]
+    frames = [_epoch_frame(r, df) for r in records if (df := read_epochs(root / "runs" / r["run_id"])) is not None]
+    write_csv(root / "runs.csv", runs)
+    write_csv(root / "epochs.csv", pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
     return runs
+
+
+def update_tables(root: Path, record: Mapping[str, Any], replace: bool = False) -> None:
+    """Put one finished run's rows into runs.csv and epochs.csv without reading any other run folder.
+
+    Under the tables lock the rows are appended to each table in its own column order, one write and an
+    fsync each: the cost does not grow with the number of runs. Everything is rebuilt from the folders
+    (``rebuild_tables``) instead when a table is missing, when the run may already be in it (``replace``: an
+    earlier record of this run existed), when the header lacks one of the run's columns, or when the last
+    line is incomplete (a crash in the middle of an append, repaired here)."""
+    root.mkdir(parents=True, exist_ok=True)
+    epochs = read_epochs(root / "runs" / record["run_id"])
+    with FileLock(str(root / ".tables.lock")):
+        tables = [(root / "runs.csv", pd.DataFrame([row(record)]))]
+        if epochs is not None:
+            tables.append((root / "epochs.csv", _epoch_frame(record, epochs)))
+        plans = [(path, _columns_to_append(path, rows)) for path, rows in tables]
+        if replace or any(columns is None for _, columns in plans):
+            _rebuild(root)
+            return
+        for (path, columns), (_, rows) in zip(plans, tables):
+            with open(path, "ab") as f:
+                f.write(rows.reindex(columns=columns).to_csv(index=False, header=False).encode())
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _columns_to_append(path: Path, rows: pd.DataFrame) -> list[str] | None:
+    """The table's columns, if ``rows`` can be appended to it as they are; else None."""
+    try:
+        with open(path, "rb") as f:
+            header = f.readline().decode()
+            f.seek(-1, os.SEEK_END)
+            whole = f.read(1) == b"\n"
+    except (FileNotFoundError, OSError, UnicodeDecodeError):
+        return None
+    columns = next(csv.reader([header]), [])
+    return columns if columns and whole and not set(rows.columns) - set(columns) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.records rebuild RESULTS``: rebuild the tables from the run folders."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m runner.records", description=main.__doc__)
+    parser.add_argument("command", choices=["rebuild"])
+    parser.add_argument("results", type=Path, nargs="?", default=Path("results"), help="results root (default %(default)s)")
+    args = parser.parse_args(argv)
+    if not (args.results / "runs").is_dir():
+        print(f"error: {args.results}: no runs/ folder: not a results root", file=sys.stderr)
+        return 2
+    runs = rebuild_tables(args.results)
+    print(f"rebuilt {args.results / 'runs.csv'} ({len(runs)} runs) and {args.results / 'epochs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -282,6 +282,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     cfg, rid, folder = plan.cfg, plan.run_id, plan.folder
     torch.set_num_threads(cfg.threads or usable_cores())  # never more threads than the cores this process may use
     resume = None if cfg.force else read_resume(folder, plan)
+    recorded_before = (folder / "result.json").exists()  # then its rows may be in the tables: they are rebuilt
     for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", RESUME)):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -328,13 +329,13 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
     except KeyboardInterrupt:
         record |= {"status": "interrupted", "error": "KeyboardInterrupt"}
-        _finish(record, rows, folder)
+        _finish(record, rows, folder, recorded_before)
         say(f"interrupted {rid}: recorded as interrupted; the same command runs it again")
         raise
     except Exception as e:  # a bug, bad data or a numerical failure in this cell: record it, let the grid go on
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
-    _finish(record, rows, folder)
+    _finish(record, rows, folder, recorded_before)
     if record["status"] in records.DONE and not cfg.keep_resume:
         (folder / RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})
@@ -369,7 +370,7 @@ def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
 SELECT_BY = "val_acc"  # model selection: the epoch with the best validation accuracy (the earliest on ties)
 
 
-def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path) -> None:
+def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path, recorded_before: bool = True) -> None:
     last = rows[-1] if rows else {}
     # A finished run has its final metrics (with temperature scaling and OOD); others keep their last epoch's.
     final = record.get("metrics") or {k: v for k, v in last.items() if k.startswith(("test_", "val_"))}
@@ -382,4 +383,4 @@ def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path) ->
         spec = datasets.SPECS[record["config"]["dataset"]["name"]]
         record["at_chance"] = stats.at_chance(record["metrics"]["test_acc"], spec.num_classes, record["n_test"])
     records.write_json(folder / "result.json", record)
-    records.rebuild_tables(folder.parent.parent)
+    records.update_tables(folder.parent.parent, records.read_result(folder) or record, replace=recorded_before)

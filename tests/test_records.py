@@ -90,3 +90,66 @@ def test_concurrent_writers_never_lose_or_duplicate_a_row(tmp_path):
 def test_result_json_is_plain_json(tmp_path):
     fake_run(tmp_path, "0123456789", 1)
     assert json.loads((tmp_path / "runs" / "0123456789" / "result.json").read_text())["status"] == "ok"
+
+
+def _finisher(root: str, rid: str, seed: int, barrier) -> None:
+    fake_run(Path(root), rid, seed)
+    barrier.wait()  # every process finishes at the same moment
+    records.update_tables(Path(root), records.read_result(Path(root) / "runs" / rid))
+
+
+def test_a_finish_appends_its_rows_and_eight_at_once_lose_none(tmp_path):
+    fake_run(tmp_path, hexid("first"), 0)
+    records.rebuild_tables(tmp_path)
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_finisher, args=(str(tmp_path), hexid(f"w{i}"), i, barrier)) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    appended = pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str})
+    epochs = pd.read_csv(tmp_path / "epochs.csv", dtype={"run_id": str})
+    assert len(appended) == 9 and appended["run_id"].is_unique and len(epochs) == 27
+    # the same tables as a rebuild from every folder, row for row
+    rebuilt = records.rebuild_tables(tmp_path)
+    key = ["run_id"]
+    pd.testing.assert_frame_equal(appended.sort_values(key).reset_index(drop=True),
+                                  pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str}).sort_values(key).reset_index(drop=True))
+    assert len(rebuilt) == 9
+
+
+def test_a_rerun_or_a_new_column_rebuilds_instead_of_appending(tmp_path):
+    rid = hexid("again")
+    fake_run(tmp_path, rid, 0)
+    records.rebuild_tables(tmp_path)
+    fake_run(tmp_path, rid, 0, epochs=4)  # the same run finished again (force=true): replaced, not doubled
+    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / rid), replace=True)
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 1 and len(pd.read_csv(tmp_path / "epochs.csv")) == 4
+    other = hexid("other")
+    fake_run(tmp_path, other, 1)
+    record = records.read_result(tmp_path / "runs" / other)
+    record["metrics"]["test_new_metric"] = 0.5  # a column the table does not have yet
+    records.write_json(tmp_path / "runs" / other / "result.json", record)
+    records.update_tables(tmp_path, record)
+    table = pd.read_csv(tmp_path / "runs.csv")
+    assert len(table) == 2 and "test_new_metric" in table and table["test_new_metric"].notna().sum() == 1
+
+
+def test_an_incomplete_last_line_is_repaired_by_the_next_finish(tmp_path):
+    first, second = hexid("one"), hexid("two")
+    fake_run(tmp_path, first, 0)
+    records.rebuild_tables(tmp_path)
+    with open(tmp_path / "runs.csv", "ab") as f:
+        f.write(b"mnist5k,simple_cn")  # a crash in the middle of an append
+    fake_run(tmp_path, second, 1)
+    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / second))
+    table = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(table["run_id"]) == sorted([first, second])
+
+
+def test_records_rebuild_command(tmp_path, capsys):
+    fake_run(tmp_path, hexid("x"), 0)
+    assert records.main(["rebuild", str(tmp_path)]) == 0 and (tmp_path / "runs.csv").exists()
+    assert records.main(["rebuild", str(tmp_path / "nowhere")]) == 2
