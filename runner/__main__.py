@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import launch
 from runner.compose import Composer, chosen, unset_nulls
-from runner.progress import error, say
+from runner.progress import error, say, set_prefix
 from runner.schema import ConfigError
 
 
@@ -49,6 +49,8 @@ def task(cfg: DictConfig) -> None:
             raise SystemExit(2) from None
         finally:
             composer.release()
+    if "BasicLauncher" not in str(hc.launcher.get("_target_", "")):  # runs in parallel: lines interleave
+        set_prefix(plan.run_id)
     run(launch.place(plan, hc.launcher))
 
 

@@ -235,3 +235,19 @@ def test_the_teacher_sees_its_own_normalization_and_stays_in_eval_mode():
     out = teacher(x_student)
     assert torch.allclose(out, (u - own.mean[0]) / own.std[0] / math.sqrt(1 + bn.eps), atol=1e-5)
     assert bn.running_mean.item() == 0.0  # eval mode: the running statistics are untouched
+
+
+def test_off_a_terminal_a_long_epoch_prints_a_progress_line(monkeypatch, capsys):
+    from runner import progress
+
+    clock = iter([0.0, 10.0, 31.0, 40.0, 62.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    progress.set_prefix("0123456789")
+    try:
+        with progress.epoch_bar("epoch 1/3", 4) as advance:
+            for _ in range(4):
+                advance()
+    finally:
+        progress.set_prefix(None)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[0123456789] epoch 1/3: 2/4 batches, 31s", "[0123456789] epoch 1/3: 4/4 batches, 62s"]
