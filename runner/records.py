@@ -226,7 +226,8 @@ def rebuild_tables(root: Path) -> pd.DataFrame:
 
 
 def _rebuild(root: Path) -> pd.DataFrame:
-    records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None]
+    # a run still in progress adds its rows when it finishes (update_tables); listing it now would double it
+    records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None and r["status"] != "running"]
     runs = pd.DataFrame([row(r) for r in records])
     if len(runs):
         runs = runs[_columns(runs)]

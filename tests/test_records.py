@@ -153,3 +153,30 @@ def test_records_rebuild_command(tmp_path, capsys):
     fake_run(tmp_path, hexid("x"), 0)
     assert records.main(["rebuild", str(tmp_path)]) == 0 and (tmp_path / "runs.csv").exists()
     assert records.main(["rebuild", str(tmp_path / "nowhere")]) == 2
+
+
+def _hold(root: str, rid: str, held, release) -> None:
+    lock = records.run_lock(Path(root), rid)
+    lock.acquire()
+    held.set()
+    release.wait(30)
+    lock.release()
+
+
+def test_a_rebuild_leaves_out_a_run_in_progress_which_adds_its_row_when_it_finishes(tmp_path):
+    """Under a parallel launcher one run's finish may rebuild the tables while another still trains."""
+    done, busy = hexid("done"), hexid("busy")
+    fake_run(tmp_path, busy, 1, status="running")
+    ctx = mp.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), busy, held, release))
+    holder.start()
+    assert held.wait(30)
+    fake_run(tmp_path, done, 0)
+    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / done))  # no table yet: a rebuild
+    assert pd.read_csv(tmp_path / "runs.csv")["run_id"].tolist() == [done]
+    release.set()
+    holder.join(30)
+    fake_run(tmp_path, busy, 1)  # it finishes
+    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / busy))
+    assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([done, busy])
