@@ -172,3 +172,14 @@ def test_a_group_that_mixes_device_types_is_warned_about(tmp_path, capsys):
         make_run(tmp_path, seed=seed, device=kind)
     assert summary_main([str(tmp_path), "--no-plots"]) == 0
     assert "mixes runs on cpu/none, cuda/none" in capsys.readouterr().out
+
+
+def test_the_critical_difference_diagram_is_drawn_when_friedman_rejects(tmp_path):
+    # 4 datasets × 3 poolings ranked the same way in each: χ² = 12/(4·3·4)·(4² + 8² + 12²) − 3·4·4 = 8, p = e^−4
+    for dataset in ("mnist5k", "mnist", "fashion_mnist", "cifar10"):
+        for pooling, acc in (("max", 0.90), ("avg", 0.85), ("softpool", 0.95)):
+            for seed in range(2):
+                make_run(tmp_path, dataset=dataset, pooling=pooling, seed=seed, acc=acc + 0.001 * seed)
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max"]) == 0
+    assert (tmp_path / "plots" / "critical_difference.png").exists()
+    assert f"Friedman test: p = {math.exp(-4):.3g} (the ranks differ" in (tmp_path / "report.md").read_text()
