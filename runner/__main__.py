@@ -56,7 +56,7 @@ def task(cfg: DictConfig) -> None:
 
 def report(plans: list) -> int:
     """Print what a grid did and return the exit status: 0 when every cell finished (ok or diverged)."""
-    from runner.records import DONE, read_result
+    from runner.records import DONE, read_result  # here, as below: records imports pandas, which --help never needs
 
     statuses = [(read_result(p.folder) or {}).get("status", "not recorded") for p in plans]
     counts: dict[str, int] = {}
@@ -98,7 +98,7 @@ def main() -> int:
     except ConfigError as e:
         error(f"error: {e}")
         return 2
-    from runner.records import completed
+    from runner.records import completed  # here, as make_plans
 
     pending = []
     for p in plans:

@@ -19,6 +19,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -151,8 +152,6 @@ class Composer:
             folder = Path(config_dir).resolve()
             if not folder.is_dir():
                 raise ConfigError(f"--config-dir={config_dir}: no such folder ({folder}).")
-            from hydra.core.config_search_path import SearchPathQuery
-
             search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
         self.search_path = search_path
         self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, str | None]]] = {}

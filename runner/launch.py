@@ -30,7 +30,7 @@ def usable_cores() -> int:
 
 
 def gpu_count() -> int:
-    import torch
+    import torch  # here: the planned sweeper imports this module while Hydra scans plugins, without torch
 
     return torch.cuda.device_count()
 

@@ -34,7 +34,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from runner import records
 
 TS_METHODS = ("ece_grid", "nll_lbfgs")
 
@@ -169,8 +174,6 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = "e
 
         opt.step(closure)
         # L-BFGS can stop short of the minimum on a flat NLL; polish log T with a bounded 1-D search around it.
-        from scipy.optimize import minimize_scalar
-
         start = float(log_t.item())
         with torch.no_grad():
             res = minimize_scalar(lambda v: F.cross_entropy(logits / math.exp(v), target).item(), method="bounded",
@@ -209,10 +212,6 @@ def final_metrics(saved: Mapping[str, torch.Tensor], ts_method: str = "ece_grid"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from runner import records
 
     parser = argparse.ArgumentParser(prog="python -m runner.metrics",
                                      description="Recompute every metric of finished runs from their saved logits.")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -363,8 +364,6 @@ class _ForwardError(RuntimeError):
 def _check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: set[str]) -> None:
     """Build the loss, the optimizer and the model (once per distinct one in a command) and run the model on two
     zero images of the dataset's shape: a value the class itself refuses is a config error, before any data."""
-    from hydra.errors import InstantiationException
-
     where = ", ".join(f"{a}={choices[a]}" for a in ("dataset", "model", "pooling", "global_pool", "norm"))
     arch = json.dumps({a: OmegaConf.to_container(cfg[a]) for a in ("model", "pooling", "global_pool", "norm")}
                       | {"dataset": cfg.dataset.name}, sort_keys=True)

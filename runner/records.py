@@ -7,6 +7,7 @@ on disk, so concurrent jobs never lose or duplicate a row, and a reader never se
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -277,8 +278,6 @@ def _columns_to_append(path: Path, rows: pd.DataFrame) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m runner.records rebuild RESULTS``: rebuild the tables from the run folders."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m runner.records", description=main.__doc__)
     parser.add_argument("command", choices=["rebuild"])
     parser.add_argument("results", type=Path, nargs="?", default=Path("results"), help="results root (default %(default)s)")

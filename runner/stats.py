@@ -73,7 +73,7 @@ def pairs_needed(alpha: float = ALPHA, comparisons: int = 1) -> int:
 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values (statsmodels); nan stays nan and is not counted."""
-    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.multitest import multipletests  # here: statsmodels takes a second to import, a run never needs it
 
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
@@ -96,7 +96,7 @@ def seeds_for(difference: float, sd: float, alpha: float = ALPHA, power: float =
     """About how many paired seeds detect a mean difference ``difference`` given the SD of the differences,
     with ``power`` at ``alpha`` / ``comparisons`` (a paired t-test's power, statsmodels), and never fewer than
     the sign-flip test needs. None when the SD is unknown or zero or the difference is zero."""
-    from statsmodels.stats.power import TTestPower
+    from statsmodels.stats.power import TTestPower  # here: as holm's
 
     if not (np.isfinite(sd) and sd > 0 and np.isfinite(difference) and difference != 0):
         return None

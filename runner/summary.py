@@ -11,7 +11,8 @@ results root it reads):
   Holm over the report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with
   ``--rope``, the Bayesian probabilities of better / equivalent / worse;
 - ``ranks.csv``: ranks per task over common seeds, mean rank, Borda count, IQM and probability of
-  improvement with stratified bootstrap CIs, the Friedman test and Wilcoxon–Holm post-hoc p-values;
+  improvement with stratified bootstrap CIs (``probability_of_improvement.csv``), the Friedman test and
+  Wilcoxon–Holm post-hoc p-values;
 - ``plots/``: paired differences, probability of improvement, critical-difference diagram (only when
   Friedman rejects), learning curves, reliability diagrams with bin counts and ECE;
 - ``report.md``: a paragraph that answers in words, then the tables and plots.
@@ -27,6 +28,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 from runner import records, stats
 from runner.metrics import higher_is_better
@@ -98,7 +101,7 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _at_chance(row: pd.Series) -> bool:
     """For runs recorded before ``at_chance`` existed: the same rule, from the dataset's classes and n_test."""
-    from datasets import SPECS
+    from datasets import SPECS  # here: only tables from before at_chance need it, and it imports torch
 
     acc, n, name = row.get("test_acc"), row.get("n_test"), row.get("dataset")
     if name not in SPECS or not isinstance(acc, (int, float)) or pd.isna(acc) or pd.isna(n):
@@ -266,11 +269,16 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
     info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names) if len(used) >= 2 else None
     info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))
     poi = pd.DataFrame(index=names, columns=names, dtype=float)
+    pairs = []
     for a in names:
         for b in names:
             x, y = [scores[a][t] for t in used], [scores[b][t] for t in used]
-            poi.loc[a, b] = stats.probability_of_improvement(x, y) if hib else stats.probability_of_improvement(y, x)
-    info["poi"] = poi
+            better, worse = (x, y) if hib else (y, x)
+            poi.loc[a, b] = stats.probability_of_improvement(better, worse)
+            if a != b:  # with a stratified bootstrap CI over the runs of each task (rliable)
+                lo, hi = stats.stratified_bootstrap_ci([better, worse], stats.probability_of_improvement, n_resamples=500)
+                pairs.append({"method": a, "other": b, "p_improvement": poi.loc[a, b], "ci_low": lo, "ci_high": hi})
+    info["poi"], info["poi_table"] = poi, pd.DataFrame(pairs)
     return table.sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index(drop=True), info
 
 
@@ -393,10 +401,7 @@ def parse_reference(items: list[str]) -> list[tuple[str, str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from runner import summary_plots
+    from runner import summary_plots  # here: it imports matplotlib, which a run of --help never needs
 
     parser = argparse.ArgumentParser(prog="python -m runner.summary", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="results roots, run folders or runs.csv tables (default: results)")
@@ -461,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     table = overview(summary, shown, metric, references)
     images = [] if args.no_plots else summary_plots.draw(ok, epochs, comparison, info, metric, args.rope, out / "plots")
     records.write_csv(out / "summary.csv", summary)
-    for name, frame in (("comparison", comparison), ("ranks", ranks)):
+    poi_table = info.get("poi_table", pd.DataFrame()) if info else pd.DataFrame()
+    for name, frame in (("comparison", comparison), ("ranks", ranks), ("probability_of_improvement", poi_table)):
         if frame.empty:
             (out / f"{name}.csv").unlink(missing_ok=True)
         else:

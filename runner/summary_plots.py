@@ -14,7 +14,7 @@ from runner.metrics import calibration_errors, reliability, top_label
 
 def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info: dict[str, Any], metric: str,
          rope: float | None, folder: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # here: the backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -56,7 +56,7 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
         save(fig, "probability_of_improvement.png")
 
     if info.get("friedman_p", math.nan) < stats.ALPHA and info.get("posthoc") is not None:
-        import scikit_posthocs as sp
+        import scikit_posthocs as sp  # here: it imports seaborn, needed only when a diagram is drawn
 
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(info["ranks"]) + 1.5))
         sp.critical_difference_diagram(pd.Series(info["ranks"]), info["posthoc"], ax=ax)

@@ -104,6 +104,10 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     assert ranks["tasks"].tolist() == [2, 2, 2]
     assert ranks.loc["pooling=softpool", "mean_rank"] == 1 and ranks.loc["pooling=max", "mean_rank"] == 2
     assert ranks.loc["pooling=avg", "mean_rank"] == 3 and ranks.loc["pooling=softpool", "borda"] == 4
+    poi = pd.read_csv(out / "probability_of_improvement.csv").set_index(["method", "other"])
+    # softpool beats max in every run pair of both tasks (mnist5k: 0.9115 vs 0.9015 at worst; cifar10: 0.82 vs 0.80)
+    assert poi.loc[("pooling=softpool", "pooling=max"), "p_improvement"] == 1.0
+    assert poi.loc[("pooling=softpool", "pooling=max"), "ci_low"] == 1.0
     report = (out / "report.md").read_text()
     # Friedman on 2 tasks × 3 methods ranked the same way: χ² = 12/(2·3·4)·(2² + 4² + 6²) − 3·2·4 = 4, p = e^−2
     assert f"Friedman test: p = {math.exp(-2):.3g}" in report and "no critical-difference diagram is drawn" in report
