@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.norm import BatchNormAct
-from models.pooling import (AdaPool, AvgPool, GatedPool, GeM, GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool,
+from models.pooling import (AdaPool, AvgPool, GatedPool, GGeM, GeM, GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool,
                             GlobalMaxPool, GlobalSoftPool, LpPool, MaxPool, MixedPool, SoftPool, SpatialPyramidPool,
                             StochasticPool, TreePool, ada_pool2d, dice_pool2d, soft_pool2d, soft_pool2d_reference)
 from models.resnet import CifarResNet
@@ -31,7 +31,7 @@ LOCAL = {  # every local pooling option, eager where a layer can compile (the co
     "adapool_region": functools.partial(AdaPool, beta="region", compile=False),
 }
 HEADS = {"avg": GlobalAvgPool, "max": GlobalMaxPool, "avgmax": GlobalAvgMaxPool, "catavgmax": GlobalCatAvgMaxPool,
-         "gem": GeM, "softpool": GlobalSoftPool, "spp": SpatialPyramidPool}
+         "gem": GeM, "ggem": functools.partial(GGeM, groups=2), "softpool": GlobalSoftPool, "spp": SpatialPyramidPool}
 HEAD_FEATURES = {"catavgmax": 2, "spp": 21}  # out_features / C where it is not 1
 
 
@@ -403,3 +403,15 @@ def test_downsample_at_chooses_where_the_pooling_layers_sit(make, down, pools, s
     net.global_pool.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
     net.eval()(torch.randn(1, 3, 32, 32))  # one image: shapes only (BatchNorm cannot train on one)
     assert seen == [size_out]
+
+
+def test_ggem_is_gem_per_channel_group_by_hand():
+    # two channels in two groups with p = 1 and p = 3: channel 0 is the mean 2.5, channel 1 is (25)^{1/3}
+    head = GGeM(2, groups=2, learnable=False)
+    head.power.p.copy_(torch.tensor([1.0, 3.0]))
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2).repeat(1, 2, 1, 1)
+    assert head(x).tolist()[0] == pytest.approx([2.5, 25 ** (1 / 3)], abs=1e-5)
+    one = GGeM(4, groups=1)(x.repeat(1, 2, 1, 1))  # one group: GeM
+    assert torch.allclose(one, GeM(4)(x.repeat(1, 2, 1, 1)))
+    with pytest.raises(ValueError, match="groups=3 does not divide a layer of 4 channels"):
+        GGeM(4, groups=3)

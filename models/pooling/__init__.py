@@ -6,7 +6,7 @@ Local: ``pool(C, kernel_size=2, stride=2)``: (N, C, H, W) -> (N, C, H_out, W_out
 """
 from models.pooling.adapool import AdaPool, ada_pool2d, dice_pool2d
 from models.pooling.basic import AvgPool, MaxPool
-from models.pooling.global_pool import (GeM, GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool, GlobalMaxPool,
+from models.pooling.global_pool import (GGeM, GeM, GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool, GlobalMaxPool,
                                         GlobalSoftPool, SpatialPyramidPool)
 from models.pooling.lp import LpPool
 from models.pooling.maxavg import GatedPool, MixedPool, TreePool
@@ -15,6 +15,6 @@ from models.pooling.stochastic import StochasticPool
 
 __all__ = [
     "AdaPool", "AvgPool", "GatedPool", "LpPool", "MaxPool", "MixedPool", "SoftPool", "StochasticPool", "TreePool",
-    "GeM", "GlobalAvgMaxPool", "GlobalAvgPool", "GlobalCatAvgMaxPool", "GlobalMaxPool", "GlobalSoftPool",
+    "GGeM", "GeM", "GlobalAvgMaxPool", "GlobalAvgPool", "GlobalCatAvgMaxPool", "GlobalMaxPool", "GlobalSoftPool",
     "SpatialPyramidPool", "ada_pool2d", "dice_pool2d", "soft_pool2d", "soft_pool2d_reference",
 ]

@@ -6,8 +6,9 @@ timm has no GeM, global SoftPool or spatial pyramid head.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Sequence
 
+from annotated_types import Ge
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +63,25 @@ class GeM(_Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return power_mean(x.flatten(2), self.power(), dim=-1, eps=self.eps)  # (N, C)
+
+
+class GGeM(_Head):
+    """Group generalized mean ("Group Generalized Mean Pooling for Vision Transformer", applied to a CNN's channel
+    groups): GeM with one exponent per group of ``C / groups`` channels, ``y_c = (mean_{h,w} max(x_c, ε)^{p_g})^{1/p_g}``
+    for c in group g. ``groups=1`` is GeM; ``groups=C`` gives every channel its own p."""
+
+    def __init__(self, channels: int, groups: Annotated[int, Ge(1)] = 8, p: float = 3.0, learnable: bool = True,
+                 eps: float = 1e-6) -> None:
+        super().__init__(channels)
+        if channels % groups:
+            raise ValueError(f"groups={groups} does not divide a layer of {channels} channels")
+        self.groups, self.eps = groups, eps
+        self.power = PowerParam(p, learnable, size=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        p = self.power().repeat_interleave(c // self.groups).view(1, c, 1)  # (1, C, 1): each group's p per channel
+        return power_mean(x.flatten(2), p, dim=-1, eps=self.eps).view(n, c)  # (N, C)
 
 
 class GlobalSoftPool(_Head):

@@ -21,21 +21,22 @@ from models.pooling.basic import check_window, windows
 def power_mean(a: torch.Tensor, p: torch.Tensor | float, dim: int, eps: float = 1e-6) -> torch.Tensor:
     """``(mean clamp(a, eps)^p)^{1/p}`` along ``dim``, in the log domain (stable for any p > 0)."""
     log_a = a.clamp(min=eps).log()
-    return torch.exp((torch.logsumexp(p * log_a, dim=dim) - math.log(a.shape[dim])) / p)
+    # keepdim, so that a p shaped like ``a`` with 1 along ``dim`` (one p per channel) broadcasts in both places
+    return torch.exp((torch.logsumexp(p * log_a, dim=dim, keepdim=True) - math.log(a.shape[dim])) / p).squeeze(dim)
 
 
 class PowerParam(nn.Module):
     """The exponent p of a power mean: a learned parameter or a fixed buffer, kept ≥ ``min_p``."""
 
-    def __init__(self, p: float, learnable: bool, min_p: float = 1e-2) -> None:
+    def __init__(self, p: float, learnable: bool, min_p: float = 1e-2, size: int = 1) -> None:
         super().__init__()
         if not p >= min_p:
             raise ValueError(f"p must be >= {min_p}, got {p}")
         self.min_p = min_p
         if learnable:
-            self.p = nn.Parameter(torch.tensor([float(p)]))
+            self.p = nn.Parameter(torch.full((size,), float(p)))
         else:
-            self.register_buffer("p", torch.tensor([float(p)]))
+            self.register_buffer("p", torch.full((size,), float(p)))
 
     def forward(self) -> torch.Tensor:
         return self.p.clamp(min=self.min_p)
