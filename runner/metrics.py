@@ -54,6 +54,9 @@ def higher_is_better(column: str) -> bool | None:
     """The direction of a runs.csv metric column (``test_ece`` and ``best_test_ece_ts`` -> False), or None for
     a column with no direction. A ``_ts`` metric (after temperature scaling) has its base metric's direction."""
     name = column.removeprefix("best_")
+    for family, direction in (("ood_auroc", True), ("ood_fpr95", False)):  # every OOD score's pair
+        if name.startswith(family):
+            return direction
     for prefix in ("test_", "val_", "train_", ""):
         if name.startswith(prefix):
             base = name[len(prefix):].removesuffix("_ts")
@@ -184,14 +187,29 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, method: str = "e
 
 # ---------------------------------------------------------------- out-of-distribution detection
 
+def _fpr95(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The share of OOD samples scored at least as high as the threshold that keeps 95 % of in-distribution ones."""
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)  # every threshold: ties must not drop points
+    return float(fpr[np.searchsorted(tpr, 0.95)])
+
+
+# Scores of "in-distribution-ness" from the logits alone: higher means more in-distribution.
+OOD_SCORES = {
+    "msp": lambda s: F.softmax(s, dim=1).amax(dim=1),  # max softmax probability (Hendrycks and Gimpel, ICLR 2017)
+    "energy": lambda s: torch.logsumexp(s, dim=1),  # negative free energy at T = 1 (Liu et al., NeurIPS 2020)
+    "max_logit": lambda s: s.amax(dim=1),  # maximum logit (Hendrycks et al., ICML 2022)
+}
+
+
 def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, float]:
-    """MSP as the in-distribution score: ``ood_auroc`` (in = positive) and ``ood_fpr95``, the share of
-    OOD images scored at least as high as the threshold that keeps 95 % of in-distribution images."""
-    score_in = F.softmax(in_logits.double(), dim=1).amax(dim=1).numpy()
-    score_out = F.softmax(out_logits.double(), dim=1).amax(dim=1).numpy()
-    labels = np.r_[np.ones(len(score_in)), np.zeros(len(score_out))]
-    fpr, tpr, _ = roc_curve(labels, np.r_[score_in, score_out], drop_intermediate=False)  # every threshold
-    return {"ood_auroc": _auroc(labels, np.r_[score_in, score_out]), "ood_fpr95": float(fpr[np.searchsorted(tpr, 0.95)])}
+    """For each score of OOD_SCORES, ``ood_auroc_<score>`` (in-distribution = positive) and ``ood_fpr95_<score>``;
+    the MSP ones also as ``ood_auroc`` and ``ood_fpr95``, their names before the other scores existed."""
+    labels = np.r_[np.ones(len(in_logits)), np.zeros(len(out_logits))]
+    out: dict[str, float] = {}
+    for name, score in OOD_SCORES.items():
+        values = np.r_[score(in_logits.double()).numpy(), score(out_logits.double()).numpy()]
+        out |= {f"ood_auroc_{name}": _auroc(labels, values), f"ood_fpr95_{name}": _fpr95(labels, values)}
+    return {"ood_auroc": out["ood_auroc_msp"], "ood_fpr95": out["ood_fpr95_msp"]} | out
 
 
 # ---------------------------------------------------------------- a run's final metrics

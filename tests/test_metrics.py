@@ -125,6 +125,18 @@ def test_aurc_with_ties_does_not_depend_on_the_input_order():
     assert aurc(conf, hit) == pytest.approx(4 / 9) == aurc(conf[[1, 0, 2]], hit[[1, 0, 2]])
 
 
+def test_energy_and_max_logit_ood_scores_by_hand():
+    # in: logits [3, 0] and [1, 1]; out: [2, 2] and [0, 0].
+    # max logit: in 3, 1; out 2, 0 -> pairs ordered right: (3>2, 3>0, 1<2, 1>0) = 3/4; keeping 95 % of in needs the
+    # threshold 1, which passes the OOD 2: FPR95 = 1/2.
+    # energy (logsumexp): in 3.0486, 1.6931; out 2.6931, 0.6931 -> also 3/4 and 1/2.
+    m = ood_metrics(torch.tensor([[3.0, 0.0], [1.0, 1.0]]), torch.tensor([[2.0, 2.0], [0.0, 0.0]]))
+    assert m["ood_auroc_max_logit"] == pytest.approx(0.75) and m["ood_fpr95_max_logit"] == pytest.approx(0.5)
+    assert m["ood_auroc_energy"] == pytest.approx(0.75) and m["ood_fpr95_energy"] == pytest.approx(0.5)
+    # MSP: in 0.9526, 0.5; out 0.5, 0.5 -> (in 0.95 beats both, in 0.5 ties both: ½ each) = (2 + 1)/4
+    assert m["ood_auroc_msp"] == m["ood_auroc"] == pytest.approx(0.75)
+
+
 def test_ood_auroc_and_fpr95_by_hand():
     # MSP of in-distribution [0.9, 0.8, 0.7, 0.6] and OOD [0.65, 0.5]: the pairs (in, out) ordered right
     # are 3·2 + 1 (0.7 > 0.65, 0.6 < 0.65) = 7 of 8 -> AUROC 0.875. Keeping 95 % of the in-distribution
