@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 import torch
 from torch import nn
 
 import models
 from datasets import SPECS
+from runner.losses.clip import LogitClip
 
 
 def target(node: DictConfig) -> Any:
@@ -29,7 +30,12 @@ def model(cfg: DictConfig, norm: Any = None) -> nn.Module:
 
 
 def loss(cfg: DictConfig) -> nn.Module:
-    return instantiate(cfg.loss)
+    """The loss; with ``loss.logit_clip=τ`` (any loss) wrapped in LogitClip."""
+    node = cfg.loss.copy()
+    with open_dict(node):
+        tau = node.pop("logit_clip", None)
+    made = instantiate(node)
+    return made if tau is None else LogitClip(made, tau)
 
 
 def optimizer(cfg: DictConfig, net: nn.Module, norm: Any = None) -> torch.optim.Optimizer:

@@ -198,6 +198,13 @@ def _signature_params(target: Callable[..., Any]) -> dict[str, inspect.Parameter
     return params if inspect.isclass(target) else None
 
 
+# Settings a whole group accepts besides its target's own keywords (applied by runner/build.py). Their default is
+# null, "off", so they leave every existing run id as it was.
+GROUP_SETTINGS: dict[str, dict[str, Param]] = {
+    "loss": {"logit_clip": Param(typing.Optional[float], None, {"gt": 0}, None)},  # LogitClip's τ (runner/losses/clip.py)
+}
+
+
 @functools.lru_cache(maxsize=None)
 def option_params(target: Callable[..., Any]) -> dict[str, Param] | None:
     """The typed keywords of a ``_target_`` (a schema is a function of the code, so it is worked out once)."""
@@ -220,11 +227,13 @@ def option_params(target: Callable[..., Any]) -> dict[str, Param] | None:
 
 
 def typed_option(key: str, node: DictConfig, target: Callable[..., Any]) -> DictConfig:
-    """``node`` (an option's config, ``_target_`` included) typed by ``target``'s signature: ints become
-    floats where a float is declared, unknown keys and wrong types are ConfigErrors naming ``key.<name>``."""
+    """``node`` (an option's config, ``_target_`` included) typed by ``target``'s signature and the group's own
+    settings (GROUP_SETTINGS): ints become floats where a float is declared, unknown keys and wrong types are
+    ConfigErrors naming ``key.<name>``."""
     params = option_params(target)
     if params is None:
         return node
+    params = params | GROUP_SETTINGS.get(key, {})
     special = {k for k in node.keys() if str(k).startswith("_") and str(k).endswith("_")}
     unknown = [k for k in node.keys() if k not in special and k not in params]
     if unknown:

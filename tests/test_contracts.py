@@ -74,7 +74,9 @@ def test_norm_block_contract(option, planned):
 
 @pytest.mark.parametrize("option", options("loss"))
 def test_loss_contract(option, planned):
-    loss = instantiate(planned("loss", option).cfg.loss)
+    from runner import build
+
+    loss = build.loss(planned("loss", option).cfg)
     logits = torch.randn(6, 10, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, 9])
     kw = {"teacher_logits": torch.randn(6, 10)} if getattr(loss, "needs_teacher", False) else {}

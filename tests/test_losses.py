@@ -237,3 +237,23 @@ def test_every_loss_is_a_batch_mean(name):
         return
     each = [loss(s[i:i + 1], y[i:i + 1], **kw(slice(i, i + 1))).item() for i in range(4)]
     assert loss(s, y, **kw(slice(None))).item() == pytest.approx(sum(each) / 4)
+
+
+# ------------------------------------------------------------------ LogitClip (a wrapper around any loss)
+
+def test_logit_clip_by_hand():
+    from runner.losses.clip import LogitClip, clip_logits
+
+    s = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # L2 norms 5 and 0.5
+    assert clip_logits(s, 1.0).flatten().tolist() == pytest.approx([0.6, 0.8, 0.3, 0.4])  # only the first is clipped
+    loss = LogitClip(CrossEntropy(), 1.0)(s[:1], torch.tensor([0]))
+    assert loss.item() == pytest.approx(math.log1p(math.exp(0.2)), abs=1e-6)  # CE of [0.6, 0.8], target 0
+    kd = LogitClip(KnowledgeDistillation(), 1.0)
+    assert kd.needs_teacher and torch.isfinite(kd(s, torch.tensor([0, 1]), teacher_logits=s))
+
+
+def test_logit_clip_is_a_setting_of_every_loss_and_off_keeps_the_run_id():
+    from runner.plan import make_plan
+
+    assert make_plan(["loss.logit_clip=null"]).run_id == make_plan([]).run_id
+    assert make_plan(["loss=focal", "loss.logit_clip=2"]).cfg.loss.logit_clip == 2.0
