@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from runner.losses import (AdaptiveFocalLoss, CrossEntropy, CrossEntropyZReg, DiceMetricLoss, DualFocalLoss, FocalLoss,
-                           KnowledgeDistillation, PlackettLuceDistillation, SelfAdjustingDiceLoss,
+                           KnowledgeDistillation, PlackettLuceDistillation, SelfAdjustingDiceLoss, SparsemaxLoss,
                            TransformedTeacherMatching, ZLoss)
 from runner.losses.dice import tversky_loss
 
 PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), "focal": FocalLoss(),
          "focal_adaptive": AdaptiveFocalLoss(), "dual_focal": DualFocalLoss(), "dice": DiceMetricLoss(smooth=0.0),
-         "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss()}
+         "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss(),
+         "sparsemax": SparsemaxLoss()}
 DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "pld_cifar": PlackettLuceDistillation(temperature=4.0),
            "ttm": TransformedTeacherMatching()}
 
@@ -257,3 +260,34 @@ def test_logit_clip_is_a_setting_of_every_loss_and_off_keeps_the_run_id():
 
     assert make_plan(["loss.logit_clip=null"]).run_id == make_plan([]).run_id
     assert make_plan(["loss=focal", "loss.logit_clip=2"]).cfg.loss.logit_clip == 2.0
+
+
+
+# ------------------------------------------------------------------ sparsemax (Martins and Astudillo 2016)
+
+def test_sparsemax_and_its_loss_by_hand():
+    from runner.losses.sparsemax import sparsemax
+
+    # z = [1, 0.5, 0]: k = 2 (1 + 2·0.5 > 1.5, 1 + 3·0 < 1.5), τ = (1.5 − 1)/2 = 0.25 -> p = [0.75, 0.25, 0]
+    z = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    assert sparsemax(z).tolist()[0] == pytest.approx([0.75, 0.25, 0.0])
+    loss = SparsemaxLoss()(z, torch.tensor([0]))
+    # −1 + ½((1 − 0.0625) + (0.25 − 0.0625)) + ½ = 0.0625 = ½‖e_y − z‖² − ½‖p − z‖²
+    assert loss.item() == pytest.approx(0.0625)
+    loss.backward()
+    assert z.grad.tolist()[0] == pytest.approx([0.75 - 1, 0.25, 0.0])  # sparsemax(z) − e_y
+
+
+def test_sparsemax_is_the_projection_onto_the_simplex():
+    from scipy.optimize import minimize
+
+    from runner.losses.sparsemax import sparsemax
+
+    torch.manual_seed(0)
+    z = torch.randn(5, 6, dtype=torch.float64)
+    p = sparsemax(z)
+    assert torch.allclose(p.sum(1), torch.ones(5, dtype=torch.float64)) and (p >= 0).all()
+    for row, proj in zip(z.numpy(), p.numpy()):  # the nearest point of the simplex, by a generic solver
+        res = minimize(lambda q: ((q - row) ** 2).sum(), np.full(6, 1 / 6), method="SLSQP", bounds=[(0, 1)] * 6,
+                       constraints=[{"type": "eq", "fun": lambda q: q.sum() - 1}], options={"ftol": 1e-12})
+        assert proj == pytest.approx(res.x, abs=1e-5)

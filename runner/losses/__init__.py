@@ -4,8 +4,9 @@ from runner.losses.ce import CrossEntropy
 from runner.losses.dice import DiceMetricLoss, SelfAdjustingDiceLoss
 from runner.losses.distill import KnowledgeDistillation, PlackettLuceDistillation, TransformedTeacherMatching
 from runner.losses.focal import AdaptiveFocalLoss, DualFocalLoss, FocalLoss
+from runner.losses.sparsemax import SparsemaxLoss
 from runner.losses.zloss import CrossEntropyZReg, ZLoss
 
 __all__ = ["AdaptiveFocalLoss", "CrossEntropy", "CrossEntropyZReg", "DiceMetricLoss", "DualFocalLoss", "FocalLoss",
-           "KnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "TransformedTeacherMatching",
-           "ZLoss"]
+           "KnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "SparsemaxLoss",
+           "TransformedTeacherMatching", "ZLoss"]
