@@ -143,7 +143,7 @@ def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_pa
 def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tmp_path):
     from test_contracts import DISTILLATION
 
-    tiny = [*TINY, "epochs=5", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
+    tiny = [*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
     losses = ",".join(o for o in options("loss").split(",") if o not in DISTILLATION)
     res = cli("-m", f"loss={losses}", *tiny, timeout=900)
     assert res.returncode == 0, res.stderr
@@ -212,10 +212,11 @@ def test_null_for_an_optional_group_is_its_default(data_dir, tmp_path):
 
 def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir, tmp_path):
     common = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
-    # the teacher's own settings (conf/teacher/simple_cnn_wide.yaml) on the student's data: its recipe is the default one
-    shell = cli("model=simple_cnn", "model.widths=[64,128]", "dataset=mnist", "threads=1", *common[4:])
+    # the teacher's settings, as teacher.overrides names them, run from the shell on the student's data first
+    shell = cli("model=simple_cnn", "model.widths=[64,128]", "epochs=2", "dataset=mnist", "threads=1", *common[4:])
     assert shell.returncode == 0, shell.stderr
-    student = cli("loss=kd", "teacher=simple_cnn_wide", *common)
+    student = cli("loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']",
+                  *common)
     assert student.returncode == 0, student.stderr
     assert "training it first" not in student.stdout
     runs = pd.read_csv(tmp_path / "runs.csv")

@@ -126,7 +126,8 @@ def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp
 
 @pytest.mark.slow
 def test_two_students_of_one_untrained_teacher_in_parallel_train_it_once(data_dir, tmp_path):
-    res = cli("-m", "loss=kd,pld", "teacher=simple_cnn_wide", "launcher=local", "hydra.launcher.n_jobs=2", *TINY,
+    res = cli("-m", "loss=kd,pld", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','epochs=3']",
+              "launcher=local", "hydra.launcher.n_jobs=2", *TINY,
               f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")

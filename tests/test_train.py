@@ -190,8 +190,11 @@ def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
 
 # ---------------------------------------------------------------- distillation with a teacher run
 
+SHORT_TEACHER = "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']"  # the wide teacher, briefly
+
+
 def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_dir, tmp_path):
-    plan = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide")
+    plan = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", SHORT_TEACHER)
     first = run(plan)
     assert first["status"] == "ok"
     runs = pd.read_csv(tmp_path / "runs.csv").set_index("run_id")
@@ -200,7 +203,7 @@ def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_di
     assert runs.loc[first["run_id"], "teacher_test_acc"] == pytest.approx(runs.loc[teacher_id, "test_acc"])
     teacher_started = runs.loc[teacher_id, "started_at"]
 
-    plan2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide")
+    plan2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide", SHORT_TEACHER)
     second = run(plan2)
     assert second["teacher_run_id"] == teacher_id
     assert pd.read_csv(tmp_path / "runs.csv").set_index("run_id").loc[teacher_id, "started_at"] == teacher_started
@@ -208,7 +211,8 @@ def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_di
     plan3 = tiny(data_dir, tmp_path, "loss=kd", "teacher=run", f"teacher.run_id={teacher_id}")
     assert plan3.run_id == first["run_id"]
     # a different teacher is a different experiment
-    plan4 = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','seed=1']")
+    plan4 = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide",
+                 "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2','seed=1']")
     assert plan4.run_id != first["run_id"]
 
 
