@@ -154,6 +154,7 @@ class Composer:
                 raise ConfigError(f"--config-dir={config_dir}: no such folder ({folder}).")
             search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
         self.search_path = search_path
+        self._owned = True  # this composer set Hydra up, so it clears Hydra when released
         self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, str | None]]] = {}
         self._options: dict[str, list[str]] = {}
 
@@ -185,7 +186,7 @@ class Composer:
         return self
 
     def release(self) -> None:
-        if getattr(self, "_owned", True):
+        if self._owned:
             self.__exit__()
 
     # ------------------------------------------------------------ what exists

@@ -7,11 +7,13 @@ in the field metadata below, a group option's parameters as ``Annotated[float, I
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import functools
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -162,7 +164,7 @@ def _omega_type(hint: Any) -> tuple[Any, dict[str, float], tuple[Any, ...] | Non
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Literal:
         return type(args[0]), bounds, args
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             inner, b, choices = _omega_type(rest[0])
@@ -170,7 +172,7 @@ def _omega_type(hint: Any) -> tuple[Any, dict[str, float], tuple[Any, ...] | Non
         return Any, bounds, None
     if hint in _SCALARS:
         return hint, bounds, None
-    if origin in (list, tuple, typing.Sequence, __import__("collections.abc").abc.Sequence):
+    if origin in (list, tuple, typing.Sequence, collections.abc.Sequence):
         elem = args[0] if args else Any
         inner, b, _ = _omega_type(elem)
         if inner in _SCALARS:
