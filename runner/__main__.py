@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from runner import launch
-from runner.compose import Composer, chosen, unset_nulls
+from runner.compose import CONF_DIR, Composer, chosen, unset_nulls
 from runner.progress import error, say, set_prefix
 from runner.schema import ConfigError
 
@@ -27,7 +27,7 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # absolute: runner.tune calls it too
 def task(cfg: DictConfig) -> None:
     # Imported here, not at the top: --help and --cfg never need torch (1.8 s of start-up on 2 cores).
     from runner.plan import plan_from_config
@@ -82,6 +82,11 @@ def main() -> int:
     args.overrides = unset_nulls(args.overrides)
     sys.argv[1:] = unset_nulls(sys.argv[1:])  # Hydra parses sys.argv itself
     where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
+    tuning = [o for o in args.overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("tune", "trial")]
+    if tuning:  # a plain run would ignore them: say so rather than run one setting untuned
+        error(f"error: {tuning[0]}: tune settings are read by python -m runner.tune (same overrides, plus tune.*); "
+              "python -m runner runs the setting it is given.")
+        return 2
     if args.help or args.hydra_help or args.shell_completion or args.info:
         task()
         return 0

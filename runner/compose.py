@@ -33,10 +33,10 @@ import runner.launch  # noqa: F401  (registers ${machine_jobs:}, which conf/laun
 from runner.schema import AXES, ConfigError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-USER_GROUPS = AXES + ("experiment", "launcher")  # the groups a user picks options of
+USER_GROUPS = AXES + ("experiment", "launcher", "tune")  # the groups a user picks options of
 
 
-OPTIONAL_GROUPS = ("teacher", "experiment", "launcher")  # unset by default: `group=null` means "none of them"
+OPTIONAL_GROUPS = ("teacher", "experiment", "launcher", "tune")  # unset by default: `group=null` means "none of them"
 
 
 def unset_nulls(overrides: Sequence[str]) -> list[str]:

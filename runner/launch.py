@@ -20,6 +20,7 @@ from omegaconf import OmegaConf, open_dict
 # starts with neither and plans its own cell (runner/plan.py: plan_from_config).
 PLANNED: dict[tuple[str, ...], Any] = {}
 TO_LAUNCH: set[tuple[str, ...]] | None = None
+CELLS: list[list[str]] | None = None  # python -m runner.tune: the cells to launch, instead of the command's grid
 
 _gpu_lock: FileLock | None = None  # this worker's GPU, kept until the process ends
 _gpu_index: int | None = None

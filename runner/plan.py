@@ -153,6 +153,10 @@ def _typed(cfg: DictConfig | Mapping[str, Any], typed_options: dict[str, DictCon
         key = getattr(e, "full_key", None) or next((k for k in dotted_keys(raw) if not _resolves(raw, k)), "?")
         raise ConfigError(f"{key}: its value cannot be resolved ({_first_line(e)}). "
                           "Check the interpolation (${...}) and any environment variable it reads.") from None
+    with open_dict(raw):
+        for axis in TARGET_HOMES:  # an option's search space (conf/<group>/<option>.yaml: tune:) is runner.tune's
+            if isinstance(raw[axis], DictConfig) and "tune" in raw[axis]:
+                del raw[axis]["tune"]
     plain = OmegaConf.to_container(raw)
     with open_dict(raw):
         for axis, home in TARGET_HOMES.items():
@@ -465,8 +469,8 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
                   composer: Composer | None) -> RunPlan:
     """The teacher run named by its settings, on the student's dataset and where/how the student runs."""
-    student = [f"dataset={choices['dataset']}"] + [f"dataset.{k}={_literal(v)}" for k, v in cfg.dataset.items()]
-    where = [f"{k}={_literal(cfg[k])}" for k in ("data_dir", "download", "results_dir", "device", "threads", "amp",
+    student = [f"dataset={choices['dataset']}"] + [f"dataset.{k}={literal(v)}" for k, v in cfg.dataset.items()]
+    where = [f"{k}={literal(cfg[k])}" for k in ("data_dir", "download", "results_dir", "device", "threads", "amp",
                                                   "channels_last")]
     cell = [*student, *cfg.teacher.overrides, *where]
     own = composer is None
@@ -484,7 +488,7 @@ def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: 
                             skip_completed_builds=True)
 
 
-def _literal(value: Any) -> str:
+def literal(value: Any) -> str:
     """A value as a Hydra override writes it."""
     if value is None:
         return "null"

@@ -127,6 +127,9 @@ def read_result(folder: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, CorruptRecord) as e:
         report_corrupt(path, str(e))
         return None
+    stages = read_stages(folder)
+    if stages:
+        record["tune"] = stages
     if record.get("status") == "running":
         lock = run_lock(folder.parent.parent, record["run_id"])
         try:
@@ -172,6 +175,53 @@ def read_logits(folder: Path) -> dict[str, Any] | None:
     return saved
 
 
+STAGES = "tune.json"  # in a run folder: the studies of python -m runner.tune that this run serves, and how
+STAGE_COLUMNS = ("stage", "study", "trial", "tuned")
+
+
+def read_stages(folder: Path) -> list[dict[str, Any]]:
+    """The run's roles in tuning studies: [{study, trial, stage (tune | final), params}], [] when none or unreadable."""
+    path = folder / STAGES
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        report_corrupt(path, str(e))
+        return []
+    ok = isinstance(entries, list) and all(isinstance(e, dict) and e.get("stage") in ("tune", "final")
+                                           and isinstance(e.get("study"), str) and isinstance(e.get("trial"), int)
+                                           and isinstance(e.get("params", {}), dict) for e in entries)
+    if not ok:
+        report_corrupt(path, "expected a list of {study, trial, stage: tune|final, params}")
+        return []
+    return entries
+
+
+def add_stage(folder: Path, entry: Mapping[str, Any]) -> bool:
+    """Record that the run serves a study (as a trial or a final run); True if that is new. Only runner.tune writes
+    these, one process per study (it holds the study's lock)."""
+    entries = read_stages(folder)
+    key = (entry["study"], entry["trial"], entry["stage"])
+    if any((e["study"], e["trial"], e["stage"]) == key for e in entries):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / STAGES, entries + [dict(entry)])
+    return True
+
+
+def stage_columns(entries: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """runs.csv's stage (tune, final or tune+final), study, trial (the trial run, or whose setting a final run uses)
+    and tuned (the keys the study tunes)."""
+    if not entries:
+        return {}
+    stages = {e["stage"] for e in entries}
+    return {"stage": "+".join(s for s in ("tune", "final") if s in stages),
+            "study": ";".join(dict.fromkeys(e["study"] for e in entries)),
+            "trial": ";".join(dict.fromkeys(str(e["trial"]) for e in entries)),
+            "tuned": ",".join(sorted({k for e in entries for k in e.get("params", {})}))}
+
+
 def completed(folder: Path) -> dict[str, Any] | None:
     """The run's record if it finished (ok or diverged), else None."""
     record = read_result(folder)
@@ -196,7 +246,7 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
     hyper: dict[str, Any] = {}
     for axis in AXES:
         hyper |= _flatten(cfg.get(axis) or {}, f"{axis}.")
-    out = dict(record["choices"]) | {k: cfg[k] for k in TOP_LEVEL if k in cfg} | {k: record[k] for k in TEACHER if k in record}
+    out = dict(record["choices"]) | stage_columns(record.get("tune") or []) | {k: cfg[k] for k in TOP_LEVEL if k in cfg} | {k: record[k] for k in TEACHER if k in record}
     out |= dict(sorted(hyper.items())) | record.get("metrics", {})
     best = record.get("best") if isinstance(record.get("best"), dict) else {}
     out |= {"best_epoch": best.get("epoch")} | {f"best_{k}": v for k, v in best.items() if k != "epoch"} if best else {}
@@ -208,7 +258,7 @@ def _columns(df: pd.DataFrame) -> list[str]:
     changes what weight decay does to the effective learning rate); the other settings; metrics; bookkeeping."""
     hyper = sorted(c for c in df if "." in c and c.split(".")[0] in AXES)
     split = TOP_LEVEL.index("weight_decay") + 1
-    first = (AXES + TOP_LEVEL[:split] + tuple(c for c in hyper if c.startswith("norm.")) + TOP_LEVEL[split:] + TEACHER
+    first = (AXES + STAGE_COLUMNS + TOP_LEVEL[:split] + tuple(c for c in hyper if c.startswith("norm.")) + TOP_LEVEL[split:] + TEACHER
              + tuple(c for c in hyper if not c.startswith("norm.")))
     return [c for c in first if c in df] + [c for c in df if c not in first and c not in BOOKKEEPING] + \
         [c for c in BOOKKEEPING if c in df]

@@ -31,14 +31,15 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from runner import records, stats
+from runner import records, stats, summary_tune
 from runner.metrics import higher_is_better
 
 KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
 AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
 # How a teacher was named (settings, run id, checkpoint) is not what it is: its run id is, kept as teacher_run_id.
 TEACHER_NAMING = ("teacher", "teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_test_acc")
-NOT_CONFIG = set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch"} | set(TEACHER_NAMING)
+NOT_CONFIG = (set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch"} | set(TEACHER_NAMING)
+              | set(records.STAGE_COLUMNS))
 
 
 class SummaryError(Exception):
@@ -343,13 +344,31 @@ def export(table: pd.DataFrame, fmt: str) -> str:
     return table.to_csv(index=False)
 
 
+def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.DataFrame) -> list[str]:
+    """The report's sections on tuned studies and on the time to a target."""
+    lines = []
+    if not chosen.empty:
+        lines += ["## Tuning (python -m runner.tune): the same budget for every method, chosen on validation data", "",
+                  "Each method's chosen setting is its best trial on the validation metric; `last_improvement` is the "
+                  "trial at which its best-so-far last rose (near the budget: the search may not have converged).", "",
+                  chosen.drop(columns=["study"]).to_markdown(index=False, floatfmt=".4g"), ""]
+    if not sensitivity.empty:
+        lines += ["### Sensitivity: Spearman's rank correlation of the validation metric with each tuned setting", "",
+                  sensitivity.to_markdown(index=False, floatfmt=".3g"), ""]
+    if not speed.empty:
+        lines += ["## Time to target (first epoch reaching it; training seconds up to that epoch)", "",
+                  speed.to_markdown(index=False, floatfmt=".4g"), ""]
+    return lines
+
+
 def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
-           info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str) -> str:
+           info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str,
+           extra: list[str] = (), note: str = "") -> str:
     excluded = runs[runs.status != "ok"]
     chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
     lines = [f"# What the runs found ({metric}, {args.select} epoch)", "", answer(comparison, metric, args.baseline), "",
              f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
-             + f". {len(ok)} enter the statistics.", ""]
+             + f". {len(ok)} enter the statistics." + (f" ({note[0].upper()}{note[1:]}.)" if note else ""), ""]
     if len(excluded):
         lines += ["Not aggregated (did not finish):", ""] + [f"- `{r.run_id}` {r.status}: {r.error}" for r in excluded.itertuples()] + [""]
     if len(chance):
@@ -382,7 +401,7 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
         if info["seeds_dropped"]:
             lines += ["", f"{info['seeds_dropped']} runs on seeds that not every method has were left out of the ranks."]
         lines.append("")
-    lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
+    lines += list(extra) + ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     return "\n".join(lines)
 
 
@@ -419,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("md", "tex", "csv"), default="csv", help="also export the comparison table")
     parser.add_argument("--include-at-chance", action="store_true", help="keep runs that ended at chance in the statistics")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    parser.add_argument("--stage", choices=("final", "tune", "all"), default="final",
+                        help="with python -m runner.tune's runs: compare the final runs (default), the trials, or all")
+    parser.add_argument("--target", type=float, help="also report epochs and training time to reach val_acc >= this")
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     paths = args.paths or [args.results or Path("results")]
@@ -430,13 +452,17 @@ def main(argv: list[str] | None = None) -> int:
             raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")
         runs, epochs, metrics = load(run_folders(paths))
         runs = select(runs, parse_where(args.where, runs.columns))
+        runs, stage_note = summary_tune.by_stage(runs, args.stage)
+        if args.target is not None and not 0 < args.target <= 1:
+            raise SummaryError(f"--target {args.target}: allowed: a validation accuracy in (0, 1], e.g. 0.95")
         references = parse_reference(args.reference)
         metric = args.metric if args.select == "last" else f"best_{args.metric}"
         if metric not in runs:
             allowed = sorted(m for m in metrics if not m.startswith("best_"))
             raise SummaryError(f"--metric {args.metric}: not recorded" + (" at the best validation epoch" if args.select
                                == "best_val" else "") + f". Allowed: {', '.join(allowed)}")
-        columns = config_columns(runs, metrics)
+        tuned = summary_tune.tuned_columns(runs) if args.stage == "final" else set()
+        columns = [c for c in config_columns(runs, metrics) if c not in tuned]  # a tuned setting is the method's own
         runs["group_label"] = group_key(runs, columns)
         ok = runs[(runs.status == "ok") & (~runs.at_chance | args.include_at_chance)].copy()
         if ok.empty:
@@ -464,18 +490,29 @@ def main(argv: list[str] | None = None) -> int:
     axis = axis or next((a for a in AXES if a in columns), None)
     ranks, info = rank(ok, columns, metric, axis, args.task.split(",")) if axis else (pd.DataFrame(), {})
     table = overview(summary, shown, metric, references)
-    images = [] if args.no_plots else summary_plots.draw(ok, epochs, comparison, info, metric, args.rope, out / "plots")
+    trials = summary_tune.read_trials([p for p in paths if (p / "runs").is_dir()])
+    studies = {s for v in runs.get("study", pd.Series(dtype=object)).dropna() for s in str(v).split(";")}
+    chosen, sensitivity = summary_tune.tuning(trials, studies) if studies else (pd.DataFrame(), pd.DataFrame())
+    curves = summary_tune.best_so_far(trials[trials.study.isin(studies)]) if not chosen.empty else None
+    speed = summary_tune.time_to_target(ok, epochs, args.target) if args.target is not None else pd.DataFrame()
+    extra = tuning_lines(chosen, sensitivity, speed)
+    images = [] if args.no_plots else summary_plots.draw(ok, epochs, comparison, info, metric, args.rope, out / "plots",
+                                                         curves)
     records.write_csv(out / "summary.csv", summary)
     poi_table = info.get("poi_table", pd.DataFrame()) if info else pd.DataFrame()
-    for name, frame in (("comparison", comparison), ("ranks", ranks), ("probability_of_improvement", poi_table)):
+    for name, frame in (("comparison", comparison), ("ranks", ranks), ("probability_of_improvement", poi_table),
+                        ("tuning", chosen), ("sensitivity", sensitivity), ("time_to_target", speed)):
         if frame.empty:
             (out / f"{name}.csv").unlink(missing_ok=True)
         else:
             records.write_csv(out / f"{name}.csv", frame)
     if not comparison.empty and args.format != "csv":
         records.write_text(out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format))
-    records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric))
+    records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric, extra,
+                                                   stage_note))
 
+    if stage_note:
+        console.print(stage_note, highlight=False)
     console.print(answer(comparison, metric, args.baseline), highlight=False)
     t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % bootstrap CI])")
     for c in table.columns:
@@ -489,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in left_out.itertuples():
         why = "at chance" if r.status == "ok" else f"{r.status}: {r.error}"
         console.print(f"  not aggregated: {r.run_id} ({why})", highlight=False)
+    for title, frame in (("chosen settings (python -m runner.tune)", chosen), ("time to target", speed)):
+        if not frame.empty:
+            console.print(title, highlight=False)
+            console.print(frame.drop(columns=["study"], errors="ignore").to_string(index=False), highlight=False)
     console.print(f"wrote {out / 'summary.csv'}, {out / 'report.md'}" + (f" and {len(images)} plots in {out / 'plots'}" if images else ""))
     return 0
 

@@ -13,7 +13,7 @@ from runner.metrics import calibration_errors, reliability, top_label
 
 
 def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info: dict[str, Any], metric: str,
-         rope: float | None, folder: Path) -> list[Path]:
+         rope: float | None, folder: Path, curves: pd.DataFrame | None = None) -> list[Path]:
     import matplotlib  # here: the backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
@@ -77,6 +77,15 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
             ax.set_xticks(sorted(epochs[epochs.run_id.isin(ok.run_id)].epoch.unique())[:: max(1, len(epochs.epoch.unique()) // 12)])
             ax.legend(fontsize=7)
         save(fig, "learning_curves.png")
+
+    if curves is not None and not curves.empty:  # runner.tune: did every method get the same budget, and converge?
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, c in curves.groupby("method", sort=False):
+            ax.step(c["trial"] + 1, c["best"], where="post", marker="o", ms=3, label=method)
+        ax.set(title="tuning: best validation score so far (each method's own study)", xlabel="trials",
+               ylabel="best so far")
+        ax.legend(fontsize=7)
+        save(fig, "tuning_curves.png")
 
     bins = np.linspace(0, 1, 16)
     logits = {g: [s for s in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder if f) if s is not None]

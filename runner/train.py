@@ -27,6 +27,7 @@ from runner.metrics import classification_metrics, final_metrics
 from runner.optim import warmup_cosine
 from runner.plan import RunPlan, TeacherRef, checkpoint_plan, ood_dataset
 from runner.progress import epoch_bar, error, say
+from runner.prune import Pruned, reporter
 
 TEACHER_WAIT_S = 6 * 3600  # how long a student waits for another process to finish training its teacher
 
@@ -292,10 +293,16 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = list(resume["rows"]) if resume else []
 
+    report = None
+    if cfg.trial is not None:  # a trial of python -m runner.tune that its pruner may stop
+        report = reporter(cfg.trial)
+
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
         records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
+        if report is not None:
+            report(row)
 
     def on_state(state: dict[str, Any]) -> None:  # one file per run, replaced atomically: only the latest state
         with records.atomic_path(folder / RESUME) as tmp:
@@ -327,6 +334,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         record |= {"status": "ok", "train_seconds": out["train_seconds"], "metrics": final_metrics(out["logits"], cfg.ts_method)}
     except Diverged as e:
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
+    except Pruned as e:
+        record |= {"status": "pruned", "error": str(e)}
     except KeyboardInterrupt:
         record |= {"status": "interrupted", "error": "KeyboardInterrupt"}
         _finish(record, rows, folder, recorded_before)

@@ -18,6 +18,9 @@ from runner import launch
 
 class PlannedSweeper(BasicSweeper):
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:  # type: ignore[override]
+        if launch.CELLS is not None:  # runner.tune's trials: cells it chose, not a grid of the command line
+            size = max_batch_size or len(launch.CELLS) or 1
+            return [launch.CELLS[i:i + size] for i in range(0, len(launch.CELLS), size)]
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         if launch.TO_LAUNCH is None:  # Hydra started without the runner's plan: launch every cell
             return batches

@@ -1,0 +1,495 @@
+"""``python -m runner.tune [-m] <overrides>``: every method of a grid tuned with the same budget, then its seeds.
+
+The command takes ``python -m runner``'s overrides plus the ``tune`` group (conf/tune/default.yaml). Each cell
+of the grid without its seed is a *method*; each method gets a study of ``tune.trials`` trials. A trial is a
+normal run of this runner on each of ``tune.seeds`` at the setting Optuna proposes, scored by the mean of
+``tune.metric`` on the validation split; then the method's runs at ``seed=...`` of the grid use the setting
+of its best trial and are the *final* runs. Every run is a row of runs.csv with its stage, study and trial.
+
+Studies live in ``<results>/tune/journal.log``, Optuna's journal file storage: an append-only log guarded by
+a lock built from atomic file creation and symlinks, which works on the NFS/Lustre file systems of a cluster,
+where SQLite's locking is unreliable (SQLite's own documentation warns against it); it needs no database
+server. The same command continues each study up to its budget: a trial cut off by a kill is run again at its
+setting (its runs resume from their last epoch), never replaced. One process tunes a study at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+from filelock import FileLock, Timeout
+from hydra._internal.utils import get_args_parser
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from runner import launch, records, space
+from runner.compose import Composer, unset_nulls
+from runner.metrics import higher_is_better
+from runner.plan import RunPlan, literal, plan_from_config
+from runner.progress import error, say
+from runner.prune import trial_setting
+from runner.schema import NOT_IDENTITY, ConfigError, _num, check_dataclass_ranges, did_you_mean
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what happened to each trial, once
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # each counts in the budget
+METRICS = tuple(f"{p}val_{m}" for p in ("", "best_") for m in ("acc", "nll", "ece", "ada_ece", "classwise_ece", "mce",
+                                                                 "rmsce", "brier", "msp_auroc", "aurc"))
+
+
+@dataclass
+class TuneConfig:
+    """conf/tune/default.yaml, typed (its comments say what each key does)."""
+    trials: int = _num(8, ge=1)
+    seeds: list[int] = field(default_factory=lambda: [100])
+    metric: str = "val_acc"
+    direction: str | None = None
+    sampler: str = "tpe"
+    sampler_seed: int = _num(0, ge=0)
+    startup_trials: int | None = _num(None, ge=1)
+    pruner: str = "none"
+    parallel: int = _num(1, ge=1)
+    space: Any = None
+
+
+@dataclass
+class Method:
+    """One method of the comparison: a grid cell without its seed, and its study."""
+    cell: tuple[str, ...]
+    label: str
+    plan: RunPlan  # the plan of the method's first cell
+    settings: TuneConfig
+    space: dict[str, BaseDistribution]
+    seeds: list[int] = field(default_factory=list)  # the final runs' seeds
+    study_name: str = ""
+    study: Any = None
+
+    @property
+    def root(self) -> Path:
+        return self.plan.root
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def tune_settings(node: Any) -> TuneConfig:
+    if node is None:
+        raise ConfigError("tune: no tune settings; python -m runner.tune needs tune=default (or another option of conf/tune/).")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(TuneConfig), node)
+    except Exception as e:  # OmegaConf's validation: the key and value it could not take
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"tune.{key}: {' '.join(str(e).splitlines()[0].split())}.{did_you_mean(key, [f.name for f in dataclasses.fields(TuneConfig)])}") from None
+    check_dataclass_ranges(typed, TuneConfig, "tune.")
+    settings = TuneConfig(**OmegaConf.to_container(typed))
+    if not settings.seeds or any(s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
+        raise ConfigError(f"tune.seeds={settings.seeds}: allowed: a list of distinct seeds >= 0, e.g. [100] or [100,101].")
+    if settings.metric not in METRICS:
+        why = " (choosing on the test split would leak it into the comparison)" if "test_" in settings.metric else ""
+        raise ConfigError(f"tune.metric={settings.metric}: allowed: a validation metric{why}: {', '.join(METRICS)}."
+                          f"{did_you_mean(settings.metric, METRICS)}")
+    for key, allowed in (("direction", (None, "maximize", "minimize")), ("sampler", ("tpe", "random")),
+                         ("pruner", ("none", "median"))):
+        if getattr(settings, key) not in allowed:
+            raise ConfigError(f"tune.{key}={getattr(settings, key)}: allowed: {', '.join(map(str, allowed))}.")
+    if settings.direction is None:
+        settings.direction = "maximize" if higher_is_better(settings.metric) else "minimize"
+    return settings
+
+
+def startup_trials(s: TuneConfig) -> int:
+    return s.startup_trials or min(10, max(2, s.trials // 3))
+
+
+def sampler(s: TuneConfig, number: int) -> optuna.samplers.BaseSampler:
+    """A sampler seeded by the study's seed and the trial's number: a study proposes the same trials however often
+    the command was stopped and run again (a sampler's own random state would restart at each run)."""
+    seed = int(np.random.SeedSequence([s.sampler_seed, number]).generate_state(1)[0])
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(s), constant_liar=s.parallel > 1)
+
+
+def study_settings(m: Method) -> dict[str, Any]:
+    """What a study is: stored with it, and compared with the command's on every later run."""
+    s = m.settings
+    return {"space": {k: space.describe(d) for k, d in m.space.items()},
+            "metric": s.metric, "direction": s.direction, "seeds": list(s.seeds), "sampler": s.sampler,
+            "sampler_seed": s.sampler_seed, "startup_trials": startup_trials(s), "pruner": s.pruner}
+
+
+def _diff(stored: dict[str, Any], given: dict[str, Any]) -> str:
+    lines = []
+    for k in sorted(set(stored) | set(given)):
+        if k == "space":
+            for key in sorted(set(stored.get(k, {})) | set(given.get(k, {}))):
+                a, b = stored.get(k, {}).get(key), given.get(k, {}).get(key)
+                if a != b:
+                    lines.append(f"  tune.space.{key}: stored {json.dumps(a)}, command {json.dumps(b)}")
+        elif stored.get(k) != given.get(k):
+            lines.append(f"  tune.{k}: stored {json.dumps(stored.get(k))}, command {json.dumps(given.get(k))}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the command's methods
+
+def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> tuple[list[Method], dict[str, Any]]:
+    """Plan every cell, group the cells into methods, check each method's space; a ConfigError for any mistake.
+    Returns the methods and the launcher's settings."""
+    tune_over = [o for o in overrides if _key(o).split(".")[0] == "tune"]
+    run_over = [o for o in overrides if o not in tune_over]
+    for o in run_over:
+        if _key(o).split(".")[0] == "trial":
+            raise ConfigError(f"{o}: trial is set by python -m runner.tune itself, on the trials it may prune.")
+    if any(o.startswith("~tune") for o in tune_over):
+        raise ConfigError("tune=null: python -m runner.tune needs tune settings (conf/tune/); leave tune unset for default.")
+    if not any(_key(o) == "tune" for o in tune_over):
+        tune_over = ["tune=default"] + tune_over
+    with Composer(**where) as composer:
+        master = composer.master(run_over + tune_over, multirun)
+        launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
+        checked: set[str] = set()
+        typed: dict[str, DictConfig] = {}
+        methods: dict[tuple[str, ...], Method] = {}
+        for cell in composer.cells(run_over, multirun, master):
+            cfg, choices = composer.compose(cell + tune_over)
+            settings = tune_settings(cfg.get("tune"))
+            spaces = space.method_space(cfg)  # before planning: the plan drops what options declare for tuning
+            plan = plan_from_config(cfg, choices, cell, launcher, composer=composer, checked=checked,
+                                    typed_options=typed, skip_completed_builds=True)
+            key = tuple(o for o in cell if _key(o) != "seed")
+            if key not in methods:
+                label = " ".join(o for o in key if _key(o) not in NOT_IDENTITY and _key(o).split(".")[0]
+                                 not in ("launcher", "hydra")) or "default"
+                fixed = {_key(o): o for o in key if "=" in o}
+                dists = {k: space.distribution(k, spec, plan.cfg, fixed, label) for k, spec in spaces.items()}
+                if not dists:
+                    raise ConfigError(f"tune.space: {label} has nothing to tune: the space is empty (give e.g. "
+                                      "+tune.space.lr={low:0.01,high:0.3,log:true}).")
+                methods[key] = Method(key, label, plan, settings, dists)
+            m = methods[key]
+            if dataclasses.replace(settings, space=None) != dataclasses.replace(m.settings, space=None):
+                raise ConfigError(f"tune: {m.label} has different tune settings in different cells; give tune.* once "
+                                  "for the whole command.")
+            m.seeds.append(int(plan.cfg.seed))
+        first = next(iter(methods.values()))
+        for m in methods.values():
+            if dataclasses.replace(m.settings, space=None) != dataclasses.replace(first.settings, space=None):
+                raise ConfigError(f"tune: {m.label} and {first.label} have different tune settings; every method of a "
+                                  "comparison gets the same budget, seeds and metric.")
+            for params in space.probes(m.space):  # every bound and choice is a valid run before any trial runs
+                try:
+                    cell = trial_cell(m, m.settings.seeds[0], params)
+                    plan_from_config(*composer.compose(cell), cell, launcher, composer=composer, checked=checked,
+                                     typed_options=typed, check_data=False)
+                except ConfigError as e:
+                    shown = " ".join(f"{k}={v}" for k, v in params.items())
+                    raise ConfigError(f"tune.space: {m.label} at {shown}: {e}") from None
+    for m in methods.values():
+        m.study_name = f"{m.label}@{_method_hash(m.plan)}"
+    return list(methods.values()), launcher
+
+
+def _method_hash(plan: RunPlan) -> str:
+    """The identity of a method's runs, the seed aside: a study is the same whatever the cell's spelling."""
+    ident = json.loads(json.dumps(plan.identity))
+    ident["config"].pop("seed", None)
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+
+
+def trial_cell(m: Method, seed: int, params: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
+    return [*m.cell, f"seed={seed}", *(f"{k}={literal(v)}" for k, v in sorted(params.items())), *extra]
+
+
+# ---------------------------------------------------------------- studies
+
+def journal(root: Path) -> Path:
+    return root / "tune" / "journal.log"
+
+
+def open_studies(methods: list[Method]) -> list[FileLock]:
+    """Create or load each method's study and hold its lock; a ConfigError when another process tunes it or when
+    its stored settings differ from the command's (shown key by key: a study never mixes two spaces)."""
+    locks: list[FileLock] = []
+    storages: dict[Path, JournalStorage] = {}
+    try:
+        for m in methods:
+            (m.root / "tune").mkdir(parents=True, exist_ok=True)
+            name = hashlib.sha1(m.study_name.encode()).hexdigest()[:12]
+            lock = FileLock(str(m.root / "tune" / f"{name}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise ConfigError(f"study {m.study_name}: another python -m runner.tune is tuning it in {m.root}; "
+                                  "wait for it to finish, or tune other methods.") from None
+            locks.append(lock)
+            path = journal(m.root)
+            if path not in storages:
+                storages[path] = JournalStorage(JournalFileBackend(str(path)))
+            m.study = optuna.create_study(study_name=m.study_name, storage=storages[path],
+                                          direction=m.settings.direction, load_if_exists=True)
+            given, stored = study_settings(m), m.study.user_attrs.get("settings")
+            if stored is not None and stored != given:
+                raise ConfigError(f"study {m.study_name} in {path} was run with other settings than this command's "
+                                  f"(its {len(m.study.trials)} trials would mix two searches):\n{_diff(stored, given)}\n"
+                                  "Run it with its stored settings, or give another results_dir for a new study.")
+            if stored is None:
+                m.study.set_user_attr("settings", given)
+                m.study.set_user_attr("label", m.label)
+            if m.study.user_attrs.get("budget") != m.settings.trials:
+                m.study.set_user_attr("budget", m.settings.trials)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
+
+
+def plan_cells(cells: Sequence[Sequence[str]], job: "Job") -> list[RunPlan]:
+    with Composer(**job.where) as composer:
+        checked: set[str] = set()
+        typed: dict[str, DictConfig] = {}
+        return [plan_from_config(*composer.compose(c), c, job.launcher, composer=composer, checked=checked,
+                                 typed_options=typed, skip_completed_builds=True) for c in cells]
+
+
+@dataclass
+class Job:
+    methods: list[Method]
+    where: dict[str, Any]
+    launcher: dict[str, Any]
+    argv: list[str]  # for Hydra: -m, the command's overrides less tune's, where Hydra writes what it launched
+    rebuild: set[Path] = field(default_factory=set)  # roots whose tables need a finished run's new stage
+
+
+def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
+    """Run the plans that have not completed, through Hydra's launcher of the command (basic, joblib, submitit)."""
+    from runner.__main__ import task  # here: __main__ is the entry point, this module is imported by nothing else
+
+    unique = {p.run_id: p for p in reversed(plans)}
+    pending = [p for p in unique.values() if not records.completed(p.folder)]
+    if not pending:
+        return
+    launch.PLANNED.clear()
+    launch.PLANNED.update({p.overrides: p for p in pending})
+    launch.CELLS = [list(p.overrides) for p in pending]
+    launch.TO_LAUNCH = {p.overrides for p in pending}
+    saved = sys.argv[:]
+    sys.argv[1:] = job.argv
+    try:
+        task()
+    finally:
+        sys.argv[:] = saved
+        launch.CELLS, launch.TO_LAUNCH = None, None
+
+
+def mark(plan: RunPlan, m: Method, trial: FrozenTrial, stage: str, job: Job) -> None:
+    if records.add_stage(plan.folder, {"study": m.study_name, "trial": trial.number, "stage": stage,
+                                       "params": dict(trial.params)}) and records.completed(plan.folder):
+        job.rebuild.add(plan.root)  # its row in runs.csv was written without this stage
+
+
+def outcome(plans: Sequence[RunPlan], metric: str) -> tuple[TrialState | None, float | None, str]:
+    """A trial's result from its runs' records: (state, value, why); state None while a run has not finished."""
+    recs = [records.read_result(p.folder) for p in plans]
+    statuses = [(r or {}).get("status") for r in recs]
+    if all(s == "ok" for s in statuses):
+        values = [records.row(r).get(metric) for r in recs if r]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return TrialState.COMPLETE, float(np.mean(values)), ""
+        return TrialState.FAIL, None, f"{metric} was not recorded"
+    if "pruned" in statuses:
+        return TrialState.PRUNED, None, "pruned"
+    bad = [f"{p.run_id} {s}" for p, s in zip(plans, statuses) if s in ("failed", "diverged")]
+    if bad:
+        return TrialState.FAIL, None, ", ".join(bad)
+    return None, None, ", ".join(f"{p.run_id} {s or 'not run'}" for p, s in zip(plans, statuses) if s != "ok")
+
+
+def trial_plans(job: Job, batch: list[tuple[Method, FrozenTrial]]) -> list[list[RunPlan]]:
+    cells = []
+    for m, t in batch:
+        for i, seed in enumerate(m.settings.seeds):
+            extra = ()
+            if m.settings.pruner == "median":
+                extra = (f"trial={literal(trial_setting(str(journal(m.root).resolve()), m.study_name, t.number, m.settings.metric, i * m.plan.cfg.epochs, startup_trials(m.settings)))}",)
+            cells.append(trial_cell(m, seed, t.params, extra))
+    plans = plan_cells(cells, job)
+    k = 0
+    out = []
+    for m, t in batch:
+        out.append(plans[k:k + len(m.settings.seeds)])
+        k += len(m.settings.seeds)
+    return out
+
+
+def run_trials(job: Job) -> bool:
+    """Run rounds of trials until every study has its budget: each round asks each unfinished study for up to
+    ``tune.parallel`` trials (a trial cut off earlier first) and launches all their runs at once. False when a
+    round could finish none (their runs are held by another process)."""
+    while True:
+        batch: list[tuple[Method, FrozenTrial]] = []
+        for m in job.methods:
+            trials = m.study.get_trials(deepcopy=False)
+            todo = [t for t in trials if t.state == TrialState.RUNNING]
+            for _ in range(max(0, min(m.settings.parallel - len(todo), m.settings.trials - len(trials)))):
+                m.study.sampler = sampler(m.settings, len(m.study.get_trials(deepcopy=False)))
+                asked = m.study.ask(m.space)
+                todo.append(m.study.trials[asked.number])
+            batch += [(m, t) for t in todo]
+        if not batch:
+            return True
+        groups = trial_plans(job, batch)
+        for (m, t), plans in zip(batch, groups):
+            for p in plans:
+                mark(p, m, t, "tune", job)
+        launch_plans([p for plans in groups for p in plans], job)
+        told = 0
+        for (m, t), plans in zip(batch, groups):
+            state, value, why = outcome(plans, m.settings.metric)
+            if state is None:
+                error(f"tune {m.label}: trial {t.number} is not finished ({why})")
+                continue
+            m.study.tell(t.number, value, state=state) if state == TrialState.COMPLETE else m.study.tell(t.number, state=state)
+            told += 1
+            done = sum(tr.state in FINISHED for tr in m.study.get_trials(deepcopy=False))
+            best = chosen(m)
+            shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()))
+            result = f"{m.settings.metric} {value:.4f}" if value is not None else f"{state.name.lower()} ({why})"
+            say(f"tune {m.label}: trial {t.number} ({done}/{m.settings.trials}) {shown}: {result}"
+                + (f"; best {best.value:.4f} (trial {best.number})" if best else ""))
+        write_trials(job)
+        if not told:
+            return False
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def chosen(m: Method) -> FrozenTrial | None:
+    """The best finished trial within the budget (the earliest on ties), or None when none completed."""
+    trials = [t for t in m.study.get_trials(deepcopy=False) if t.number < m.settings.trials and t.state == TrialState.COMPLETE]
+    if not trials:
+        return None
+    sign = 1 if m.settings.direction == "maximize" else -1
+    return max(trials, key=lambda t: (sign * t.value, -t.number))
+
+
+def run_finals(job: Job) -> int:
+    """Each method's final runs at its chosen setting; the exit status (0: every final run finished)."""
+    status, batch = 0, []
+    for m in job.methods:
+        best = chosen(m)
+        if best is None:
+            error(f"tune {m.label}: none of its {m.settings.trials} trials completed, so it has no chosen setting and no "
+                  "final runs; see the trials' errors in runs.csv")
+            status = 1
+            continue
+        shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(best.params.items()))
+        say(f"tune {m.label}: chosen trial {best.number} ({shown}, {m.settings.metric} {best.value:.4f}); final runs "
+            f"on seed {','.join(map(str, m.seeds))}")
+        batch.append((m, best))
+    cells = [trial_cell(m, seed, best.params) for m, best in batch for seed in m.seeds]
+    plans = plan_cells(cells, job) if cells else []
+    k = 0
+    for m, best in batch:
+        for p in plans[k:k + len(m.seeds)]:
+            mark(p, m, best, "final", job)
+        k += len(m.seeds)
+    launch_plans(plans, job)
+    for root in job.rebuild:
+        records.rebuild_tables(root)
+    statuses = [(records.read_result(p.folder) or {}).get("status") for p in plans]
+    if any(s not in records.DONE for s in statuses):
+        status = 1
+    counts = pd.Series(statuses, dtype=object).fillna("not run").value_counts()
+    say(f"tuned {len(job.methods)} methods × {job.methods[0].settings.trials} trials; final runs: "
+        + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none")
+        + f"  (runs.csv and tune/trials.csv in {job.methods[0].root}/; python -m runner.summary {job.methods[0].root})")
+    return status
+
+
+def write_trials(job: Job) -> None:
+    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting and value."""
+    for root in {m.root for m in job.methods}:
+        storage = next(m.study._storage for m in job.methods if m.root == root)
+        rows = []
+        for name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            budget = int(study.user_attrs.get("budget") or 0)
+            settings = study.user_attrs.get("settings") or {}
+            finished = [t for t in study.get_trials(deepcopy=False) if t.number < budget and t.state == TrialState.COMPLETE]
+            sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+            best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
+            for t in study.get_trials(deepcopy=False):
+                rows.append({"study": name, "method": study.user_attrs.get("label", name), "trial": t.number,
+                             "state": t.state.name.lower(), "value": t.value, "metric": settings.get("metric"),
+                             "direction": study.direction.name.lower(), "budget": budget,
+                             "in_budget": t.number < budget, "chosen": t.number == best,
+                             "epochs_reported": len(t.intermediate_values),
+                             "started": t.datetime_start, "finished": t.datetime_complete,
+                             "duration_s": t.duration.total_seconds() if t.duration else None} | dict(sorted(t.params.items())))
+        with FileLock(str(root / "tune" / ".trials.lock")):
+            records.write_csv(root / "tune" / "trials.csv", pd.DataFrame(rows))
+
+
+# ---------------------------------------------------------------- the command
+
+def main(argv: list[str] | None = None) -> int:
+    argv = unset_nulls(list(sys.argv[1:] if argv is None else argv))
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help:
+        print(__doc__)
+        print("Example: python -m runner.tune -m pooling=max,avg,softpool tune.trials=8 seed=0,1,2\n"
+              "Settings: conf/tune/default.yaml (tune.trials, tune.seeds, tune.metric, tune.sampler, tune.pruner, tune.space).")
+        return 0
+    if args.cfg or args.info or args.shell_completion:
+        error("error: --cfg, --info and --shell-completion are python -m runner's; give them to it.")
+        return 2
+    where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
+    try:
+        methods, launcher = prepare(args.overrides, args.multirun, where)
+        if any(m.plan.cfg.force for m in methods):
+            raise ConfigError("force=true: a study reuses the runs it already has (it is how a stopped study continues); "
+                              "to start over, give another results_dir.")
+        locks = open_studies(methods)
+    except ConfigError as e:
+        error(f"error: {e}")
+        return 2
+    hydra_argv = ["-m"] + [a for a in argv if a not in ("-m", "--multirun") and _key(a).split(".")[0] != "tune"]
+    if not any(_key(a) == "hydra.sweep.dir" for a in argv):  # one folder for what Hydra writes of each round
+        hydra_argv.append(f"hydra.sweep.dir={literal(str(methods[0].root / 'tune' / 'launch'))}")
+    job = Job(methods, where, launcher, hydra_argv)
+    budget = methods[0].settings.trials
+    say(f"tuning {len(methods)} methods with {budget} trials each on seed {','.join(map(str, methods[0].settings.seeds))} "
+        f"by {methods[0].settings.metric} ({methods[0].settings.direction}); studies in {journal(methods[0].root)}")
+    try:
+        complete = run_trials(job)
+        if not complete:
+            error("some trials could not finish (another process holds their runs); run the same command again later")
+            return 1
+        return run_finals(job)
+    except KeyboardInterrupt:
+        error("interrupted: every finished trial is in the study; the same command continues each study where it stopped")
+        return 130
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
