@@ -239,8 +239,11 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
             path = journal(m.root)
             if path not in storages:
                 storages[path] = JournalStorage(JournalFileBackend(str(path)))
-            m.study = optuna.create_study(study_name=m.study_name, storage=storages[path],
-                                          direction=m.settings.direction, load_if_exists=True)
+            if m.study_name in optuna.study.get_all_study_names(storages[path]):  # loading writes nothing
+                m.study = optuna.load_study(study_name=m.study_name, storage=storages[path])
+            else:
+                m.study = optuna.create_study(study_name=m.study_name, storage=storages[path],
+                                              direction=m.settings.direction)
             given, stored = study_settings(m), m.study.user_attrs.get("settings")
             if stored is not None and stored != given:
                 raise ConfigError(f"study {m.study_name} in {path} was run with other settings than this command's "

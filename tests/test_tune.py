@@ -1,0 +1,268 @@
+"""python -m runner.tune: equal budgets, choices made on validation data, finals at the chosen setting, resumable
+studies, guard rails and the summary of a tuned comparison. Tiny model and data (conftest's IDX files)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from conftest import ROOT, TINY
+from runner import tune
+from runner.compose import CONF_DIR, option_yaml
+
+GRID = ["-m", "pooling=max,avg", *TINY, "tune.trials=3", "seed=0,1"]
+
+
+def studies(res: Path) -> dict[str, optuna.Study]:
+    storage = JournalStorage(JournalFileBackend(str(res / "tune" / "journal.log")))
+    return {n: optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage)}
+
+
+def run_tune(args: list[str], monkeypatch, cwd: Path) -> int:
+    monkeypatch.chdir(cwd)
+    return tune.main(args)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, data_dir) -> Path:
+    """A tuned comparison of two pooling options: 3 trials each on seed 100, then seeds 0 and 1."""
+    place = tmp_path_factory.mktemp("tuned")
+    res = place / "res"
+    mp = pytest.MonkeyPatch()
+    try:
+        assert run_tune([*GRID, f"data_dir={data_dir}", f"results_dir={res}"], mp, place) == 0
+    finally:
+        mp.undo()
+    return res
+
+
+def test_every_method_gets_the_same_budget_and_its_best_validation_trial(tuned):
+    runs = pd.read_csv(tuned / "runs.csv")
+    assert runs.run_id.is_unique
+    found = studies(tuned)
+    assert len(found) == 2  # one study per method of the grid
+    for name, study in found.items():
+        trials = study.get_trials()
+        assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
+        rows = runs[(runs.study == name) & runs.stage.str.contains("tune")]
+        assert sorted(rows.trial.astype(int)) == [0, 1, 2] and set(rows.seed) == {100}
+        for t in trials:  # a trial's score is its run's validation accuracy, as runs.csv has it
+            assert t.value == pytest.approx(float(rows[rows.trial.astype(int) == t.number].val_acc.iloc[0]))
+        best = rows.sort_values(["val_acc", "trial"], ascending=[False, True]).iloc[0]  # ties: the earliest trial
+        finals = runs[(runs.study == name) & runs.stage.str.contains("final")]
+        assert sorted(finals.seed) == [0, 1]
+        assert (finals.lr == best.lr).all() and (finals.weight_decay == best.weight_decay).all()
+        assert set(finals.trial.astype(str)) == {str(best.trial)}
+        assert set(finals.tuned) == {"lr,weight_decay"}
+
+
+def test_trials_csv_marks_the_chosen_trial(tuned):
+    trials = pd.read_csv(tuned / "tune" / "trials.csv")
+    assert len(trials) == 6 and (trials.state == "complete").all() and (trials.budget == 3).all()
+    for _, t in trials.groupby("study"):
+        assert t.chosen.sum() == 1
+        assert t[t.chosen].value.iloc[0] == t.value.max()
+
+
+def test_the_same_command_again_runs_nothing(tuned, data_dir, monkeypatch, capsys):
+    before = sorted(p.name for p in (tuned / "runs").iterdir())
+    journal = (tuned / "tune" / "journal.log").read_bytes()
+    assert run_tune([*GRID, f"data_dir={data_dir}", f"results_dir={tuned}"], monkeypatch, tuned.parent) == 0
+    assert sorted(p.name for p in (tuned / "runs").iterdir()) == before
+    assert "epoch 1/1" not in capsys.readouterr().out
+    stored = studies(tuned)
+    assert all(len(s.trials) == 3 for s in stored.values())
+    assert (tuned / "tune" / "journal.log").read_bytes().startswith(journal)
+
+
+def test_summary_compares_the_final_runs_and_reports_the_tuning(tuned):
+    from runner import summary
+
+    out = tuned.parent / "summary"
+    assert summary.main([str(tuned), "--out", str(out), "--baseline", "pooling=max", "--target", "0.05",
+                         "--include-at-chance"]) == 0
+    table = pd.read_csv(out / "summary.csv")
+    assert set(table[table.metric == "test_acc"].n) == {2}  # the two final seeds, not the trials
+    assert set(table.group) == {"pooling=max", "pooling=avg"}  # the tuned lr is each method's own, not a task
+    chosen = pd.read_csv(out / "tuning.csv")
+    trials = pd.read_csv(tuned / "tune" / "trials.csv")
+    for r in chosen.itertuples():
+        pick = trials[(trials.study == r.study) & trials.chosen]
+        assert r.chosen_trial == pick.trial.iloc[0] and r.lr == pytest.approx(pick.lr.iloc[0])
+        assert r.budget == 3 and r.complete == 3
+    report = (out / "report.md").read_text()
+    assert "## Tuning" in report and "tuning_curves.png" in report and (out / "plots" / "tuning_curves.png").exists()
+    speed = pd.read_csv(out / "time_to_target.csv")
+    assert set(speed.runs) == {2} and (speed.median_epochs == 1).all()  # tiny data: above 5 % after one epoch
+    assert summary.main([str(tuned), "--out", str(out), "--stage", "all", "--no-plots",
+                         "--include-at-chance"]) == 0
+    table = pd.read_csv(out / "summary.csv")
+    assert table.group.nunique() == 6  # each trial's setting is a group; the finals join their chosen trial's
+    assert sorted(table[table.metric == "test_acc"].n) == [1, 1, 1, 1, 3, 3]
+
+
+# ---------------------------------------------------------------- kill and resume
+
+def test_a_killed_study_continues_without_losing_or_repeating_a_trial(tmp_path, data_dir):
+    res = tmp_path / "res"
+    args = [sys.executable, "-m", "runner.tune", "pooling=max", *TINY, "epochs=2", "tune.trials=3",
+            f"data_dir={data_dir}", f"results_dir={res}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # kill it while its second trial trains
+            if (res / "tune" / "journal.log").exists():
+                trials = next(iter(studies(res).values()), None)
+                if trials is not None and len(trials.trials) >= 2:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the study never reached its second trial")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    (study,) = studies(res).values()
+    cut = {t.number: t.params for t in study.trials}
+    assert any(t.state == TrialState.RUNNING for t in study.trials) or len(cut) >= 2
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (study,) = studies(res).values()
+    assert [t.number for t in study.trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in study.trials)
+    for n, params in cut.items():  # the trial that was cut off ran at the setting it had, not a new one
+        assert study.trials[n].params == params
+    runs = pd.read_csv(res / "runs.csv")
+    assert runs.run_id.is_unique
+    assert sorted(runs[runs.stage.str.contains("tune")].trial.astype(int)) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- guard rails
+
+GUARDS = [
+    ("a key the method lacks", ["loss=ce", "+tune.space.loss.gamma.low=1", "+tune.space.loss.gamma.high=3"],
+     "has no setting loss.gamma"),
+    ("the seed", ["+tune.space.seed.low=0", "+tune.space.seed.high=3"], "the seed is not a setting to tune"),
+    ("the data", ["+tune.space.dataset.val_fraction.low=0.1", "+tune.space.dataset.val_fraction.high=0.2"],
+     "same dataset"),
+    ("a key outside the identity", ["+tune.space.threads.low=1", "+tune.space.threads.high=2"], "not part of the run's identity"),
+    ("a whole option", ["+tune.space.pooling.choices=[max,avg]"], "chosen by its config group"),
+    ("a key the command fixes", ["lr=0.1"], "lr=0.1 on the command line fixes it"),
+    ("low above high", ["tune.space.lr.high=0.001"], "tune.space.lr="),
+    ("a log range through zero", ["tune.space.weight_decay.low=0"], "tune.space.weight_decay="),
+    ("a bound the method refuses", ["loss=focal", "tune.space.lr=null", "tune.space.weight_decay=null",
+                                    "+tune.space.loss.gamma.low=-1"], "at loss.gamma=-1.0"),
+    ("an integer key given a fraction", ["global_pool=ggem", "+tune.space.global_pool.groups.low=1",
+                                         "+tune.space.global_pool.groups.high=2.5"],
+     "integer setting"),
+    ("a test metric", ["tune.metric=test_acc"], "leak"),
+    ("no trials", ["tune.trials=0"], "tune.trials"),
+    ("an unknown sampler", ["tune.sampler=grid"], "allowed: tpe, random"),
+    ("an unknown tune key", ["+tune.trails=3"], "tune.trails"),
+    ("an empty space", ["tune.space=null"], "nothing to tune"),
+    ("tune=null", ["tune=null"], "needs tune settings"),
+    ("force", ["force=true"], "force=true"),
+]
+
+
+@pytest.mark.parametrize("name,extra,expected", GUARDS, ids=[g[0] for g in GUARDS])
+def test_a_bad_search_space_exits_2_before_any_trial(tmp_path, data_dir, monkeypatch, capsys, name, extra, expected):
+    res = tmp_path / "res"
+    code = run_tune(["pooling=max", *TINY, f"data_dir={data_dir}", f"results_dir={res}", *extra], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and expected in err, err
+    assert not res.exists()  # nothing written: no study, no run
+
+
+def test_a_plain_run_refuses_tune_settings(tmp_path, monkeypatch, capsys):
+    import runner.__main__ as entry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["runner", "tune.trials=3", f"results_dir={tmp_path / 'res'}"])
+    assert entry.main() == 2
+    assert "python -m runner.tune" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_study_run_with_another_space_is_refused_with_the_difference(tmp_path, data_dir, monkeypatch, capsys):
+    res = tmp_path / "res"
+    base = ["pooling=max", *TINY, "tune.trials=1", f"data_dir={data_dir}", f"results_dir={res}"]
+    assert run_tune(base, monkeypatch, tmp_path) == 0
+    journal = (res / "tune" / "journal.log").read_bytes()
+    capsys.readouterr()
+    assert run_tune([*base, "tune.space.lr.high=1.0"], monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "tune.space.lr: stored" in err and '"high": 0.5' in err and '"high": 1.0' in err
+    assert (res / "tune" / "journal.log").read_bytes() == journal
+    assert run_tune([*base, "tune.trials=2"], monkeypatch, tmp_path) == 0  # a larger budget continues the study
+    (study,) = studies(res).values()
+    assert len(study.trials) == 2
+
+
+def test_a_final_run_that_is_a_trial_runs_once_and_says_both(tmp_path, data_dir, monkeypatch):
+    res = tmp_path / "res"
+    args = ["pooling=max", *TINY, "tune.trials=2", "tune.seeds=[0]", "seed=0", f"data_dir={data_dir}", f"results_dir={res}"]
+    assert run_tune(args, monkeypatch, tmp_path) == 0
+    runs = pd.read_csv(res / "runs.csv")
+    assert len(runs) == 2 and runs.run_id.is_unique  # two trials; the final run is one of them
+    assert sorted(runs.stage) == ["tune", "tune+final"]
+
+
+# ---------------------------------------------------------------- pruning
+
+def test_the_median_pruner_stops_a_trial_below_the_median_and_counts_it(tmp_path, data_dir, monkeypatch):
+    res = tmp_path / "res"
+    args = ["pooling=max", *TINY, "epochs=2", "tune.trials=5", "tune.pruner=median", "tune.sampler=random",
+            "tune.space.lr.low=1e-5", f"data_dir={data_dir}", f"results_dir={res}"]
+    assert run_tune(args, monkeypatch, tmp_path) == 0
+    (study,) = studies(res).values()
+    trials = study.trials
+    assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    startup = json.loads(json.dumps(study.user_attrs["settings"]))["startup_trials"]
+    for t in trials:  # Optuna's median rule, by hand: below the median of earlier completed trials at an epoch
+        earlier = [e for e in trials[:t.number] if e.state == TrialState.COMPLETE]
+        stopped_at = None
+        if len(earlier) >= startup:
+            for step in (1, 2):  # Optuna compares the trial's best value so far with the median at this epoch
+                median = statistics.median(e.intermediate_values[step] for e in earlier)
+                if max(t.intermediate_values[s] for s in range(1, step + 1)) < median:
+                    stopped_at = step
+                    break
+        assert (t.state == TrialState.PRUNED) == (stopped_at is not None), (t.number, t.intermediate_values)
+        if stopped_at is not None:
+            assert max(t.intermediate_values) == stopped_at
+    runs = pd.read_csv(res / "runs.csv")
+    pruned = [t.number for t in trials if t.state == TrialState.PRUNED]
+    assert set(runs[runs.status == "pruned"].trial.astype(int)) == set(pruned)
+
+
+# ---------------------------------------------------------------- spaces follow conf/
+
+def _declaring() -> list[tuple[str, str]]:
+    return [(g.name, y.stem) for g in sorted(CONF_DIR.iterdir()) if g.is_dir()
+            for y in sorted(g.glob("*.yaml")) if "tune" in option_yaml(g.name, y.stem)]
+
+
+@pytest.mark.parametrize("group,option", _declaring())
+def test_every_declared_space_is_valid_for_its_option(group, option, data_dir, tmp_path):
+    extra = {("norm", "fixup"): ["model=resnet20"]}.get((group, option), [])
+    if group == "loss" and "teacher" in (CONF_DIR / "loss" / f"{option}.yaml").read_text().lower():
+        extra.append("teacher=resnet20")
+    methods, _ = tune.prepare([f"{group}={option}", *extra, *TINY, f"data_dir={data_dir}",
+                               f"results_dir={tmp_path}"], False, {})
+    declared = option_yaml(group, option)["tune"]
+    keys = set(declared.get("space", {})) if group == "optim" else {f"{group}.{k}" for k in declared}
+    assert keys <= set(methods[0].space)
