@@ -14,7 +14,7 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,launchers]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,launchers,tracking]'
 	touch $@
 
 run: $(STAMP)  ## set up the venv, then train the default run (mnist5k, < 1 min on 2 cores); ARGS="..." adds overrides

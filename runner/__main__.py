@@ -115,8 +115,11 @@ def main() -> int:
     if pending:
         launch.PLANNED.update({p.overrides: p for p in plans})
         launch.TO_LAUNCH = {p.overrides for p in pending}
+        from runner.monitor import GridProgress  # here, as make_plans
+
         try:
-            task()
+            with GridProgress(pending):
+                task()
         except KeyboardInterrupt:
             error("interrupted: nothing half-written; run the same command again to run what is not finished")
             return 130

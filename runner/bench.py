@@ -27,6 +27,9 @@ is bad, and ``python -m runner --cfg job`` less the interpreter's own start.
 Section ``records``: one run's finish (its rows into the tables) with 10 and with 1,000 runs already
 recorded, and a full rebuild from 1,000 run folders for reference.
 
+Section ``threads``: one epoch of the default run with torch on every usable core (the default) and on one
+thread, on an idle machine and with another process spinning on one core (a shared machine).
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -355,8 +358,53 @@ def sweep_section(rounds: int) -> dict[str, float]:
     return {"sweep_sequential_s": seq, "sweep_parallel_s": par, "sweep_parallel_over_sequential": par / seq}
 
 
+def threads_section(rounds: int) -> dict[str, float]:
+    """One epoch of the default run (simple_cnn on mnist5k, the runner's loop) with torch using every usable core
+    (``threads=0``, the default) and one thread, on an idle machine and with one other process spinning on a core."""
+    import subprocess
+    import sys
+
+    from runner.launch import usable_cores
+
+    cfg = make_plan([]).cfg
+    spec = datasets.SPECS[cfg.dataset.name]
+    x, y = datasets.load(cfg.dataset, cfg.data_dir).train
+    cores = usable_cores()
+
+    def epoch(threads: int) -> float:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = build.model(cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+        batches = datasets.Batches(x, y, cfg.batch_size, spec.mean, spec.std, shuffle=True, drop_last=True,
+                                   generator=torch.Generator().manual_seed(0))
+        return timed(lambda: train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), opt,
+                                             warmup_cosine(opt, len(batches), 0), contextlib.nullcontext))
+
+    def measure() -> dict[int, float]:
+        times: dict[int, list[float]] = {cores: [], 1: []}
+        for _ in range(rounds):
+            for t in times:
+                times[t].append(epoch(t))
+        return {t: min(v) for t, v in times.items()}
+
+    idle = measure()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another user's job on one core
+    try:
+        busy = measure()
+    finally:
+        hog.kill()
+        torch.set_num_threads(cores)
+    print(f"one epoch of the default run ({len(y)} images), {cores} usable cores: idle: {cores} threads "
+          f"{idle[cores]:.2f} s, 1 thread {idle[1]:.2f} s; one core busy: {cores} threads {busy[cores]:.2f} s, "
+          f"1 thread {busy[1]:.2f} s")
+    return {"threads_cores": cores, "threads_idle_default_s": idle[cores], "threads_idle_one_s": idle[1],
+            "threads_busy_default_s": busy[cores], "threads_busy_one_s": busy[1],
+            "threads_busy_default_over_one": busy[cores] / busy[1], "threads_idle_default_over_one": idle[cores] / idle[1]}
+
+
 SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section,
-            "plan": plan_section, "records": records_section}
+            "plan": plan_section, "records": records_section, "threads": threads_section}
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import runner.launch  # noqa: F401  (registers ${machine_jobs:}, which conf/laun
 from runner.schema import AXES, ConfigError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-USER_GROUPS = AXES + ("experiment", "launcher", "tune")  # the groups a user picks options of
+USER_GROUPS = AXES + ("experiment", "launcher", "tune", "logger")  # the groups a user picks options of
 
 
 OPTIONAL_GROUPS = ("teacher", "experiment", "launcher", "tune")  # unset by default: `group=null` means "none of them"

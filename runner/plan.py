@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -264,6 +265,7 @@ def _check_values(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
     _check_device(cfg.device)
+    _check_logger(cfg.logger)
     _check_norm(cfg, choices)
     needs = bool(declared(build.target(cfg.loss), "needs_teacher", False))
     if needs and cfg.teacher is None:
@@ -274,6 +276,18 @@ def _check_values(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
         distill = [o for o, cls in _option_targets("loss").items() if getattr(cls, "needs_teacher", False)]
         raise ConfigError(f"teacher={choices.get('teacher')}: loss={choices['loss']} does not use a teacher; "
                           f"the distillation losses are {', '.join(distill)}.")
+
+
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger.kind: the package it needs
+
+
+def _check_logger(logger: DictConfig) -> None:
+    if logger.kind not in TRACKERS:
+        raise ConfigError(f"logger.kind={logger.kind}: allowed: {', '.join(TRACKERS)}.{did_you_mean(logger.kind, TRACKERS)}")
+    package = TRACKERS[logger.kind]
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"logger={logger.kind}: the {package} package is not installed; install the tracking extras: "
+                          ".venv/bin/pip install -e '.[tracking]' (make installs them).")
 
 
 def _teacher_options() -> list[str]:

@@ -28,7 +28,7 @@ TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epoch
 TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
 BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
                "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device_type", "autocast", "device",
-               "threads", "interop_threads", "thread_env", "host", "slurm_job_id")
+               "threads", "interop_threads", "thread_env", "host", "slurm_job_id", "log", "resumed_from_epoch")
 
 
 def _umask() -> int:

@@ -31,7 +31,7 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
                 "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir",
-                "checkpoint_every", "keep_resume", "tune", "trial")
+                "checkpoint_every", "keep_resume", "tune", "trial", "logger")
 
 
 class ConfigError(Exception):
@@ -56,6 +56,14 @@ class DatasetConfig:
     augment: str = "none"  # none | crop_flip
     source_dir: str | None = None  # folder of IDX files to read instead of data_dir (mnist, fashion_mnist)
     verify_checksums: bool = True  # torchvision's md5 check of CIFAR files
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"  # none | tensorboard | mlflow (conf/logger/)
+    dir: str | None = None  # tensorboard: where event files go
+    uri: str | None = None  # mlflow: the tracking URI
+    experiment: str = "runner"  # mlflow: the experiment name
 
 
 @dataclass
@@ -88,6 +96,7 @@ class RunConfig:
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
     ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/: experiment tracking, not the run's identity
     tune: Any = None  # conf/tune/: read by python -m runner.tune only (runner/tune.py checks it)
     trial: str | None = None  # set by python -m runner.tune on a trial it may prune: "<journal>|<study>|<number>|<step>"
 

@@ -27,6 +27,7 @@ from runner.metrics import classification_metrics, final_metrics
 from runner.optim import warmup_cosine
 from runner.plan import RunPlan, TeacherRef, checkpoint_plan, ood_dataset
 from runner.progress import epoch_bar, error, say
+from runner.loggers import open_tracker
 from runner.prune import Pruned, reporter
 
 TEACHER_WAIT_S = 6 * 3600  # how long a student waits for another process to finish training its teacher
@@ -268,6 +269,18 @@ def _slurm_job_id() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+def _submitit_log() -> str | None:
+    """The job's log file when submitit runs this process (launcher=slurm, submitit_local), else None."""
+    if "SUBMITIT_EXECUTOR" not in os.environ and "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().paths.stdout)
+    except Exception:  # not a submitit job after all, or an older submitit: the log is where the launcher said
+        return None
+
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -275,7 +288,7 @@ def where_it_ran(device: torch.device) -> dict[str, Any]:
     """Recorded beside the run, not part of its id: the device, threads, host and versions."""
     return {"device": str(device), "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
             "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or None,
-            "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "git_commit": git_commit(),
+            "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "log": _submitit_log(), "git_commit": git_commit(),
             "torch_version": torch.__version__}
 
 
@@ -297,10 +310,13 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     if cfg.trial is not None:  # a trial of python -m runner.tune that its pruner may stop
         report = reporter(cfg.trial)
 
+    tracker = open_tracker(cfg, rid, plan.label)
+
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
         records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         say(f"epoch {row['epoch']}/{cfg.epochs}  {_fmt(row)}")
+        tracker.epoch(row)
         if report is not None:
             report(row)
 
@@ -317,6 +333,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         say(f"run {rid} ({plan.label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
         if resume:
             say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} (its saved state: {folder / RESUME})")
+            record["resumed_from_epoch"] = int(resume["epoch"])
             records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         teacher = None
         found = _teacher_for(plan)
@@ -336,15 +353,18 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
     except Pruned as e:
         record |= {"status": "pruned", "error": str(e)}
-    except KeyboardInterrupt:
-        record |= {"status": "interrupted", "error": "KeyboardInterrupt"}
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, SIGTERM, or submitit exiting to requeue a preempted job
+        why = "KeyboardInterrupt" if isinstance(e, KeyboardInterrupt) else "stopped to be requeued (preempted or timed out)"
+        record |= {"status": "interrupted", "error": why}
         _finish(record, rows, folder, recorded_before)
+        tracker.finish(record)
         say(f"interrupted {rid}: recorded as interrupted; the same command runs it again")
         raise
     except Exception as e:  # a bug, bad data or a numerical failure in this cell: record it, let the grid go on
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
     _finish(record, rows, folder, recorded_before)
+    tracker.finish(record)
     if record["status"] in records.DONE and not cfg.keep_resume:
         (folder / RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})

@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from runner import launch, records, space
 from runner.compose import Composer, unset_nulls
 from runner.metrics import higher_is_better
+from runner.monitor import GridProgress
 from runner.plan import RunPlan, literal, plan_from_config
 from runner.progress import error, say
 from runner.prune import trial_setting
@@ -293,7 +294,8 @@ def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
     saved = sys.argv[:]
     sys.argv[1:] = job.argv
     try:
-        task()
+        with GridProgress(pending):
+            task()
     finally:
         sys.argv[:] = saved
         launch.CELLS, launch.TO_LAUNCH = None, None

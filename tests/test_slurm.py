@@ -75,3 +75,30 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
     assert sorted(runs["seed"]) == [4, 5, 6, 7] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
     again = {rid: records.read_result(tmp_path / "runs" / rid)["started_at"] for rid in done}
     assert again == done  # the finished runs were not run again
+
+
+def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir, tmp_path):
+    # SLURM's warning signal before a time limit or a preemption (USR1, which submitit listens for), sent by
+    # hand mid-run: submitit requeues the job, and the run continues from its last saved epoch
+    args = ["-m", "seed=8,9", *slurm_args(data_dir, tmp_path), "epochs=25"]
+    sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline:  # a run with two epochs saved
+        for folder in (tmp_path / "runs").glob("*/") if (tmp_path / "runs").exists() else []:
+            record = records.read_result(folder)
+            epochs = records.read_epochs(folder)
+            if record and record["status"] == "running" and epochs is not None and len(epochs) >= 2:
+                victim = record
+                break
+        time.sleep(0.3)
+    assert victim is not None, "no run got to its second epoch under SLURM"
+    subprocess.run(["scancel", "--signal=USR1", victim["slurm_job_id"]], check=True)
+    out, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, out
+    record = records.read_result(tmp_path / "runs" / victim["run_id"])
+    assert record["status"] == "ok" and record["epochs_done"] == 25, out
+    assert record.get("resumed_from_epoch", 0) >= 2, out  # it went on from a saved epoch, not from the start
+    epochs = records.read_epochs(tmp_path / "runs" / victim["run_id"])
+    assert list(epochs.epoch) == list(range(1, 26))
+    assert record["slurm_job_id"] == victim["slurm_job_id"]  # the same job, requeued

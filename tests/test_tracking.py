@@ -1,0 +1,49 @@
+"""logger=mlflow and logger=tensorboard, read back with the real libraries; the logger is not part of a run."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import TINY
+
+from runner.plan import make_plan
+from runner.train import run
+
+
+def test_the_logger_does_not_change_the_run(data_dir, tmp_path):
+    ids = {make_plan([*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}", f"logger={k}"]).run_id
+           for k in ("none", "tensorboard", "mlflow")}
+    assert len(ids) == 1
+
+
+def test_mlflow_holds_the_config_every_epoch_and_the_final_metrics(data_dir, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    record = run(make_plan([*TINY, "epochs=2", f"data_dir={data_dir}", f"results_dir={tmp_path}", "logger=mlflow"]))
+    assert record["status"] == "ok"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["runner"])
+    assert len(runs) == 1 and runs["tags.mlflow.runName"].iloc[0] == record["run_id"]
+    table = pd.read_csv(tmp_path / "runs.csv")
+    for metric in ("test_acc", "test_nll", "test_ece_ts", "val_acc"):
+        assert runs[f"metrics.{metric}"].iloc[0] == pytest.approx(table[metric].iloc[0])
+    assert runs["params.loss._target_"].iloc[0] == "runner.losses.CrossEntropy" and runs["params.epochs"].iloc[0] == "2"
+    history = client.get_metric_history(runs["run_id"].iloc[0], "train_loss")
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert [(h.step, pytest.approx(h.value)) for h in history] == list(zip(epochs.epoch, epochs.train_loss))
+    assert runs["status"].iloc[0] == "FINISHED"
+
+
+def test_tensorboard_event_files_hold_every_epoch(data_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = run(make_plan([*TINY, "epochs=2", f"data_dir={data_dir}", f"results_dir={tmp_path}",
+                            "logger=tensorboard"]))
+    events = EventAccumulator(str(tmp_path / "tensorboard" / record["run_id"]))
+    events.Reload()
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    for metric in ("val_acc", "test_nll", "train_loss"):
+        scalars = events.Scalars(metric)
+        assert [s.step for s in scalars] == list(epochs.epoch)
+        assert [s.value for s in scalars] == pytest.approx(list(epochs[metric]), rel=1e-6)  # stored as float32
+    assert any("config" in tag for tag in events.Tags()["tensors"])  # the config, as text
