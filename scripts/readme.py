@@ -16,7 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-GROUPS = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "teacher", "optim", "experiment", "launcher")
+GROUPS = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "teacher", "optim", "experiment", "launcher", "logger",
+          "tune")
 
 
 def _defaults() -> dict[str, str | None]:

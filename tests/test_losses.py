@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from runner.losses import (AdaptiveFocalLoss, CrossEntropy, CrossEntropyZReg, DiceMetricLoss, DualFocalLoss, FocalLoss,
-                           KnowledgeDistillation, PlackettLuceDistillation, SelfAdjustingDiceLoss, SparsemaxLoss,
-                           TransformedTeacherMatching, ZLoss)
+                           KnowledgeDistillation, NormalizedKnowledgeDistillation, PlackettLuceDistillation,
+                           SelfAdjustingDiceLoss, SparsemaxLoss, TransformedTeacherMatching,
+                           WeightedTransformedTeacherMatching, ZLoss)
 from runner.losses.dice import tversky_loss
 
 PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), "focal": FocalLoss(),
@@ -19,7 +20,8 @@ PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), 
          "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss(),
          "sparsemax": SparsemaxLoss()}
 DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "pld_cifar": PlackettLuceDistillation(temperature=4.0),
-           "ttm": TransformedTeacherMatching()}
+           "ttm": TransformedTeacherMatching(), "wttm": WeightedTransformedTeacherMatching(),
+           "nkd": NormalizedKnowledgeDistillation()}
 
 
 def one(logits, target, loss, teacher=None):
@@ -132,6 +134,57 @@ def test_kd_and_ttm_by_hand():
     assert kd == pytest.approx(0.1 * math.log(3) + 0.9 * 0.328202, abs=1e-6)
     # TTM at T = 1, β = 1: CE + KD's KL at τ = 1 without the τ² factor
     assert one([0, 0, 0], 0, TransformedTeacherMatching(temperature=1.0, beta=1.0), T) == pytest.approx(math.log(3) + kl1)
+
+
+def test_wttm_and_nkd_by_hand():
+    # teacher t = [2, 1, 0]: p_t = [0.665241, 0.244728, 0.090031]; student s = [0, 0, 0], y = 0
+    # WTTM at T = 2: p_t^½ = [0.815623, 0.494700, 0.300052], w = 1.610374; their normalization is softmax(t/2) =
+    # [0.506480, 0.307196, 0.186324], KL to uniform 0.078421; CE ln 3 + w·KL = 1.098612 + 0.126287
+    assert one([0, 0, 0], 0, WeightedTransformedTeacherMatching(temperature=2.0, beta=1.0), T) == pytest.approx(
+        1.224899, abs=1e-6)
+    # at T = 1 the weight Σ p_t = 1: WTTM is TTM
+    assert one([0, 0, 0], 0, WeightedTransformedTeacherMatching(temperature=1.0, beta=1.0), T) == pytest.approx(
+        one([0, 0, 0], 0, TransformedTeacherMatching(temperature=1.0, beta=1.0), T))
+    # NKD at T = 1, γ = 1.5: target term −p_t,y·ln(1/3) = 0.730842; non-target: teacher softmax([1, 0]) against the
+    # student's [½, ½]: −1.5·ln ½ = 1.039721; plus CE ln 3
+    assert one([0, 0, 0], 0, NormalizedKnowledgeDistillation(), T) == pytest.approx(
+        math.log(3) + 0.730842 + 1.039721, abs=1e-6)
+
+
+def _authors_forms(s: np.ndarray, t: np.ndarray, y: np.ndarray, tau: float, weight: float) -> tuple[float, float]:
+    """The NKD and WTTM terms as the authors' code computes them (cls_KD nkd.py: a mask removes the target column;
+    TTM repo wttm.py: the teacher's softmax raised to 1/T and renormalized), in numpy, without the CE term."""
+    def log_softmax(x):
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    n, k = s.shape
+    rows = np.arange(n)
+    t_y = np.exp(log_softmax(t))[rows, y]
+    target_term = -(t_y * log_softmax(s)[rows, y]).mean()
+    mask = np.ones_like(s, dtype=bool)
+    mask[rows, y] = False
+    s_nt, t_nt = s[mask].reshape(n, k - 1), t[mask].reshape(n, k - 1)
+    nkd = target_term - weight * tau**2 * (np.exp(log_softmax(t_nt / tau)) * log_softmax(s_nt / tau)).sum(1).mean()
+    p_t = np.exp(log_softmax(t)) ** (1 / tau)
+    norm = p_t.sum(1)
+    p_t = p_t / norm[:, None]
+    kl = (p_t * (np.log(p_t) - log_softmax(s))).sum(1)
+    return nkd, (norm * kl).mean()
+
+
+def test_nkd_and_wttm_match_the_authors_forms_on_random_inputs():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(16, 10)) * 3, rng.normal(size=(16, 10)) * 3
+    y = rng.integers(0, 10, 16)
+    for tau in (1.0, 4.0):
+        nkd_ref, wttm_ref = _authors_forms(s, t, y, tau, 1.5)
+        ce = F.cross_entropy(torch.tensor(s), torch.tensor(y)).item()
+        args = (torch.tensor(s), torch.tensor(y))
+        nkd = NormalizedKnowledgeDistillation(temperature=tau, gamma=1.5)(*args, teacher_logits=torch.tensor(t)).item()
+        wttm = WeightedTransformedTeacherMatching(temperature=tau, beta=1.0)(*args, teacher_logits=torch.tensor(t)).item()
+        assert nkd - ce == pytest.approx(nkd_ref, abs=1e-6)
+        assert wttm - ce == pytest.approx(wttm_ref, abs=1e-6)
 
 
 def test_distillation_without_teacher_logits_is_an_error():

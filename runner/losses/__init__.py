@@ -2,11 +2,12 @@
 losses also take ``teacher_logits=`` and declare ``needs_teacher = True``."""
 from runner.losses.ce import CrossEntropy
 from runner.losses.dice import DiceMetricLoss, SelfAdjustingDiceLoss
-from runner.losses.distill import KnowledgeDistillation, PlackettLuceDistillation, TransformedTeacherMatching
+from runner.losses.distill import (KnowledgeDistillation, NormalizedKnowledgeDistillation, PlackettLuceDistillation,
+                                   TransformedTeacherMatching, WeightedTransformedTeacherMatching)
 from runner.losses.focal import AdaptiveFocalLoss, DualFocalLoss, FocalLoss
 from runner.losses.sparsemax import SparsemaxLoss
 from runner.losses.zloss import CrossEntropyZReg, ZLoss
 
 __all__ = ["AdaptiveFocalLoss", "CrossEntropy", "CrossEntropyZReg", "DiceMetricLoss", "DualFocalLoss", "FocalLoss",
-           "KnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "SparsemaxLoss",
-           "TransformedTeacherMatching", "ZLoss"]
+           "KnowledgeDistillation", "NormalizedKnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "SparsemaxLoss",
+           "TransformedTeacherMatching", "WeightedTransformedTeacherMatching", "ZLoss"]
