@@ -78,7 +78,7 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
 
 
 def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir, tmp_path):
-    # SLURM's warning signal before a time limit or a preemption (USR1, which submitit listens for), sent by
+    # the warning signal submitit asks SLURM for before a time limit or on preemption (sbatch --signal=USR2@...), sent by
     # hand mid-run: submitit requeues the job, and the run continues from its last saved epoch
     args = ["-m", "seed=8,9", *slurm_args(data_dir, tmp_path), "epochs=25"]
     sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -93,7 +93,15 @@ def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir
                 break
         time.sleep(0.3)
     assert victim is not None, "no run got to its second epoch under SLURM"
-    subprocess.run(["scancel", "--signal=USR1", victim["slurm_job_id"]], check=True)
+    job = victim["slurm_job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # SLURM holds a requeued job about 2 minutes; let it start at once
+        state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        if "JobState=PENDING" in state:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            break
+        time.sleep(0.5)
     out, _ = sweep.communicate(timeout=900)
     assert sweep.returncode == 0, out
     record = records.read_result(tmp_path / "runs" / victim["run_id"])
