@@ -204,12 +204,17 @@ OOD_SCORES = {
 def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor) -> dict[str, float]:
     """For each score of OOD_SCORES, ``ood_auroc_<score>`` (in-distribution = positive) and ``ood_fpr95_<score>``;
     the MSP ones also as ``ood_auroc`` and ``ood_fpr95``, their names before the other scores existed."""
-    labels = np.r_[np.ones(len(in_logits)), np.zeros(len(out_logits))]
     out: dict[str, float] = {}
     for name, score in OOD_SCORES.items():
-        values = np.r_[score(in_logits.double()).numpy(), score(out_logits.double()).numpy()]
-        out |= {f"ood_auroc_{name}": _auroc(labels, values), f"ood_fpr95_{name}": _fpr95(labels, values)}
+        out |= ood_pair(name, score(in_logits.double()).numpy(), score(out_logits.double()).numpy())
     return {"ood_auroc": out["ood_auroc_msp"], "ood_fpr95": out["ood_fpr95_msp"]} | out
+
+
+def ood_pair(name: str, in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, float]:
+    """``ood_auroc_<name>`` and ``ood_fpr95_<name>`` of one score (higher = in-distribution)."""
+    labels = np.r_[np.ones(len(in_scores)), np.zeros(len(out_scores))]
+    values = np.r_[np.asarray(in_scores, dtype=float), np.asarray(out_scores, dtype=float)]
+    return {f"ood_auroc_{name}": _auroc(labels, values), f"ood_fpr95_{name}": _fpr95(labels, values)}
 
 
 # ---------------------------------------------------------------- a run's final metrics
@@ -226,6 +231,9 @@ def final_metrics(saved: Mapping[str, torch.Tensor], ts_method: str = "ece_grid"
             "test_ada_ece_ts": scaled["ada_ece"]}
     if "ood_logits" in saved:
         out |= ood_metrics(saved["test_logits"], saved["ood_logits"])
+    for key in sorted(saved):  # feature-based scores (Mahalanobis, ViM), computed when the run ended
+        if key.startswith("test_score_") and f"ood_score_{key[11:]}" in saved:
+            out |= ood_pair(key[11:], saved[key].double().numpy(), saved[f"ood_score_{key[11:]}"].double().numpy())
     return out
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 from filelock import Timeout
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import datasets
+from models.features import captured, classifier
 from runner import build, records, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
 from runner.launch import usable_cores
@@ -28,6 +30,7 @@ from runner.optim import warmup_cosine
 from runner.plan import RunPlan, TeacherRef, checkpoint_plan, ood_dataset
 from runner.progress import epoch_bar, error, say
 from runner.loggers import open_tracker
+from runner.ood_features import feature_scores
 from runner.prune import Pruned, reporter
 
 TEACHER_WAIT_S = 6 * 3600  # how long a student waits for another process to finish training its teacher
@@ -208,8 +211,30 @@ def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.op
     logits = {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}
     if cfg.ood is not None:  # scored with this dataset's input normalization, as the model sees every input
         ood = datasets.load_cached(ood_dataset(cfg), cfg.data_dir, cfg.download)
-        logits["ood_logits"] = predict(model, batches((ood["test_x"], ood["test_y"]), False), autocast)[0]
+        logits |= ood_scores(model, autocast, {"train": batches(splits.train, False), "test": test,
+                                               "ood": batches((ood["test_x"], ood["test_y"]), False)})
     return {"train_seconds": train_seconds, "logits": logits}
+
+
+def ood_scores(model: nn.Module, autocast: Callable[[], Any], splits: Mapping[str, Iterable[Any]]) -> dict[str, torch.Tensor]:
+    """The OOD logits, and each feature-based score (runner/ood_features.py) of the test and OOD images, fitted on
+    the training images' penultimate features (no augmentation)."""
+    seen = {}
+    for name, split in splits.items():
+        with captured(model) as feats:
+            out, target = predict(model, split, autocast)
+        seen[name] = (torch.cat(feats).double().cpu().numpy(), out.double().numpy(), target.numpy())
+    fc = classifier(model)
+    train_f, train_logits, train_y = seen["train"]
+    both_f = np.concatenate([seen["test"][0], seen["ood"][0]])
+    both_logits = np.concatenate([seen["test"][1], seen["ood"][1]])
+    scores = feature_scores(train_f, train_y, train_logits, fc.weight.detach().double().cpu().numpy(),
+                            fc.bias.detach().double().cpu().numpy(), both_f, both_logits)
+    n_test = len(seen["test"][0])
+    out = {"ood_logits": torch.from_numpy(seen["ood"][1]).float()}
+    for name, values in scores.items():
+        out |= {f"test_score_{name}": torch.from_numpy(values[:n_test]), f"ood_score_{name}": torch.from_numpy(values[n_test:])}
+    return out
 
 
 # ---------------------------------------------------------------- one recorded run

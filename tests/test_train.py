@@ -164,10 +164,12 @@ def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_th
     folder = tmp_path / "runs" / record["run_id"]
     saved = torch.load(folder / "logits.pt", weights_only=True)
     assert len(saved["ood_logits"]) == 100  # the tiny Fashion-MNIST test split
+    assert len(saved["test_score_vim"]) == 100 and len(saved["ood_score_mahalanobis"]) == 100
     row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
     expected = final_metrics(saved, "nll_lbfgs")
     for key in ("test_ece", "test_ada_ece", "test_classwise_ece", "test_brier", "test_aurc", "val_ece",
-                "temperature", "test_ece_ts", "test_nll_ts", "ood_auroc", "ood_fpr95"):
+                "temperature", "test_ece_ts", "test_nll_ts", "ood_auroc", "ood_fpr95", "ood_auroc_mahalanobis",
+                "ood_fpr95_mahalanobis", "ood_auroc_vim", "ood_fpr95_vim"):
         assert row[key] == pytest.approx(expected[key]), key
     assert row["ood"] == "fashion_mnist" and row["ts_method"] == "nll_lbfgs"
     epochs = pd.read_csv(tmp_path / "epochs.csv")
