@@ -266,6 +266,8 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
         table.loc[table.method == n, "iqm"] = stats.iqm(np.concatenate(runs_n))
         lo, hi = stats.stratified_bootstrap_ci([runs_n], lambda s: stats.iqm(np.concatenate(s)), n_resamples=1000)
         table.loc[table.method == n, ["iqm_ci_low", "iqm_ci_high"]] = lo, hi
+    swiss, swiss_se = stats.swiss_expected_scores(matrix if hib else -matrix, n_sims=2000)
+    table["swiss_score"], table["swiss_score_se"] = swiss, swiss_se  # expected wins of a Swiss contest over the tasks
     info["friedman_p"] = stats.friedman_p(matrix if hib else -matrix)
     info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names) if len(used) >= 2 else None
     info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))

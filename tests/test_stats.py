@@ -102,3 +102,25 @@ def test_bayesian_correlated_t_matches_baycomp_at_its_cross_validation_rho():
 def test_at_chance():
     assert stats.at_chance(0.11, 10, 1000) and not stats.at_chance(0.2, 10, 1000)
     assert stats.at_chance(0.128, 10, 1000) and not stats.at_chance(0.129, 10, 1000)  # 0.1 + 3·0.00949
+
+
+def test_swiss_contest_expected_scores_by_hand():
+    from runner.stats import swiss_expected_scores
+
+    # one task, A > B > C: the three start tied, so each is equally likely to get the bye (worth 1) and the
+    # other two meet; A always scores 1, B scores 1 unless it meets A (2/3), C only with the bye (1/3)
+    mean, se = swiss_expected_scores(np.array([[3.0, 2.0, 1.0]]), n_sims=20000)
+    assert mean == pytest.approx([1, 2 / 3, 1 / 3], abs=4 * se.max() + 1e-12)
+    # two methods: a tie gives ½ each; winning both tasks gives 2
+    assert list(swiss_expected_scores(np.array([[1.0, 1.0]]), n_sims=10)[0]) == [0.5, 0.5]
+    assert list(swiss_expected_scores(np.array([[2.0, 1.0], [5.0, 0.0]]), n_sims=10)[0]) == [2.0, 0.0]
+
+
+def test_swiss_contest_with_elimination_by_hand():
+    from runner.stats import swiss_expected_scores
+
+    # A > B > C > D on both tasks; after round 1 the two losers leave. A wins twice; the other round-1 winner is
+    # B unless B had to meet A (1/3), then C; it loses to A in round 2
+    matrix = np.array([[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
+    mean, se = swiss_expected_scores(matrix, n_sims=20000, elimination=2)
+    assert mean == pytest.approx([2, 2 / 3, 1 / 3, 0], abs=4 * se.max() + 1e-12)
