@@ -257,3 +257,23 @@ def test_off_a_terminal_a_long_epoch_prints_a_progress_line(monkeypatch, capsys)
         progress.set_prefix(None)
     out = capsys.readouterr().out.splitlines()
     assert out == ["[0123456789] epoch 1/3: 2/4 batches, 31s", "[0123456789] epoch 1/3: 4/4 batches, 62s"]
+
+
+def test_fixup_with_zloss_takes_bounded_steps_and_its_loss_falls(data_dir, tmp_path):
+    # Fixup zero-initializes the classifier, so every logit of the first batch is equal: the Z-loss's
+    # standardization is 0/0 there. The gradient must stay finite and bounded, and training must go on.
+    from runner import build
+
+    plan = tiny(data_dir, tmp_path, "model=resnet20", "norm=fixup", "loss=zloss", "epochs=3")
+    torch.manual_seed(0)
+    model, loss_fn, _ = build.parts(plan.cfg)
+    x = torch.randn(16, 1, 28, 28)
+    logits = model(x)
+    assert torch.equal(logits, logits[:1].expand_as(logits))  # the zero classifier: equal logits
+    loss_fn(logits, torch.arange(16) % 10).backward()
+    norms = [p.grad.norm().item() for p in model.parameters() if p.grad is not None]
+    assert all(math.isfinite(n) for n in norms) and max(norms) < 100
+    record = run(plan)
+    assert record["status"] == "ok"
+    losses = pd.read_csv(tmp_path / "epochs.csv").train_loss
+    assert losses.map(math.isfinite).all() and losses.iloc[-1] < losses.iloc[0]
