@@ -210,6 +210,14 @@ def test_a_study_run_with_another_space_is_refused_with_the_difference(tmp_path,
     assert run_tune([*base, "tune.trials=2"], monkeypatch, tmp_path) == 0  # a larger budget continues the study
     (study,) = studies(res).values()
     assert len(study.trials) == 2
+    from filelock import FileLock
+
+    (lock_path,) = [p for p in (res / "tune").glob("*.lock") if not p.name.startswith(".")]  # a study's lock
+    with FileLock(str(lock_path)):
+        capsys.readouterr()
+        assert run_tune([*base, "tune.trials=3"], monkeypatch, tmp_path) == 2
+    assert "another python -m runner.tune is tuning it" in capsys.readouterr().err
+    assert len(studies(res)[study.study_name].trials) == 2
 
 
 def test_a_final_run_that_is_a_trial_runs_once_and_says_both(tmp_path, data_dir, monkeypatch):
