@@ -7,6 +7,7 @@ are several GPUs, one GPU per worker process, held with a lock for the worker's 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +27,20 @@ _gpu_lock: FileLock | None = None  # this worker's GPU, kept until the process e
 _gpu_index: int | None = None
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its affinity mask, lowered to its cgroup's CPU quota (a container's or a
+    SLURM job's limit), rounded up, never below 1."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read: the affinity mask alone
+        pass
+    return cores
 
 
 def gpu_count() -> int:

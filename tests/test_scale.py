@@ -164,3 +164,21 @@ def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir
     assert ra["metrics"] == rb["metrics"] and ra["epochs_done"] == rb["epochs_done"] == 6
     ea, eb = (pd.read_csv(f / "epochs.csv") for f in (a, b))
     assert ea.drop(columns=["train_s", "eval_s"]).equals(eb.drop(columns=["train_s", "eval_s"]))
+
+
+def test_usable_cores_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
+    import os
+
+    from runner.launch import usable_cores
+
+    mask = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "missing") == mask
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == mask
+    cpu_max.write_text("50000 100000\n")  # half a core: one thread
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text(f"{150000 * mask} 100000\n")  # a quota above the mask: the mask
+    assert usable_cores(cpu_max) == mask
+    cpu_max.write_text("not numbers\n")
+    assert usable_cores(cpu_max) == mask
