@@ -54,7 +54,7 @@ def test_every_option_of_every_group_composes_validates_and_builds(group, option
         extra = ["loss=kd", "dataset=mnist", f"results_dir={root}"] + {
             "run": [f"teacher.run_id={rid}"], "checkpoint": [f"teacher.checkpoint={root}/runs/{rid}/checkpoint.pt"]}.get(option, [])
     cfg, choices = compose([f"{group}={option}", *extra, *data_overrides(data_dir)])
-    if group not in ("experiment", "launcher", "tune"):  # how runs execute or are tuned, not what they are
+    if group not in ("experiment", "launcher", "tune", "logger"):  # how runs execute, are tuned or tracked
         assert choices[group] == option
 
 
