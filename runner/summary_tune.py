@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from runner import records
+
 TRIAL_COLUMNS = ("study", "method", "trial", "state", "value", "metric", "direction", "budget", "in_budget", "chosen",
                  "epochs_reported", "started", "finished", "duration_s")
 
@@ -40,7 +42,24 @@ def tuned_columns(runs: pd.DataFrame) -> set[str]:
 
 
 def read_trials(roots: Iterable[Path]) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for r in roots if (p := r / "tune" / "trials.csv").is_file() and p.stat().st_size > 1]
+    """Every root's tune/trials.csv; one that cannot be read as this runner writes it is reported and skipped."""
+    frames = []
+    for root in roots:
+        path = root / "tune" / "trials.csv"
+        if not path.is_file():
+            continue
+        try:
+            frame = pd.read_csv(path)
+            missing = {"study", "method", "trial", "state", "value", "direction", "in_budget", "chosen"} - set(frame.columns)
+            if missing:
+                raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+            frame["in_budget"] = frame["in_budget"].astype(str).str.lower().eq("true")
+            frame["chosen"] = frame["chosen"].astype(str).str.lower().eq("true")
+            frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+        except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            records.report_corrupt(path, f"not a trials table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
+            continue
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
