@@ -37,6 +37,20 @@ def slurm_args(data_dir, root) -> list[str]:
             "launcher=slurm", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1"]
 
 
+def running_job(root, epochs: int, timeout: float = 300):
+    """The record of a run training as a SLURM job with at least ``epochs`` epochs saved (None after ``timeout`` s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for folder in (root / "runs").glob("*/") if (root / "runs").exists() else []:
+            record = records.read_result(folder)
+            done = records.read_epochs(folder)
+            if record and record["status"] == "running" and record.get("slurm_job_id") and \
+                    (epochs == 0 or done is not None and len(done) >= epochs):
+                return record
+        time.sleep(0.3)
+    return None
+
+
 def test_a_sweep_runs_as_slurm_array_tasks(slurm, data_dir, tmp_path):
     res = cli("-m", "seed=0,1,2,3", *slurm_args(data_dir, tmp_path), timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -51,14 +65,7 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
     args = ["-m", "seed=4,5,6,7", *slurm_args(data_dir, tmp_path), "epochs=3"]
     sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    victim, deadline = None, time.time() + 300
-    while victim is None and time.time() < deadline:  # a run that has started training
-        for folder in (tmp_path / "runs").glob("*/") if (tmp_path / "runs").exists() else []:
-            record = records.read_result(folder)
-            if record and record["status"] == "running" and record.get("slurm_job_id"):
-                victim = record
-                break
-        time.sleep(0.5)
+    victim = running_job(tmp_path, epochs=0)
     assert victim is not None, "no run started under SLURM"
     subprocess.run(["scancel", victim["slurm_job_id"]], check=True)
     out, _ = sweep.communicate(timeout=600)
@@ -83,15 +90,7 @@ def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir
     args = ["-m", "seed=8,9", *slurm_args(data_dir, tmp_path), "epochs=25"]
     sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    victim, deadline = None, time.time() + 300
-    while victim is None and time.time() < deadline:  # a run with two epochs saved
-        for folder in (tmp_path / "runs").glob("*/") if (tmp_path / "runs").exists() else []:
-            record = records.read_result(folder)
-            epochs = records.read_epochs(folder)
-            if record and record["status"] == "running" and epochs is not None and len(epochs) >= 2:
-                victim = record
-                break
-        time.sleep(0.3)
+    victim = running_job(tmp_path, epochs=2)
     assert victim is not None, "no run got to its second epoch under SLURM"
     job = victim["slurm_job_id"]
     subprocess.run(["scancel", "--signal=USR2", job], check=True)

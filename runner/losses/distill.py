@@ -94,14 +94,11 @@ class TransformedTeacherMatching(_Distillation):
         return F.cross_entropy(s, target) + self.beta * kl
 
 
-class WeightedTransformedTeacherMatching(_Distillation):
+class WeightedTransformedTeacherMatching(TransformedTeacherMatching):
     """``CE + β·mean_n(w_n·KL(softmax(t_n/T) ‖ softmax(s_n)))`` with ``w_n = Σ_k softmax(t_n)_k^{1/T}``; batch mean."""
 
     def __init__(self, temperature: float = 5.0, beta: float = 4.0) -> None:
-        super().__init__()
-        if temperature <= 0 or beta < 0:
-            raise ValueError(f"need temperature > 0 and beta >= 0, got {temperature}, {beta}")
-        self.temperature, self.beta = temperature, beta
+        super().__init__(temperature, beta)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         t, s = self._teacher(teacher_logits), wide(logits)
