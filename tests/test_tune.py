@@ -274,3 +274,32 @@ def test_every_declared_space_is_valid_for_its_option(group, option, data_dir, t
     declared = option_yaml(group, option)["tune"]
     keys = set(declared.get("space", {})) if group == "optim" else {f"{group}.{k}" for k in declared}
     assert keys <= set(methods[0].space)
+
+
+def test_an_experiment_file_and_the_shell_change_the_space(tmp_path, data_dir):
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "wide.yaml").write_text("# @package _global_\ntune:\n  space:\n    lr: {high: 0.9}\n"
+                                       "    warmup_epochs: {low: 0.0, high: 1.0}\n")
+    base = ["pooling=max", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path / 'res'}"]
+    (m,), _ = tune.prepare([*base, "experiment=wide"], False, {"config_dir": str(tmp_path / "presets")})
+    assert (m.space["lr"].low, m.space["lr"].high, m.space["lr"].log) == (0.005, 0.9, True)  # one bound moved
+    assert (m.space["warmup_epochs"].low, m.space["warmup_epochs"].high) == (0.0, 1.0)  # a key added
+    (m,), _ = tune.prepare([*base, "loss=focal", "tune.space.weight_decay=null", "+tune.space.loss.gamma.high=8"],
+                           False, {})
+    assert set(m.space) == {"lr", "loss.gamma"}  # weight decay dropped; focal declares gamma
+    assert (m.space["loss.gamma"].low, m.space["loss.gamma"].high) == (1.0, 8.0)  # conf/loss/focal.yaml's low
+
+
+@pytest.mark.slow
+def test_launcher_local_runs_the_trials_of_a_round_in_parallel(tmp_path, data_dir):
+    res = tmp_path / "res"
+    args = [sys.executable, "-m", "runner.tune", "-m", "pooling=max,avg", *TINY, "epochs=2", "tune.trials=1",
+            "launcher=local", "hydra.launcher.n_jobs=2", f"data_dir={data_dir}", f"results_dir={res}"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = pd.read_csv(res / "runs.csv")
+    trials = runs[runs.stage == "tune"]
+    assert len(trials) == 2 and len(runs[runs.stage == "final"]) == 2
+    first, second = sorted(zip(trials.started_at, trials.finished_at))
+    assert second[0] < first[1]  # the two methods' trials ran at the same time
