@@ -128,7 +128,7 @@ def _materialize(place: Path, name: str, text: str | None) -> None:
     elif text is None:  # a primary config whose pooling names foreign code
         shutil_text = (CONF_DIR / "config.yaml").read_text()
         path.write_text(shutil_text)
-        for group in FAMILIES + ("dataset", "teacher", "experiment", "launcher", "hydra"):
+        for group in (p.name for p in CONF_DIR.iterdir() if p.is_dir()):  # every group of conf/, as it is
             os.symlink(CONF_DIR / group, path.parent / group)
         (path.parent / "pooling").unlink()
         write(path.parent / "pooling" / "max.yaml", evil_yaml(place))
