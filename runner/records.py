@@ -288,18 +288,25 @@ def _rebuild(root: Path) -> pd.DataFrame:
     return runs
 
 
-def update_tables(root: Path, record: Mapping[str, Any], replace: bool = False) -> None:
+def update_tables(root: Path, record: Mapping[str, Any], replace: bool = False, write: bool = False) -> None:
     """Put one finished run's rows into runs.csv and epochs.csv without reading any other run folder.
 
     Under the tables lock the rows are appended to each table in its own column order, one write and an
-    fsync each: the cost does not grow with the number of runs. Everything is rebuilt from the folders
+    fsync each: the cost does not grow with the number of runs. With ``write`` the record is also written as the
+    run's result.json under that lock, so a rebuild by another process sees the finished record together with its
+    rows or sees neither (else a rebuild between the two could list the run, and its append list it again).
+    Everything is rebuilt from the folders
     (``rebuild_tables``) instead when a table is missing, when the run may already be in it (``replace``: an
     earlier record of this run existed), when the header lacks one of the run's columns, or when the last
     line is incomplete (a crash in the middle of an append, repaired here)."""
     root.mkdir(parents=True, exist_ok=True)
-    epochs = read_epochs(root / "runs" / record["run_id"])
+    folder = root / "runs" / record["run_id"]
+    epochs = read_epochs(folder)
+    stages = read_stages(folder)
     with FileLock(str(root / ".tables.lock")):
-        tables = [(root / "runs.csv", pd.DataFrame([row(record)]))]
+        if write:
+            write_json(folder / "result.json", record)
+        tables = [(root / "runs.csv", pd.DataFrame([row(dict(record) | ({"tune": stages} if stages else {}))]))]
         if epochs is not None:
             tables.append((root / "epochs.csv", _epoch_frame(record, epochs)))
         plans = [(path, _columns_to_append(path, rows)) for path, rows in tables]

@@ -436,5 +436,4 @@ def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path, re
     if "test_acc" in record["metrics"] and record.get("n_test"):
         spec = datasets.SPECS[record["config"]["dataset"]["name"]]
         record["at_chance"] = stats.at_chance(record["metrics"]["test_acc"], spec.num_classes, record["n_test"])
-    records.write_json(folder / "result.json", record)
-    records.update_tables(folder.parent.parent, records.read_result(folder) or record, replace=recorded_before)
+    records.update_tables(folder.parent.parent, record, replace=recorded_before, write=True)

@@ -180,3 +180,24 @@ def test_a_rebuild_leaves_out_a_run_in_progress_which_adds_its_row_when_it_finis
     fake_run(tmp_path, busy, 1)  # it finishes
     records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / busy))
     assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([done, busy])
+
+
+def test_a_finish_writes_its_record_and_rows_together_so_a_concurrent_rebuild_never_doubles_it(tmp_path):
+    """Two runs end at the same moment and the first to take the lock rebuilds (no table yet). The second's final
+    record must not be on disk before its own turn, or the rebuild lists it and its append lists it again."""
+    first, second = hexid("first"), hexid("second")
+    fake_run(tmp_path, second, 1, status="running")
+    ctx = mp.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), second, held, release))  # it is still training
+    holder.start()
+    assert held.wait(30)
+    fake_run(tmp_path, first, 0)
+    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / first), write=True)  # a rebuild
+    release.set()
+    holder.join(30)
+    final = records.read_result(tmp_path / "runs" / second) | {"status": "ok"}
+    assert records.read_result(tmp_path / "runs" / second)["status"] != "ok"  # not on disk before its turn
+    records.update_tables(tmp_path, final, write=True)
+    assert records.read_result(tmp_path / "runs" / second)["status"] == "ok"
+    assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([first, second])
