@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -182,3 +183,31 @@ def test_usable_cores_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
     assert usable_cores(cpu_max) == mask
     cpu_max.write_text("not numbers\n")
     assert usable_cores(cpu_max) == mask
+
+
+@pytest.mark.slow
+def test_submitit_local_requeues_a_signalled_job_which_resumes(data_dir, tmp_path):
+    # submitit's preemption signal (USR2) to the job process: it checkpoints, exits to be requeued, and the
+    # restarted job continues the run from its last saved epoch
+    args = [sys.executable, "-m", "runner", "-m", "seed=8", *TINY, "epochs=40", f"data_dir={data_dir}",
+            f"results_dir={tmp_path}", "launcher=submitit_local"]
+    sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job, deadline = None, time.time() + 300
+    while job is None and time.time() < deadline:  # the job process, once it has saved two epochs
+        folders = list((tmp_path / "runs").glob("*/")) if (tmp_path / "runs").exists() else []
+        if folders and (records.read_epochs(folders[0]) is not None and len(records.read_epochs(folders[0])) >= 2):
+            for proc in pathlib.Path("/proc").glob("[0-9]*"):
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if "submitit.core._submit" in cmd and str(tmp_path) in cmd:
+                    job = int(proc.name)
+        time.sleep(0.3)
+    assert job is not None, "the submitit job never got to its second epoch"
+    os.kill(job, signal.SIGUSR2)
+    out, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, out
+    (folder,) = (tmp_path / "runs").glob("*/")
+    record = records.read_result(folder)
+    assert record["status"] == "ok" and record["epochs_done"] == 40 and record.get("resumed_from_epoch", 0) >= 2, out
