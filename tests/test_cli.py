@@ -72,8 +72,8 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
 
 
 def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, tmp_path):
-    # 30 epochs: a busy machine may read the output seconds late, and the signal must arrive mid-run
-    args = [sys.executable, "-m", "runner", *TINY, "epochs=30", f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    # 60 epochs (about 15 s here): a busy machine may read the output seconds late, and the signal must arrive mid-run
+    args = [sys.executable, "-m", "runner", *TINY, "epochs=60", f"data_dir={data_dir}", f"results_dir={tmp_path}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:  # wait until training is under way
@@ -87,7 +87,7 @@ def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, t
     again = cli(*args[3:])  # the same command
     assert again.returncode == 0 and "already completed" not in again.stdout
     runs = pd.read_csv(tmp_path / "runs.csv")
-    assert len(runs) == 1 and runs.loc[0, "status"] == "ok" and runs.loc[0, "epochs_done"] == 30
+    assert len(runs) == 1 and runs.loc[0, "status"] == "ok" and runs.loc[0, "epochs_done"] == 60
 
 
 def test_concurrent_processes_on_one_results_root(data_dir, tmp_path):
