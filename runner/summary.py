@@ -352,7 +352,9 @@ def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.Data
     if not chosen.empty:
         lines += ["## Tuning (python -m runner.tune): the same budget for every method, chosen on validation data", "",
                   "Each method's chosen setting is its best trial on the validation metric; `last_improvement` is the "
-                  "trial at which its best-so-far last rose (near the budget: the search may not have converged).", "",
+                  "trial at which its best-so-far last rose (near the budget: the search may not have converged); "
+                  "`at_range_edge` names a setting chosen within 5 % of a bound of its range (on the log scale for a "
+                  "log range): widen that range before trusting the choice.", "",
                   chosen.drop(columns=["study"]).to_markdown(index=False, floatfmt=".4g"), ""]
     if not sensitivity.empty:
         lines += ["### Sensitivity: Spearman's rank correlation of the validation metric with each tuned setting", "",
@@ -494,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     table = overview(summary, shown, metric, references)
     trials = summary_tune.read_trials([p for p in paths if (p / "runs").is_dir()])
     studies = {s for v in runs.get("study", pd.Series(dtype=object)).dropna() for s in str(v).split(";")}
-    chosen, sensitivity = summary_tune.tuning(trials, studies) if studies else (pd.DataFrame(), pd.DataFrame())
+    spaces = summary_tune.read_spaces([p for p in paths if (p / "runs").is_dir()])
+    chosen, sensitivity = summary_tune.tuning(trials, studies, spaces) if studies else (pd.DataFrame(), pd.DataFrame())
     curves = summary_tune.best_so_far(trials[trials.study.isin(studies)]) if not chosen.empty else None
     speed = summary_tune.time_to_target(ok, epochs, args.target) if args.target is not None else pd.DataFrame()
     extra = tuning_lines(chosen, sensitivity, speed)

@@ -63,6 +63,37 @@ def read_trials(roots: Iterable[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def read_spaces(roots: Iterable[Path]) -> pd.DataFrame:
+    """Every root's tune/spaces.csv (each study's ranges); unreadable ones are reported and skipped."""
+    frames = []
+    for root in roots:
+        path = root / "tune" / "spaces.csv"
+        if not path.is_file():
+            continue
+        try:
+            frame = pd.read_csv(path)
+            if not {"study", "setting"} <= set(frame.columns):
+                raise ValueError("it lacks study and setting")
+        except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            records.report_corrupt(path, f"not a spaces table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
+            continue
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+EDGE = 0.05  # a chosen value this close to a bound (as a share of the range; log scale for a log range) is at its edge
+
+
+def at_edge(value: float, low: float, high: float, log: bool) -> str | None:
+    """"low" or "high" when ``value`` lies within EDGE of that bound of [low, high], else None."""
+    if log and low > 0 and value > 0:
+        value, low, high = np.log(value), np.log(low), np.log(high)
+    if not high > low:
+        return None
+    share = (value - low) / (high - low)
+    return "low" if share <= EDGE else "high" if share >= 1 - EDGE else None
+
+
 def params_of(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if c not in TRIAL_COLUMNS]
 
@@ -78,8 +109,10 @@ def best_so_far(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(chosen settings, sensitivity) of the studies (all in trials.csv when None)."""
+def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None,
+           spaces: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(chosen settings, sensitivity) of the studies (all in trials.csv when None). With the studies' ``spaces``,
+    ``at_range_edge`` names each chosen value that lies at a bound of its range: the range may be too narrow."""
     if trials.empty:
         return pd.DataFrame(), pd.DataFrame()
     if studies is not None:
@@ -100,6 +133,17 @@ def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None) -> tuple[
                "chosen_value": float(pick["value"].iloc[0]) if len(pick) else None,
                "last_improvement": improved[-1] if improved else None}
         row |= {p: pick[p].iloc[0] for p in params if len(pick) and pd.notna(pick[p].iloc[0])}
+        if spaces is not None and not spaces.empty and len(pick):
+            edges = []
+            ranges = spaces[spaces["study"] == study]
+            ranges = ranges[ranges["low"].notna()] if "low" in ranges else ranges.iloc[0:0]  # choices have no bounds
+            for r in ranges.itertuples():
+                value = row.get(r.setting)
+                side = at_edge(float(value), float(r.low), float(r.high), str(getattr(r, "log", False)).lower() == "true") \
+                    if isinstance(value, (int, float, np.number)) else None
+                if side:
+                    edges.append(f"{r.setting} ({side})")
+            row["at_range_edge"] = ", ".join(edges)
         chosen_rows.append(row)
         done = t[t["state"] == "complete"]
         for p in params:

@@ -429,14 +429,17 @@ def run_finals(job: Job) -> int:
 
 
 def write_trials(job: Job) -> None:
-    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting and value."""
+    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting and value;
+    ``spaces.csv``: each study's search space, a row per setting (low, high, log, step or choices)."""
     for root in {m.root for m in job.methods}:
         storage = next(m.study._storage for m in job.methods if m.root == root)
-        rows = []
+        rows, ranges = [], []
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
             budget = int(study.user_attrs.get("budget") or 0)
             settings = study.user_attrs.get("settings") or {}
+            ranges += [{"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
+                       for key, spec in (settings.get("space") or {}).items()]
             finished = [t for t in study.get_trials(deepcopy=False) if t.number < budget and t.state == TrialState.COMPLETE]
             sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
             best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
@@ -450,6 +453,7 @@ def write_trials(job: Job) -> None:
                              "duration_s": t.duration.total_seconds() if t.duration else None} | dict(sorted(t.params.items())))
         with FileLock(str(root / "tune" / ".trials.lock")):
             records.write_csv(root / "tune" / "trials.csv", pd.DataFrame(rows))
+            records.write_csv(root / "tune" / "spaces.csv", pd.DataFrame(ranges))
 
 
 # ---------------------------------------------------------------- the command
@@ -484,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         f"by {methods[0].settings.metric} ({methods[0].settings.direction}); studies in {journal(methods[0].root)}")
     try:
         complete = run_trials(job)
+        write_trials(job)  # also when every study was already complete: the tables follow this version
         if not complete:
             error("some trials could not finish (another process holds their runs); run the same command again later")
             return 1

@@ -305,3 +305,21 @@ def test_launcher_local_runs_the_trials_of_a_round_in_parallel(tmp_path, data_di
     assert second[0] <= first[1]  # the two methods' trials overlapped (the times have whole seconds)
     cores = max(1, len(os.sched_getaffinity(0)) // 2)  # as two jobs of the joblib launcher share the machine
     assert {records.read_result(res / "runs" / r)["config"]["threads"] for r in trials.run_id} == {cores}
+
+
+def test_a_choice_at_the_bound_of_its_range_is_flagged():
+    from runner import summary_tune
+
+    # lr on [0.005, 0.5], log: 0.45 is at 97.7 % of the log range (ln 0.45 − ln 0.005 over ln 100), past 95 %
+    assert summary_tune.at_edge(0.45, 0.005, 0.5, True) == "high"
+    assert summary_tune.at_edge(0.05, 0.005, 0.5, True) is None  # 50 % of the log range
+    assert summary_tune.at_edge(0.006, 0.005, 0.5, True) == "low"  # 4.0 %
+    assert summary_tune.at_edge(0.03, 0.0, 1.0, False) == "low" and summary_tune.at_edge(0.5, 0.0, 1.0, False) is None
+    trials = pd.DataFrame({"study": "s", "method": "m", "trial": [0, 1], "state": "complete", "value": [0.5, 0.9],
+                           "metric": "val_acc", "direction": "maximize", "budget": 2, "in_budget": True,
+                           "chosen": [False, True], "epochs_reported": 0, "started": "", "finished": "",
+                           "duration_s": 1.0, "lr": [0.05, 0.45], "weight_decay": [1e-4, 1e-4]})
+    spaces = pd.DataFrame({"study": "s", "setting": ["lr", "weight_decay"], "low": [0.005, 1e-6], "high": [0.5, 1e-2],
+                           "log": [True, True]})
+    chosen, _ = summary_tune.tuning(trials, ["s"], spaces)
+    assert chosen.at_range_edge.iloc[0] == "lr (high)"  # weight decay at 1e-4 is mid-range on the log scale
