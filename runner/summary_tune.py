@@ -41,44 +41,39 @@ def tuned_columns(runs: pd.DataFrame) -> set[str]:
     return {k for v in runs["tuned"].dropna() for k in str(v).split(",") if k}
 
 
-def read_trials(roots: Iterable[Path]) -> pd.DataFrame:
-    """Every root's tune/trials.csv; one that cannot be read as this runner writes it is reported and skipped."""
+def _read_tables(roots: Iterable[Path], name: str, required: set[str]) -> pd.DataFrame:
+    """Every root's tune/<name> as one frame; a file that is not the tuner's table is reported and skipped."""
     frames = []
     for root in roots:
-        path = root / "tune" / "trials.csv"
+        path = root / "tune" / name
         if not path.is_file():
             continue
         try:
             frame = pd.read_csv(path)
-            missing = {"study", "method", "trial", "state", "value", "direction", "in_budget", "chosen"} - set(frame.columns)
+            missing = required - set(frame.columns)
             if missing:
                 raise ValueError(f"it lacks {', '.join(sorted(missing))}")
-            frame["in_budget"] = frame["in_budget"].astype(str).str.lower().eq("true")
-            frame["chosen"] = frame["chosen"].astype(str).str.lower().eq("true")
-            frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
         except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            records.report_corrupt(path, f"not a trials table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
+            records.report_corrupt(path, f"not a table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
             continue
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_trials(roots: Iterable[Path]) -> pd.DataFrame:
+    """Every root's tune/trials.csv (a row per trial), typed."""
+    trials = _read_tables(roots, "trials.csv", {"study", "method", "trial", "state", "value", "direction", "in_budget",
+                                                "chosen"})
+    if not trials.empty:
+        for flag in ("in_budget", "chosen"):
+            trials[flag] = trials[flag].astype(str).str.lower().eq("true")
+        trials["value"] = pd.to_numeric(trials["value"], errors="coerce")
+    return trials
 
 
 def read_spaces(roots: Iterable[Path]) -> pd.DataFrame:
-    """Every root's tune/spaces.csv (each study's ranges); unreadable ones are reported and skipped."""
-    frames = []
-    for root in roots:
-        path = root / "tune" / "spaces.csv"
-        if not path.is_file():
-            continue
-        try:
-            frame = pd.read_csv(path)
-            if not {"study", "setting"} <= set(frame.columns):
-                raise ValueError("it lacks study and setting")
-        except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            records.report_corrupt(path, f"not a spaces table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
-            continue
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """Every root's tune/spaces.csv (each study's ranges)."""
+    return _read_tables(roots, "spaces.csv", {"study", "setting"})
 
 
 EDGE = 0.05  # a chosen value this close to a bound (as a share of the range; log scale for a log range) is at its edge
