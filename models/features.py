@@ -1,8 +1,11 @@
-"""The penultimate features of every model: the input of its linear classifier ``model.fc``.
+"""Features a method reads from inside a model, by hooks, so no model changes its ``forward``.
 
-Feature-based OOD scores (Mahalanobis, ViM) need them; a forward pre-hook on ``fc`` reads them during the
-ordinary forward pass, so no model changes its ``forward``. Each model keeps its classifier as ``fc``
-(an ``nn.Linear``), which ``tests/test_models.py`` checks for every model option.
+- The penultimate features, the input of the linear classifier ``model.fc``: feature-based OOD scores
+  (Mahalanobis, ViM) read them with a forward pre-hook on ``fc``.
+- The penultimate stage's feature map: self-distillation (USKD) trains a weak classifier on it. Every
+  model lists its stages (``model.stages()``: the module ending each stage and its output channels).
+
+``tests/test_models.py`` checks both for every model option.
 """
 from __future__ import annotations
 
@@ -18,6 +21,25 @@ def classifier(model: nn.Module) -> nn.Linear:
     if not isinstance(fc, nn.Linear):
         raise TypeError(f"{type(model).__name__} has no linear classifier `fc`: feature-based OOD scores need one")
     return fc
+
+
+def penultimate_stage(model: nn.Module) -> tuple[nn.Module, int]:
+    """(the module whose output is the last stage but one's feature map, its channels)."""
+    stages = model.stages() if hasattr(model, "stages") else []
+    if len(stages) < 2:
+        raise ValueError(f"{type(model).__name__} has {len(stages)} stage(s): a feature of the stage before the last needs at least 2")
+    return stages[-2]
+
+
+@contextlib.contextmanager
+def tapped(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """``with tapped(module) as out: model(x)``: ``out`` gets ``module``'s output of each forward, still in the graph."""
+    out: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda mod, args, result: out.append(result))
+    try:
+        yield out
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

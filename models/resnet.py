@@ -80,6 +80,7 @@ class CifarResNet(nn.Module):
                 blocks.append(BasicBlock(c, w, down, pool, norm))
                 c = w
         self.blocks = nn.Sequential(*blocks)
+        self._stage_ends = [((stage + 1) * n - 1, w) for stage, w in enumerate(widths)]  # (last block's index, channels)
         self.global_pool = global_pool(c)
         self.fc = nn.Linear(self.global_pool.out_features, num_classes)
         init_weights(self)
@@ -87,6 +88,10 @@ class CifarResNet(nn.Module):
     def residual_branches(self) -> list[list[nn.Conv2d]]:
         """The convolutions of each residual branch in order, for initializations that need them (Fixup)."""
         return [[b.conv1, b.conv2] for b in self.blocks]
+
+    def stages(self) -> list[tuple[nn.Module, int]]:
+        """(the last block of each stage, its output channels), in order (``models/features.py``)."""
+        return [(self.blocks[i], c) for i, c in self._stage_ends]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))  # (N, 64, H/4, W/4)

@@ -31,17 +31,23 @@ class StagedCNN(nn.Module):
         down = check_downsample_at(downsample_at, len(stages))
         layers: list[nn.Module] = []
         c = in_channels
+        self._stage_ends: list[tuple[int, int]] = []  # (index of the stage's last layer in `features`, its channels)
         for i, widths in enumerate(stages):
             for w in widths:
                 layers += [conv3x3(c, w, norm), norm(w)]
                 c = w
             if i in down:
                 layers.append(pool(c))
+            self._stage_ends.append((len(layers) - 1, c))
         self.features = nn.Sequential(*layers)
         self.global_pool = global_pool(c)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.global_pool.out_features, num_classes)
         init_weights(self)
+
+    def stages(self) -> list[tuple[nn.Module, int]]:
+        """(the module whose output ends each stage, that output's channels), in order (``models/features.py``)."""
+        return [(self.features[i], c) for i, c in self._stage_ends]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (N, C, H', W')

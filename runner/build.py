@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import models
+from models.features import penultimate_stage
 from datasets import SPECS
 from runner.losses.clip import LogitClip
 
@@ -29,19 +30,30 @@ def model(cfg: DictConfig, norm: Any = None) -> nn.Module:
                               norm=norm if norm is not None else instantiate(cfg.norm))
 
 
-def loss(cfg: DictConfig) -> nn.Module:
-    """The loss; with ``loss.logit_clip=τ`` (any loss) wrapped in LogitClip."""
+def loss(cfg: DictConfig, net: nn.Module | None = None) -> nn.Module:
+    """The loss; with ``loss.logit_clip=τ`` (any loss) wrapped in LogitClip. A loss that reads the penultimate
+    stage (``needs_mid_features``) is sized by the model's (``net``, else ``cfg``'s) and the dataset's classes."""
     node = cfg.loss.copy()
     with open_dict(node):
         tau = node.pop("logit_clip", None)
-    made = instantiate(node)
+    sizes = {}
+    if getattr(target(node), "needs_mid_features", False):
+        _, channels = penultimate_stage(net if net is not None else model(cfg))
+        sizes = {"channels": channels, "num_classes": SPECS[cfg.dataset.name].num_classes}
+        for key in sorted(set(sizes) & set(node)):  # +loss.channels=...: would change the run id and nothing else
+            raise ValueError(f"loss.{key} is set by the runner (from the model and the dataset), not by a config")
+    made = instantiate(node, **sizes)
     return made if tau is None else LogitClip(made, tau)
 
 
-def optimizer(cfg: DictConfig, net: nn.Module, norm: Any = None) -> torch.optim.Optimizer:
-    """The optimizer over ``net``'s parameters; a norm may train some of them at another lr (``param_groups``)."""
+def optimizer(cfg: DictConfig, net: nn.Module, norm: Any = None, extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimizer over ``net``'s parameters; a norm may train some of them at another lr (``param_groups``).
+    ``extra``'s parameters (a loss's own, such as USKD's weak classifier) train beside them at the run's lr."""
     groups = models.declared(norm if norm is not None else instantiate(cfg.norm), "param_groups")
-    params = groups(net, cfg.lr) if groups else net.parameters()
+    params = list(groups(net, cfg.lr)) if groups else [{"params": list(net.parameters())}]
+    own = [] if extra is None else list(extra.parameters())
+    if own:
+        params.append({"params": own})
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -49,4 +61,5 @@ def parts(cfg: DictConfig) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]
     """(model, loss, optimizer) of a run, with one norm factory for the model and its parameter groups."""
     norm = instantiate(cfg.norm)
     net = model(cfg, norm)
-    return net, loss(cfg), optimizer(cfg, net, norm)
+    made = loss(cfg, net)
+    return net, made, optimizer(cfg, net, norm, extra=made)

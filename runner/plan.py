@@ -385,11 +385,14 @@ def _check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: s
     where = ", ".join(f"{a}={choices[a]}" for a in ("dataset", "model", "pooling", "global_pool", "norm"))
     arch = json.dumps({a: OmegaConf.to_container(cfg[a]) for a in ("model", "pooling", "global_pool", "norm")}
                       | {"dataset": cfg.dataset.name}, sort_keys=True)
-    for key, check, what in ((json.dumps(OmegaConf.to_container(cfg.loss), sort_keys=True), lambda: build.loss(cfg),
-                              f"loss={choices['loss']}"),
+    loss_key, loss_what = json.dumps(OmegaConf.to_container(cfg.loss), sort_keys=True), f"loss={choices['loss']}"
+    sized = declared(build.target(cfg.loss), "needs_mid_features", False)
+    if sized:  # the loss is sized by the model: checked once per architecture
+        loss_key, loss_what = loss_key + arch, f"{loss_what} with {where}"
+    for key, check, what in ((arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}"),
+                             (loss_key, lambda: build.loss(cfg, _uncompiled_model(cfg) if sized else None), loss_what),
                              (json.dumps(OmegaConf.to_container(cfg.optim), sort_keys=True),
-                              lambda: build.optimizer(cfg, torch.nn.Linear(1, 1)), f"optim={choices['optim']}"),
-                             (arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}")):
+                              lambda: build.optimizer(cfg, torch.nn.Linear(1, 1)), f"optim={choices['optim']}")):
         if key in checked:
             continue
         try:
@@ -405,12 +408,16 @@ def _check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: s
         checked.add(key)
 
 
-def _dry_forward(cfg: DictConfig) -> None:
+def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
     cfg = cfg.copy()
     with open_dict(cfg):
         if "compile" in cfg.pooling:  # checking shapes is no reason to compile (importing dynamo alone takes 1.5 s)
             cfg.pooling.compile = False
-    model = build.model(cfg)
+    return build.model(cfg)
+
+
+def _dry_forward(cfg: DictConfig) -> None:
+    model = _uncompiled_model(cfg)
     spec = SPECS[cfg.dataset.name]
     with torch.no_grad():
         try:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import datasets
-from models.features import captured, classifier
+from models.features import captured, classifier, penultimate_stage, tapped
 from runner import build, records, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
 from runner.launch import usable_cores
@@ -76,31 +76,34 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
                     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over ``batches``; returns (mean training loss, training accuracy). No per-batch host sync.
 
-    With a ``teacher`` (an eval-mode model taking this batch), the loss gets ``teacher_logits=``.
+    With a ``teacher`` (an eval-mode model taking this batch), the loss gets ``teacher_logits=``; a loss that
+    declares ``needs_mid_features`` gets the penultimate stage's output of this forward as ``mid_features=``.
     """
     model.train()
+    loss_fn.train()
     loss_sum = correct = None
     count = 0
-    for x, y in batches:
-        with autocast():
-            logits = model(x)
-            if teacher is None:
-                loss = loss_fn(logits, y)
-            else:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)  # the same augmented batch as the student
-                loss = loss_fn(logits, y, teacher_logits=teacher_logits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            batch_loss = loss.detach().float() * len(y)
-            batch_correct = (logits.argmax(dim=1) == y).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-        count += len(y)
-        advance()
+    mid_stage = getattr(loss_fn, "needs_mid_features", False)
+    with tapped(penultimate_stage(model)[0]) if mid_stage else contextlib.nullcontext() as mid:
+        for x, y in batches:
+            with autocast():
+                logits = model(x)
+                extra = {"mid_features": mid.pop()} if mid_stage else {}
+                if teacher is not None:
+                    with torch.no_grad():
+                        extra["teacher_logits"] = teacher(x)  # the same augmented batch as the student
+                loss = loss_fn(logits, y, **extra)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                batch_loss = loss.detach().float() * len(y)
+                batch_correct = (logits.argmax(dim=1) == y).sum()
+                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+                correct = batch_correct if correct is None else correct + batch_correct
+            count += len(y)
+            advance()
     return (loss_sum / count).item(), (correct / count).item()
 
 
@@ -178,6 +181,7 @@ def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.op
     train_seconds, first = 0.0, 1
     if resume is not None:
         model.load_state_dict(resume["model"])
+        loss_fn.load_state_dict(resume.get("loss", {}))  # a loss's own weights (USKD's weak classifier)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
@@ -204,7 +208,7 @@ def fit(plan: RunPlan, model: nn.Module, loss_fn: nn.Module, optimizer: torch.op
         row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
         on_epoch(row)
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            on_state({"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(),
+            on_state({"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(), "loss": loss_fn.state_dict(),
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                       "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None})

@@ -199,6 +199,7 @@ def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir
     ["optim.momentum=-1"], ["optim=adamw", "optim.betas=[0.9]"], ["+optim.foo=1"], ["dataset.split_seed=-1"],
     ["norm.momentum=5"], ["norm=group", "norm.groups=0"], ["loss=focal_adaptive", "loss.threshold=2"], ["norm=null"],
     ["-m", "seed=interval(0,3)"], ["pooling._target_=runner.train.subprocess.call"], ["epochs=${epochs}"],
+    ["loss=uskd", "model.widths=[32]", "model.downsample_at=[0]"], ["loss=uskd", "+loss.num_classes=10"],
     ["--config-dir", "/nonexistent/presets"], ["-m", "pooling=max,maxx"],
 ])
 def test_a_config_mistake_exits_2_before_any_data_with_nothing_written(mistake, tmp_path):

@@ -80,10 +80,18 @@ def test_loss_contract(option, planned):
     logits = torch.randn(6, 10, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, 9])
     kw = {"teacher_logits": torch.randn(6, 10)} if getattr(loss, "needs_teacher", False) else {}
+    if getattr(loss, "needs_mid_features", False):  # sized by the planned model's penultimate stage
+        from models.features import penultimate_stage
+
+        channels = penultimate_stage(build.model(planned("loss", option).cfg))[1]
+        kw["mid_features"] = torch.randn(6, channels, 4, 4, requires_grad=True)
     value = loss(logits, target, **kw)
     assert value.shape == () and torch.isfinite(value)
     value.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    for p in [*loss.parameters(), *kw.values()]:  # a loss's own weights and the features it reads learn too
+        if p.requires_grad:
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("option", options("model"))
@@ -105,6 +113,6 @@ def test_every_option_has_by_hand_tests():
     import test_pooling
 
     tables = {"pooling": test_pooling.LOCAL, "global_pool": test_pooling.HEADS, "norm": {**test_norm.BLOCKS, **test_norm.RESIDUAL_ONLY},
-              "loss": {**test_losses.PLAIN, **test_losses.DISTILL}}
+              "loss": {**test_losses.PLAIN, **test_losses.DISTILL, **test_losses.SELF}}
     missing = {g: sorted(set(options(g)) - set(t)) for g, t in tables.items()}
     assert not any(missing.values()), f"options without hand-checked cases: {missing}"

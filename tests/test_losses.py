@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from runner.losses import (AdaptiveFocalLoss, CrossEntropy, CrossEntropyZReg, DiceMetricLoss, DualFocalLoss, FocalLoss,
                            KnowledgeDistillation, NormalizedKnowledgeDistillation, PlackettLuceDistillation,
-                           SelfAdjustingDiceLoss, SparsemaxLoss, TransformedTeacherMatching,
+                           SelfAdjustingDiceLoss, SparsemaxLoss, TransformedTeacherMatching, UniversalSelfDistillation,
                            WeightedTransformedTeacherMatching, ZLoss)
 from runner.losses.dice import tversky_loss
 
@@ -22,6 +22,16 @@ PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), 
 DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "pld_cifar": PlackettLuceDistillation(temperature=4.0),
            "ttm": TransformedTeacherMatching(), "wttm": WeightedTransformedTeacherMatching(),
            "nkd": NormalizedKnowledgeDistillation()}
+SELF = {"uskd": UniversalSelfDistillation}  # sized by the model and the classes: SELF[name](channels, num_classes)
+
+
+def call(name, s, y, t=None):
+    """Loss ``name`` of logits ``s``: a distillation loss gets teacher logits ``t``, a self-distillation loss
+    (sized for ``s``, seeded) a mid-level feature map of ones."""
+    if name in SELF:
+        torch.manual_seed(0)
+        return SELF[name](3, s.shape[1])(s, y, mid_features=torch.ones(len(s), 3, 2, 2, dtype=s.dtype))
+    return {**PLAIN, **DISTILL}[name](s, y, **({"teacher_logits": t} if name in DISTILL else {}))
 
 
 def one(logits, target, loss, teacher=None):
@@ -151,13 +161,14 @@ def test_wttm_and_nkd_by_hand():
         math.log(3) + 0.730842 + 1.039721, abs=1e-6)
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
 def _authors_forms(s: np.ndarray, t: np.ndarray, y: np.ndarray, tau: float, weight: float) -> tuple[float, float]:
     """The NKD and WTTM terms as the authors' code computes them (cls_KD nkd.py: a mask removes the target column;
     TTM repo wttm.py: the teacher's softmax raised to 1/T and renormalized), in numpy, without the CE term."""
-    def log_softmax(x):
-        x = x - x.max(1, keepdims=True)
-        return x - np.log(np.exp(x).sum(1, keepdims=True))
-
     n, k = s.shape
     rows = np.arange(n)
     t_y = np.exp(log_softmax(t))[rows, y]
@@ -185,6 +196,108 @@ def test_nkd_and_wttm_match_the_authors_forms_on_random_inputs():
         wttm = WeightedTransformedTeacherMatching(temperature=tau, beta=1.0)(*args, teacher_logits=torch.tensor(t)).item()
         assert nkd - ce == pytest.approx(nkd_ref, abs=1e-6)
         assert wttm - ce == pytest.approx(wttm_ref, abs=1e-6)
+
+
+# ------------------------------------------------------------------ USKD (self-distillation, no teacher)
+
+def uskd_one(p, weak_p, alpha, beta, mu, rank_by="code", target=0):
+    """USKD of one sample with final probabilities ``p``, its weak head giving probabilities ``weak_p`` (zero
+    weights, bias log weak_p: the feature does not matter)."""
+    loss = UniversalSelfDistillation(1, len(p), alpha=alpha, beta=beta, mu=mu, rank_by=rank_by).double()
+    with torch.no_grad():
+        loss.weak.weight.zero_()
+        loss.weak.bias.copy_(torch.tensor(weak_p, dtype=torch.float64).log())
+    return loss(torch.tensor([p], dtype=torch.float64).log(), torch.tensor([target]),
+                mid_features=torch.zeros(1, 1, dtype=torch.float64)).item()
+
+
+def test_uskd_by_hand():
+    # p = [0.5, 0.3, 0.2], y = 0, a uniform weak head. One sample: the soft target s_y² + 1 − mean s_y² is 1, so
+    # L_target = −ln 0.5. Ranked by p (the weak term is the same for every class): Zipf 1, 1/2, 1/3; the
+    # non-target 1/2, 1/3 renormalize to 0.6, 0.4 against the non-target softmax 0.3/0.5, 0.2/0.5:
+    # L_non = −(0.6 ln 0.6 + 0.4 ln 0.4) = 0.673012. L_weak = μ·ln 3 (any smoothed label against 1/3 each).
+    uniform = [1 / 3] * 3
+    assert uskd_one(P, uniform, 0.0, 1.0, 0.0) - math.log(2) == pytest.approx(0.673012, abs=1e-6)
+    assert uskd_one(P, uniform, 1.0, 0.0, 0.0) == pytest.approx(2 * math.log(2), abs=1e-9)
+    assert uskd_one(P, uniform, 0.0, 0.0, 1.0) - math.log(2) == pytest.approx(math.log(3), abs=1e-9)
+    # all together: ln 2 + 0.5·ln 2 + 0.25·0.673012 + 0.1·ln 3
+    assert uskd_one(P, uniform, 0.5, 0.25, 0.1) == pytest.approx(1.317835, abs=1e-6)
+    # the target ranks among the classes: p = [0.3, 0.5, 0.2] puts it second, so the non-target labels are
+    # 1 and 1/3 (not 1 and 1/2): 0.75, 0.25 against 0.5/0.7, 0.2/0.7 -> 0.565545
+    assert uskd_one([0.3, 0.5, 0.2], uniform, 0.0, 1.0, 0.0) + math.log(0.3) == pytest.approx(0.565545, abs=1e-6)
+
+
+def test_uskd_ranks_by_the_final_log_probabilities_or_by_both_heads_probabilities():
+    # weak head [0.5, 0.195, 0.305], so v_k/(1 − v_y) = [1, 0.39, 0.61]. rank_by=code adds ln p_k/(1 − ln 0.5):
+    # [0.5906, −0.3211, −0.3406], order 0, 1, 2 as before: L_non = 0.673012. rank_by=probs adds p_k/0.5 = [1, 0.6, 0.4]:
+    # [2, 0.99, 1.01], order 0, 2, 1: labels 1/3, 1/2 -> 0.4, 0.6 and L_non = −(0.4 ln 0.6 + 0.6 ln 0.4) = 0.754105
+    weak = [0.5, 0.195, 0.305]
+    assert uskd_one(P, weak, 0.0, 1.0, 0.0, "code") - math.log(2) == pytest.approx(0.673012, abs=1e-6)
+    assert uskd_one(P, weak, 0.0, 1.0, 0.0, "probs") - math.log(2) == pytest.approx(0.754105, abs=1e-6)
+
+
+def test_uskd_soft_target_is_shifted_to_a_batch_mean_of_one_and_carries_no_gradient():
+    # two samples with s_y = 0.5 and 0.8: s_y² = 0.25, 0.64, mean 0.445, soft targets 0.805 and 1.195;
+    # L_target = (0.805·ln 2 − 1.195·ln 0.8)/2 = 0.412320, and its gradient is soft_n·(s_n − e_y)/2
+    s = torch.tensor([[0.5, 0.5], [0.8, 0.2]], dtype=torch.float64).log().requires_grad_()
+    y = torch.tensor([0, 0])
+    mid = torch.zeros(2, 1, dtype=torch.float64)
+    with_t, without = (UniversalSelfDistillation(1, 2, alpha=a, beta=0.0, mu=0.0).double() for a in (1.0, 0.0))
+    term = with_t(s, y, mid_features=mid) - without(s, y, mid_features=mid)
+    assert term.item() == pytest.approx(0.412320, abs=1e-6)
+    (grad,) = torch.autograd.grad(term, s)
+    expected = torch.tensor([[0.805 * (0.5 - 1), 0.805 * 0.5], [1.195 * (0.8 - 1), 1.195 * 0.2]], dtype=torch.float64) / 2
+    assert torch.allclose(grad, expected, atol=1e-9)
+
+
+def _uskd_authors_form(s, mid, w, b, y, alpha, beta, mu):
+    """The USKD term of the authors' uskd.py (hard labels), transcribed to numpy: the final head enters the rank as
+    log-probabilities; the Zipf labels follow the rank of every class, the target's too."""
+    n, k = s.shape
+    rows = np.arange(n)
+    sp = np.exp(log_softmax(s))
+    p_t = sp[rows, y] ** 2
+    p_t = p_t + 1 - p_t.mean()
+    ls = log_softmax(s)
+    loss_t = -(p_t * ls[rows, y]).mean()
+    target = np.full((n, k), 0.1 / k)
+    target[rows, y] += 0.9
+    wl = mid @ w.T + b
+    loss_weak = -(mu * target * log_softmax(wl)).sum(1).mean()
+    wp = np.exp(log_softmax(wl))
+    rank = wp / (1 - wp[rows, y][:, None] + 1e-6) + ls / (1 - ls[rows, y][:, None] + 1e-6)
+    order = np.argsort(-rank, axis=1, kind="stable")
+    z = (1 / np.arange(1, k + 1))[np.argsort(order, axis=1)]
+    mask = np.ones((n, k), bool)
+    mask[rows, y] = False
+    nz = z[mask].reshape(n, k - 1)
+    nz = nz / nz.sum(1, keepdims=True)
+    loss_non = -(nz * log_softmax(s[mask].reshape(n, k - 1))).sum(1).mean()
+    return alpha * loss_t + beta * loss_non + loss_weak
+
+
+def test_uskd_matches_the_authors_form_on_random_inputs():
+    rng = np.random.default_rng(1)
+    s, mid = rng.normal(size=(16, 10)) * 3, rng.normal(size=(16, 6, 2, 2))
+    y = rng.integers(0, 10, 16)
+    for alpha, beta, mu in ((1.0, 0.1, 0.005), (0.1, 0.1, 0.1)):  # the authors' ImageNet and CIFAR-100 settings
+        loss = UniversalSelfDistillation(6, 10, alpha=alpha, beta=beta, mu=mu).double()
+        w, b = loss.weak.weight.detach().numpy(), loss.weak.bias.detach().numpy()
+        ref = _uskd_authors_form(s, mid.mean((2, 3)), w, b, y, alpha, beta, mu)
+        ours = loss(torch.tensor(s), torch.tensor(y), mid_features=torch.tensor(mid)).item()
+        assert ours - F.cross_entropy(torch.tensor(s), torch.tensor(y)).item() == pytest.approx(ref, abs=1e-6)
+
+
+def test_uskd_trains_its_weak_head_and_the_features_under_it():
+    loss = UniversalSelfDistillation(4, 5)
+    mid = torch.randn(3, 4, 2, 2, requires_grad=True)
+    loss(torch.randn(3, 5), torch.tensor([0, 1, 4]), mid_features=mid).backward()
+    assert loss.weak.weight.grad.abs().sum() > 0 and mid.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mid_features"):
+        loss(torch.zeros(1, 5), torch.tensor([0]))
+    for bad in ({"alpha": -1.0}, {"mu": -0.1}, {"rank_by": "paper"}):
+        with pytest.raises(ValueError):
+            UniversalSelfDistillation(4, 5, **bad)
 
 
 def test_distillation_without_teacher_logits_is_an_error():
@@ -257,42 +370,35 @@ def test_ce_weight_mixes_cross_entropy_in():
 
 # ------------------------------------------------------------------ every loss: safety and contract
 
-@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL, *SELF])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_finite_loss_and_gradient_for_extreme_and_half_precision_logits(name, dtype):
-    loss = {**PLAIN, **DISTILL}[name]
     s = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [1e4, 1e4, -1e4]]).to(dtype).requires_grad_()
-    y = torch.tensor([0, 0, 2])
-    kw = {"teacher_logits": torch.tensor([[2.0, 1.0, 0.0]] * 3).to(dtype)} if name in DISTILL else {}
-    value = loss(s, y, **kw)
+    value = call(name, s, torch.tensor([0, 0, 2]), torch.tensor([[2.0, 1.0, 0.0]] * 3).to(dtype))
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(s.grad).all()  # half: computed in float32
 
 
-@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL, *SELF])
 def test_equal_logits_give_a_finite_loss_and_gradient(name):
     # Z-loss's standardization is 0/0 here; with eps its gradient is of order 1/eps = 1e12: finite in
     # float32, beyond float16's range (65504), so this case is checked in float32.
-    loss = {**PLAIN, **DISTILL}[name]
     s = torch.full((2, 4), 3.0, requires_grad=True)
-    kw = {"teacher_logits": torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2)} if name in DISTILL else {}
-    value = loss(s, torch.tensor([0, 3]), **kw)
+    value = call(name, s, torch.tensor([0, 3]), torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(s.grad).all()
 
 
-@pytest.mark.parametrize("name", [*PLAIN, *DISTILL])
+@pytest.mark.parametrize("name", [*PLAIN, *DISTILL, *SELF])
 def test_every_loss_is_a_batch_mean(name):
     torch.manual_seed(0)
-    loss = {**PLAIN, **DISTILL}[name]
     s, y, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3]), torch.randn(4, 5, dtype=torch.float64)
-    kw = lambda i: {"teacher_logits": t[i]} if name in DISTILL else {}  # noqa: E731
-    if name in ("dice", "jaccard"):  # batch-level by definition: the same batch twice gives the same loss
-        assert loss(s.repeat(2, 1), y.repeat(2), **({"teacher_logits": t.repeat(2, 1)} if name in DISTILL else {})).item() == \
-            pytest.approx(loss(s, y).item())
+    if name in ("dice", "jaccard", "uskd"):  # batch-level by definition (USKD: its soft target's batch mean of s_y²):
+        # the same batch twice gives the same loss
+        assert call(name, s.repeat(2, 1), y.repeat(2), t.repeat(2, 1)).item() == pytest.approx(call(name, s, y, t).item())
         return
-    each = [loss(s[i:i + 1], y[i:i + 1], **kw(slice(i, i + 1))).item() for i in range(4)]
-    assert loss(s, y, **kw(slice(None))).item() == pytest.approx(sum(each) / 4)
+    each = [call(name, s[i:i + 1], y[i:i + 1], t[i:i + 1]).item() for i in range(4)]
+    assert call(name, s, y, t).item() == pytest.approx(sum(each) / 4)
 
 
 # ------------------------------------------------------------------ LogitClip (a wrapper around any loss)

@@ -1,4 +1,5 @@
-"""Feature-based OOD scores by hand, and the penultimate-feature hook of every model option."""
+"""Feature-based OOD scores by hand, and the feature hooks of every model option (the classifier's input, the
+penultimate stage)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.features import captured, classifier
+from models.features import captured, classifier, penultimate_stage, tapped
 from runner.compose import CONF_DIR
 from runner.ood_features import mahalanobis, vim, vim_dim
 
@@ -60,3 +61,25 @@ def test_every_model_exposes_the_input_of_its_classifier(model, data_dir):
     fc = classifier(net)
     assert f.shape == (3, fc.in_features)
     assert torch.allclose(fc(f), logits, atol=1e-5)  # the classifier's input, nothing after it
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_every_model_exposes_its_penultimate_stage(model, data_dir):
+    # the stage before the last: its output has the declared channels, and the last stage maps it on to the head;
+    # a model with one stage has none, which the plan reports for loss=uskd (tests/test_cli.py)
+    from datasets import SPECS
+    from runner.build import model as build_model
+    from runner.plan import make_plan
+
+    dataset = "cifar10" if model == "vgg11" else "mnist"
+    cfg = make_plan([f"model={model}", f"dataset={dataset}", f"data_dir={data_dir}", "dataset.verify_checksums=false"]).cfg
+    spec = SPECS[dataset]
+    net = build_model(cfg).eval()
+    (*_, (mid, channels), (last, last_channels)) = net.stages()
+    assert penultimate_stage(net) == (mid, channels)
+    with tapped(mid) as out, tapped(last) as end:
+        net(torch.randn(2, spec.in_channels, spec.image_size, spec.image_size))
+    (f,), (g,) = out, end
+    assert f.dim() == 4 and f.shape[:2] == (2, channels) and g.shape[1] == last_channels
+    assert f.shape[2] >= g.shape[2]  # the last stage keeps or shrinks the spatial size
+    assert net.global_pool(g).shape == (2, classifier(net).in_features)  # and the last stage feeds the head

@@ -1,6 +1,7 @@
 """One run in-process: training, determinism, statuses, checkpoint and records."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
@@ -277,3 +278,30 @@ def test_fixup_with_zloss_takes_bounded_steps_and_its_loss_falls(data_dir, tmp_p
     assert record["status"] == "ok"
     losses = pd.read_csv(tmp_path / "epochs.csv").train_loss
     assert losses.map(math.isfinite).all() and losses.iloc[-1] < losses.iloc[0]
+
+
+def test_a_loss_with_its_own_weights_trains_them_and_resumes_them(data_dir, tmp_path):
+    # USKD's weak classifier: in the optimizer (it changes from its initial weights), in the saved state, and
+    # restored on resume: a run continued from epoch 1 ends with the logits of the uninterrupted run
+    from datasets import load
+
+    plan = tiny(data_dir, tmp_path, "loss=uskd", "epochs=2", "checkpoint_every=1")
+    splits = load(plan.cfg.dataset, data_dir)
+
+    def fit(resume=None):
+        torch.manual_seed(plan.cfg.seed)
+        model, loss_fn, optimizer = build.parts(plan.cfg)
+        initial = loss_fn.weak.weight.detach().clone()
+        states = []
+        out = runner.train.fit(plan, model, loss_fn, optimizer, splits, torch.device("cpu"), lambda row: None,
+                               resume=resume, on_state=lambda state: states.append(copy.deepcopy(state)))  # as saved
+        return out["logits"]["test_logits"], states, initial, loss_fn
+
+    whole, (state,), initial, loss_fn = fit()
+    assert not torch.equal(state["loss"]["weak.weight"], initial)
+    assert {id(p) for g in build.optimizer(plan.cfg, torch.nn.Linear(1, 1), extra=loss_fn).param_groups
+            for p in g["params"]} >= {id(p) for p in loss_fn.parameters()}
+    resumed, _, _, _ = fit(state)
+    assert torch.equal(resumed, whole)
+    with pytest.raises(RuntimeError, match="weak"):  # a state without the loss's weights is refused, not ignored
+        fit({k: v for k, v in state.items() if k != "loss"})

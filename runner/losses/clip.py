@@ -17,7 +17,8 @@ def clip_logits(logits: torch.Tensor, tau: float, p: float = 2.0) -> torch.Tenso
 
 
 class LogitClip(nn.Module):
-    """``loss(clip(logits), target, ...)``: what the wrapped loss declares (``needs_teacher``) passes through."""
+    """``loss(clip(logits), target, ...)``: what the wrapped loss declares (``needs_teacher``,
+    ``needs_mid_features``) passes through."""
 
     def __init__(self, loss: nn.Module, tau: float, p: float = 2.0) -> None:
         super().__init__()
@@ -25,6 +26,7 @@ class LogitClip(nn.Module):
             raise ValueError(f"logit_clip must be > 0, got {tau}")
         self.loss, self.tau, self.p = loss, tau, p
         self.needs_teacher = getattr(loss, "needs_teacher", False)
+        self.needs_mid_features = getattr(loss, "needs_mid_features", False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         return self.loss(clip_logits(logits, self.tau, self.p), target, **kwargs)

@@ -109,7 +109,7 @@ class WeightedTransformedTeacherMatching(TransformedTeacherMatching):
         return F.cross_entropy(s, target) + self.beta * (weight * kl).mean()
 
 
-def _without_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def without_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N, K) -> (N, K − 1): each row without its target class's column, the other columns in order."""
     keep = torch.ones_like(x, dtype=torch.bool).scatter(1, target[:, None], False)
     return x[keep].view(x.shape[0], x.shape[1] - 1)
@@ -129,7 +129,7 @@ class NormalizedKnowledgeDistillation(_Distillation):
         log_s = F.log_softmax(s, dim=1)
         t_y = F.softmax(t, dim=1).gather(1, target[:, None]).squeeze(1)
         target_term = -(t_y * log_s.gather(1, target[:, None]).squeeze(1)).mean()
-        q = F.softmax(_without_target(t, target) / tau, dim=1)
-        log_p = F.log_softmax(_without_target(s, target) / tau, dim=1)
+        q = F.softmax(without_target(t, target) / tau, dim=1)
+        log_p = F.log_softmax(without_target(s, target) / tau, dim=1)
         non_target = -self.gamma * tau**2 * (q * log_p).sum(1).mean()
         return F.cross_entropy(s, target) + target_term + non_target
