@@ -368,7 +368,7 @@ def run_trials(job: Job) -> bool:
             if state is None:
                 error(f"tune {m.label}: trial {t.number} is not finished ({why})")
                 continue
-            m.study.tell(t.number, value, state=state) if state == TrialState.COMPLETE else m.study.tell(t.number, state=state)
+            m.study.tell(t.number, value, state=state)  # value is None for a pruned or failed trial
             told += 1
             done = sum(tr.state in FINISHED for tr in m.study.get_trials(deepcopy=False))
             best = chosen(m)
