@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, TINY, cli
+from test_contracts import DISTILLATION
 
 from runner.compose import CONF_DIR
 from runner.plan import make_plan
@@ -188,7 +189,7 @@ def test_every_option_refuses_an_unknown_setting_and_a_foreign_target(group):
     for option in options(group):
         extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar10", "download=true"]}
         base = [f"{group}={option}", *extra.get((group, option), [])]
-        if group == "loss" and "teacher" in (CONF_DIR / "loss" / f"{option}.yaml").read_text().lower():
+        if group == "loss" and option in DISTILLATION:  # what the loss's class declares
             base.append("teacher=resnet20")
         with pytest.raises(ConfigError, match=f"{group}.not_a_setting: not a setting of {group}"):
             make_plan([*base, f"+{group}.not_a_setting=1"])
