@@ -15,7 +15,7 @@ with Normalized Loss and Customized Soft Labels"; authors' code yzd-v/cls_KD, ``
   too) are ranked by a score r; the class at rank j (1-based) gets 1/j; the non-target entries are renormalized.
   - ``rank_by="code"`` (default, the authors' code): ``r_k = v_k/(1 − v_y) + log s_k/(1 − log s_y)``. Their
     code reuses the name of the final softmax for its log-softmax before this line, so the final head enters
-    as log-probabilities, which dominate the weak head's term.
+    as log-probabilities, on a wider scale than the weak head's term.
   - ``rank_by="probs"``: ``r_k = v_k/(1 − v_y) + s_k/(1 − s_y)``, both heads' probabilities normalized over the
     non-target classes, which the code's names suggest was meant.
   Both denominators carry the code's +1e-6. Rank ties keep class order (a stable sort).
@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Annotated, Literal, get_args
 
 import torch
-from annotated_types import Ge
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from runner.losses.ce import wide
@@ -55,7 +55,7 @@ class UniversalSelfDistillation(nn.Module):
             raise ValueError(f"need channels >= 1 and num_classes >= 2, got {channels}, {num_classes}")
         self.alpha, self.beta, self.mu, self.rank_by = alpha, beta, mu, rank_by
         self.weak = nn.Linear(channels, num_classes)
-        self.register_buffer("zipf", 1.0 / torch.arange(1, num_classes + 1, dtype=torch.float64), persistent=False)
+        self.register_buffer("zipf", 1.0 / torch.arange(1, num_classes + 1), persistent=False)  # float32: MPS has no float64
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mid_features: torch.Tensor | None = None) -> torch.Tensor:
         if mid_features is None:
