@@ -89,6 +89,21 @@ def at_edge(value: float, low: float, high: float, log: bool) -> str | None:
     return "low" if share <= EDGE else "high" if share >= 1 - EDGE else None
 
 
+def range_edges(chosen: dict, ranges: pd.DataFrame) -> str:
+    """The settings of one study's ``chosen`` row at an edge of their ``ranges`` (spaces.csv rows), as "key (side)"."""
+    if "low" not in ranges:
+        return ""
+    edges = []
+    for r in ranges[ranges["low"].notna()].itertuples():  # a `choices` setting has no bounds
+        value = chosen.get(r.setting)
+        if not isinstance(value, (int, float, np.number)):
+            continue
+        side = at_edge(float(value), float(r.low), float(r.high), str(getattr(r, "log", False)).lower() == "true")
+        if side:
+            edges.append(f"{r.setting} ({side})")
+    return ", ".join(edges)
+
+
 def params_of(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if c not in TRIAL_COLUMNS]
 
@@ -129,16 +144,7 @@ def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None,
                "last_improvement": improved[-1] if improved else None}
         row |= {p: pick[p].iloc[0] for p in params if len(pick) and pd.notna(pick[p].iloc[0])}
         if spaces is not None and not spaces.empty and len(pick):
-            edges = []
-            ranges = spaces[spaces["study"] == study]
-            ranges = ranges[ranges["low"].notna()] if "low" in ranges else ranges.iloc[0:0]  # choices have no bounds
-            for r in ranges.itertuples():
-                value = row.get(r.setting)
-                side = at_edge(float(value), float(r.low), float(r.high), str(getattr(r, "log", False)).lower() == "true") \
-                    if isinstance(value, (int, float, np.number)) else None
-                if side:
-                    edges.append(f"{r.setting} ({side})")
-            row["at_range_edge"] = ", ".join(edges)
+            row["at_range_edge"] = range_edges(row, spaces[spaces["study"] == study])
         chosen_rows.append(row)
         done = t[t["state"] == "complete"]
         for p in params:
