@@ -31,7 +31,7 @@ def _terminated(signum: int, frame: object) -> None:
 def task(cfg: DictConfig) -> None:
     # Imported here, not at the top: --help and --cfg never need torch (1.8 s of start-up on 2 cores).
     from runner.plan import plan_from_config
-    from runner.train import run
+    from runner.run import run
 
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (scancel, a time limit, preemption, kill) stops the run as Ctrl-C does: recorded as interrupted

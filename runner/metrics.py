@@ -26,8 +26,10 @@ logits, so an old run can be measured with the current definitions.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,26 +45,48 @@ from runner import records
 
 TS_METHODS = ("ece_grid", "nll_lbfgs")
 
-# The direction of each metric, for sorting and verdicts: True when larger is better.
-HIGHER_IS_BETTER = {"acc": True, "msp_auroc": True, "ood_auroc": True, "nll": False, "brier": False, "ece": False,
-                    "ada_ece": False, "classwise_ece": False, "mce": False, "rmsce": False, "aurc": False,
-                    "ood_fpr95": False, "loss": False}
-NO_DIRECTION = ("temperature",)  # recorded measurements that are not a quality: nothing ranks by them
+# What each metric is, for sorting, verdicts and the report's units: its direction (True when larger is better)
+# and whether it is a rate (a fraction in [0, 1], shown in points on the 0–100 scale). NLL and Brier (in [0, 2],
+# summed over classes) are not rates. One table: a new metric gets both facts here and nowhere else.
+@dataclass(frozen=True)
+class Kind:
+    higher_is_better: bool | None
+    rate: bool
 
 
-def higher_is_better(column: str) -> bool | None:
-    """The direction of a runs.csv metric column (``test_ece`` and ``best_test_ece_ts`` -> False), or None for
-    a column with no direction. A ``_ts`` metric (after temperature scaling) has its base metric's direction."""
+METRIC_KINDS = {"acc": Kind(True, True), "msp_auroc": Kind(True, True), "ood_auroc": Kind(True, True),
+                "nll": Kind(False, False), "brier": Kind(False, False), "ece": Kind(False, True),
+                "ada_ece": Kind(False, True), "classwise_ece": Kind(False, True), "mce": Kind(False, True),
+                "rmsce": Kind(False, True), "aurc": Kind(False, True), "ood_fpr95": Kind(False, True),
+                "loss": Kind(False, False), "temperature": Kind(None, False)}
+
+
+def kind(column: str) -> Kind | None:
+    """What a runs.csv metric column is (``test_ece`` and ``best_test_ece_ts`` -> Kind(False, True)), or None for a
+    column this table does not know. A ``_ts`` metric (after temperature scaling) is its base metric's kind; every
+    OOD score's pair (``ood_auroc_energy``) is its family's."""
     name = column.removeprefix("best_")
-    for family, direction in (("ood_auroc", True), ("ood_fpr95", False)):  # every OOD score's pair
+    for family in ("ood_auroc", "ood_fpr95"):
         if name.startswith(family):
-            return direction
+            return METRIC_KINDS[family]
     for prefix in ("test_", "val_", "train_", ""):
         if name.startswith(prefix):
             base = name[len(prefix):].removesuffix("_ts")
-            if base in HIGHER_IS_BETTER:
-                return HIGHER_IS_BETTER[base]
+            if base in METRIC_KINDS:
+                return METRIC_KINDS[base]
     return None
+
+
+def higher_is_better(column: str) -> bool | None:
+    """The direction of a runs.csv metric column, or None for a column with no direction."""
+    k = kind(column)
+    return k.higher_is_better if k else None
+
+
+def is_rate(column: str) -> bool:
+    """Whether a metric column is a fraction in [0, 1] (reported in points)."""
+    k = kind(column)
+    return bool(k and k.rate)
 
 
 def reliability(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,6 +171,13 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_bins: i
         "msp_auroc": _auroc(hit_np, conf_np),
         "aurc": aurc(conf_np, hit_np),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def metric_names() -> tuple[str, ...]:
+    """The names ``classification_metrics`` writes for each split (read off one call on four made-up samples)."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0]])
+    return tuple(classification_metrics(logits, torch.tensor([0, 1, 1, 0])))
 
 
 # ---------------------------------------------------------------- temperature scaling

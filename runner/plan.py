@@ -1,52 +1,40 @@
-"""The run plan: one cell's typed, validated config, its chosen options, its identity and its teacher.
+"""The run plan: one cell's typed, validated config, its chosen options, its identity, its teacher and OOD data.
 
 ``make_plans(command)`` composes every cell of a command and plans each before anything runs;
 ``plan_from_config(cfg, choices)`` is the one function that turns a composed config into a ``RunPlan``
 (the pre-flight, a job process of a parallel launcher and a teacher's checkpoint all go through it), so
-a run's id is the same in every process by construction. Nothing downstream re-validates a plan.
+a run's id is the same in every process by construction. The plan carries everything the run needs (the
+teacher's own plan, the composed OOD dataset): nothing downstream composes, types or validates again.
+Typing and the ``_target_`` allow-list are runner/targets.py's; the checks before data, runner/checks.py's.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import json
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import torch
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
-from datasets import SPECS, DataError, check_available, load_cached
-from datasets.registry import cache_path
-from datasets.batches import AUGMENTS
-from models import declared
-from runner import build, records
+from datasets import SPECS
+from runner import checks, records
 from runner.checkpoint import read_checkpoint
-from runner.compose import CONF_DIR, Composer, dotted_keys, option_yaml
-from runner.metrics import TS_METHODS
-from runner.schema import (AXES, NOT_IDENTITY, RUN_ID, RUN_KEYS, ConfigError, DatasetConfig, RunConfig, TeacherConfig,
-                           check_dataclass_ranges, did_you_mean, typed_option)
+from runner.checks import check_builds, check_values, check_writable, device_type
+from runner.compose import Composer
+from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError
+from runner.targets import TARGET_HOMES, resolve_target, typed_config
 
-# Each group instantiates only classes and functions defined in its own package: a config (from the
-# shell, a YAML, a checkpoint) can choose among the project's methods but never name other code.
-TARGET_HOMES = {"model": "models", "pooling": "models.pooling", "global_pool": "models.pooling", "norm": "models.norm",
-                "loss": "runner.losses", "optim": "runner.optim"}
-SPECIAL_KEYS = ("_target_", "_partial_")  # Hydra's other instantiate keys (_args_, _recursive_, _convert_) are refused
+__all__ = ["RunPlan", "TeacherRef", "make_plan", "make_plans", "plan_from_config", "checkpoint_plan", "identity",
+           "literal", "device_type"]
 
 
 @dataclass(frozen=True)
 class TeacherRef:
     run_id: str
     checkpoint: Path
-    plan: "RunPlan | None" = None  # named by its settings: the run that trains it when it is missing
+    plan: "RunPlan"  # the teacher's own plan: its typed config builds its model, nothing is planned again
+    trains: bool = False  # named by its settings: the student's run trains it first when it is missing
 
 
 @dataclass(frozen=True)
@@ -60,6 +48,7 @@ class RunPlan:
     overrides: tuple[str, ...] = ()
     teacher: TeacherRef | None = None
     identity: dict[str, Any] = field(default_factory=dict, repr=False)
+    ood: DictConfig | None = None  # the dataset node of ``ood=<option>``, composed like ``dataset=`` (source_dir set)
 
     @property
     def root(self) -> Path:
@@ -112,351 +101,41 @@ def plan_from_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, 
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
     architecture is built once and each distinct option node is typed once per command."""
-    cfg = _typed(cfg, typed_options if typed_options is not None else {})
+    cfg = typed_config(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
     if check_data:
-        _check_writable("results_dir", cfg.results_dir)
-    _check_values(cfg, choices)
+        check_writable("results_dir", cfg.results_dir)
+    ood, options = _ood(cfg, composer) if cfg.ood is not None else (None, ())
+    check_values(cfg, choices, ood, options)
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
     teacher = _teacher(cfg, choices, launcher, composer) if cfg.teacher is not None else None
     ident = identity(cfg, choices, kind, autocast, teacher.run_id if teacher else None)
     rid = hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
-    plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident)
+    plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     done = skip_completed_builds and not cfg.force and records.completed(plan.folder) is not None
     if not done:
-        _check_builds(cfg, choices, checked if checked is not None else set())
+        check_builds(cfg, choices, checked if checked is not None else set())
     if check_data:
-        _check_data(cfg, checked if checked is not None else set())
+        checks.check_data(cfg, ood, checked if checked is not None else set())
     return plan
 
 
-def _typed(cfg: DictConfig | Mapping[str, Any], typed_options: dict[str, DictConfig]) -> DictConfig:
-    """The run config typed by the schema, interpolations resolved, each group option typed by its target.
-
-    ``typed_options`` holds the option nodes already typed in this command (a grid repeats a few options in
-    many cells; typing one costs milliseconds of OmegaConf)."""
-    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    unknown = sorted(set(raw.keys()) - set(RUN_KEYS))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: not a config key.{did_you_mean(str(unknown[0]), RUN_KEYS)} "
-                          f"See `python -m runner --cfg job` for every key.")
-    if OmegaConf.get_type(raw) is not RunConfig:  # a checkpoint's config or a plain mapping; Hydra's is typed already
-        try:
-            teacher = raw.get("teacher")
-            raw = OmegaConf.merge(OmegaConf.structured(RunConfig), {k: raw._get_node(k) for k in raw.keys() if k != "teacher"})
-            raw["teacher"] = teacher
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{e.full_key}: {_first_line(e)}.") from None
+def _ood(cfg: DictConfig, composer: Composer | None) -> tuple[DictConfig | None, list[str]]:
+    """The dataset node of ``ood=<option>`` as ``dataset=<option>`` composes it (so an option from the user's
+    --config-dir works in both places), with ``ood_source_dir`` as its source_dir; None if there is no such option."""
+    own = composer is None
+    composer = composer or Composer.from_global()
     try:
-        OmegaConf.resolve(raw)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or next((k for k in dotted_keys(raw) if not _resolves(raw, k)), "?")
-        raise ConfigError(f"{key}: its value cannot be resolved ({_first_line(e)}). "
-                          "Check the interpolation (${...}) and any environment variable it reads.") from None
-    with open_dict(raw):
-        for axis in TARGET_HOMES:  # an option's search space (conf/<group>/<option>.yaml: tune:) is runner.tune's
-            if isinstance(raw[axis], DictConfig) and "tune" in raw[axis]:
-                del raw[axis]["tune"]
-    plain = OmegaConf.to_container(raw)
-    with open_dict(raw):
-        for axis, home in TARGET_HOMES.items():
-            key = json.dumps([axis, plain[axis]], sort_keys=True, default=str)
-            if key not in typed_options:
-                typed_options[key] = _typed_option(axis, raw[axis], home)
-            raw[axis] = typed_options[key]
-        if raw.get("teacher") is not None:
-            try:
-                raw["teacher"] = OmegaConf.merge(OmegaConf.structured(TeacherConfig), raw.teacher)
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"teacher.{e.full_key}: {_first_line(e)}.") from None
-    return raw
-
-
-def _resolves(cfg: DictConfig, key: str) -> bool:
-    try:
-        OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
-        return True
-    except OmegaConfBaseException:
-        return False
-
-
-def _first_line(e: Exception) -> str:
-    return " ".join(str(e).split("\n")[0].split())
-
-
-def _typed_option(key: str, node: Any, home: str) -> DictConfig:
-    if not isinstance(node, DictConfig) or "_target_" not in node:
-        raise ConfigError(f"{key}: expected a config with a _target_ (an option of conf/{key.split('.')[0]}/), got {node!r}.")
-    extra = [k for k in node.keys() if str(k).startswith("_") and str(k).endswith("_") and k not in SPECIAL_KEYS]
-    if extra:
-        raise ConfigError(f"{key}.{extra[0]}: not allowed; an option may set {' and '.join(SPECIAL_KEYS)} only.")
-    target = resolve_target(f"{key}._target_", str(node._target_), home)
-    typed = typed_option(key, node, target)
-    for k in typed.keys():  # a nested option (weight_norm's block) is typed by its own target, same home
-        child = typed._get_node(k)
-        if isinstance(child, DictConfig) and "_target_" in child:
-            typed[k] = _typed_option(f"{key}.{k}", child, home)
-        elif isinstance(child, (DictConfig, ListConfig)):
-            _refuse_nested_targets(f"{key}.{k}", child)
-    return typed
-
-
-def _refuse_nested_targets(key: str, node: Any) -> None:
-    if isinstance(node, DictConfig):
-        for k in node.keys():
-            if str(k).startswith("_") and str(k).endswith("_"):
-                raise ConfigError(f"{key}.{k}: not allowed here; only an option's own node may have a _target_.")
-            _refuse_nested_targets(f"{key}.{k}", node._get_node(k))
-    elif isinstance(node, ListConfig):
-        for i, item in enumerate(node._iter_ex(resolve=False)):
-            _refuse_nested_targets(f"{key}[{i}]", item)
-
-
-def resolve_target(key: str, path: str, home: str) -> Callable[..., Any]:
-    """The class or function ``path`` names, if it is defined under ``home`` (a package of this project).
-
-    Only modules under ``home`` are ever imported, and the object must be *defined* there (its
-    ``__module__``), so a path that walks from a project module into a library it imports is refused.
-    """
-    refuse = ConfigError(f"{key}={path}: not allowed; a {key.split('.')[0]} option instantiates only classes and "
-                         f"functions defined in this project's {home} package.")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", path) or not (path + ".").startswith(home + "."):
-        raise refuse
-    parts = path.split(".")
-    for i in range(len(parts) - 1, home.count(".") , -1):
-        module = ".".join(parts[:i])
-        try:
-            obj: Any = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):  # this prefix is not a module; try a shorter one
-                continue
-            raise
-        try:
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            raise ConfigError(f"{key}={path}: {module} has no {'.'.join(parts[i:])}.") from None
-        defined_in = getattr(obj, "__module__", "") or ""
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and (defined_in + ".").startswith(home + "."):
-            return obj
-        raise refuse
-    raise refuse  # the package itself, or nothing importable under it
-
-
-# ---------------------------------------------------------------- checks before any data is touched
-
-def _check_values(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
-    check_dataclass_ranges(cfg, RunConfig)
-    check_dataclass_ranges(cfg.dataset, DatasetConfig, "dataset.")
-    ds = cfg.dataset
-    if ds.name not in SPECS:
-        raise ConfigError(f"dataset.name={ds.name}: unknown dataset. Allowed: {', '.join(SPECS)}.{did_you_mean(ds.name, SPECS)}")
-    if ds.augment not in AUGMENTS:
-        raise ConfigError(f"dataset.augment={ds.augment}: allowed: {', '.join(AUGMENTS)}.{did_you_mean(ds.augment, AUGMENTS)}")
-    if ds.source_dir is not None and not SPECS[ds.name].idx_source_dir:
-        readers = [n for n, s in SPECS.items() if s.idx_source_dir]
-        raise ConfigError(f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
-                          f"dataset={ds.name} reads data_dir.")
-    if cfg.ts_method not in TS_METHODS:
-        raise ConfigError(f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}")
-    if cfg.ood is not None:
-        _check_ood(cfg)
-    if cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
-    _check_device(cfg.device)
-    _check_logger(cfg.logger)
-    _check_norm(cfg, choices)
-    needs = bool(declared(build.target(cfg.loss), "needs_teacher", False))
-    if needs and cfg.teacher is None:
-        raise ConfigError(f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(_teacher_options())}> "
-                          "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
-                          "or teacher=checkpoint teacher.checkpoint=<path>.")
-    if not needs and cfg.teacher is not None:
-        distill = [o for o, cls in _option_targets("loss").items() if getattr(cls, "needs_teacher", False)]
-        raise ConfigError(f"teacher={choices.get('teacher')}: loss={choices['loss']} does not use a teacher; "
-                          f"the distillation losses are {', '.join(distill)}.")
-
-
-TRACKERS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger.kind: the package it needs
-
-
-def _check_logger(logger: DictConfig) -> None:
-    if logger.kind not in TRACKERS:
-        raise ConfigError(f"logger.kind={logger.kind}: allowed: {', '.join(TRACKERS)}.{did_you_mean(logger.kind, TRACKERS)}")
-    package = TRACKERS[logger.kind]
-    if package and importlib.util.find_spec(package) is None:
-        raise ConfigError(f"logger={logger.kind}: the {package} package is not installed; install the tracking extras: "
-                          ".venv/bin/pip install -e '.[tracking]' (make installs them).")
-
-
-def _teacher_options() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "teacher").glob("*.yaml"))
-
-
-def _option_targets(group: str) -> dict[str, Any]:
-    """The project's options of ``group`` and the class each one's ``_target_`` names (for messages)."""
-    out = {}
-    for p in sorted((CONF_DIR / group).glob("*.yaml")):
-        target = option_yaml(group, p.stem).get("_target_")
-        if target:
-            out[p.stem] = resolve_target(f"{group}._target_", target, TARGET_HOMES[group])
-    return out
-
-
-def ood_dataset(cfg: DictConfig) -> DictConfig:
-    """The dataset node of ``ood=<name>``: its option's YAML, with ``ood_source_dir`` as its source_dir."""
-    node = OmegaConf.merge(OmegaConf.structured(DatasetConfig), option_yaml("dataset", cfg.ood))
+        options = composer.options("dataset")
+        if cfg.ood not in options:
+            return None, options
+        node = composer.compose([f"dataset={cfg.ood}"])[0].dataset
+    finally:
+        if own:
+            composer.release()
     node.source_dir = cfg.ood_source_dir
-    return node
-
-
-def _check_ood(cfg: DictConfig) -> None:
-    names = [p.stem for p in sorted((CONF_DIR / "dataset").glob("*.yaml")) if p.stem != cfg.dataset.name]
-    if cfg.ood not in names:
-        raise ConfigError(f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
-                          f"{did_you_mean(str(cfg.ood), names)}")
-    ours, theirs = SPECS[cfg.dataset.name], SPECS[cfg.ood]
-    if (ours.in_channels, ours.image_size) != (theirs.in_channels, theirs.image_size):
-        def shape(s):
-            return f"{s.in_channels}×{s.image_size}×{s.image_size}"
-        same = [n for n in names if (SPECS[n].in_channels, SPECS[n].image_size) == (ours.in_channels, ours.image_size)]
-        raise ConfigError(f"ood={cfg.ood}: its images are {shape(theirs)}, dataset={cfg.dataset.name}'s are {shape(ours)}; "
-                          f"the model takes one shape. Same shape: {', '.join(same) or 'none'}.")
-    if cfg.ood_source_dir is not None and not theirs.idx_source_dir:
-        raise ConfigError(f"ood_source_dir={cfg.ood_source_dir}: ood={cfg.ood} reads data_dir, not IDX files from a folder.")
-
-
-def _check_device(device: str) -> None:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise ConfigError(f"device={device}: allowed: auto, cpu, cuda, cuda:N, mps.")
-    if device.startswith("cuda"):
-        n = torch.cuda.device_count()
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= n:
-            raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
-
-
-def device_type(device: str, launcher: Mapping[str, Any] | None = None) -> str:
-    """What ``device`` resolves to. Under a submitit launcher the job runs on another machine, so ``auto``
-    follows the GPUs the launcher asks for; elsewhere it is what this machine has (cuda, then mps, then cpu)."""
-    if device != "auto":
-        return device.split(":")[0]
-    if "submitit" in str((launcher or {}).get("_target_", "")):
-        gpus = (launcher or {}).get("gpus_per_node") or (launcher or {}).get("gpus_per_task") or 0
-        return "cuda" if isinstance(gpus, int) and gpus > 0 else "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
-    """What a norm declares about the models and batches it works with (models/norm/__init__.py)."""
-    norm = build.target(cfg.norm)
-    needs = declared(norm, "model_requires")
-    if needs is not None:
-        attribute, what = needs
-        if not hasattr(build.target(cfg.model), attribute):
-            able = [name for name, cls in _option_targets("model").items() if hasattr(cls, attribute)]
-            raise ConfigError(f"norm={choices['norm']} needs {what}; model={choices['model']} has none. "
-                              f"Models that support it: {', '.join(able)}.")
-    if cfg.batch_size == 1 and _batch_dependent(cfg.norm):
-        free = [name for name, cls in _option_targets("norm").items() if getattr(cls, "batch_dependent", False) is not True]
-        raise ConfigError(f"batch_size=1: norm={choices['norm']} normalizes with statistics over the batch and cannot "
-                          f"train on one sample. Use batch_size >= 2, or a norm computed per sample: {', '.join(free)}.")
-
-
-def _batch_dependent(node: DictConfig) -> bool:
-    """Whether the norm block (or the block a reparametrization wraps) uses batch statistics."""
-    if getattr(build.target(node), "batch_dependent", False) is True:
-        return True
-    return "block" in node and isinstance(node.block, DictConfig) and _batch_dependent(node.block)
-
-
-class _ForwardError(RuntimeError):
-    """The model built but failed on an input of the dataset's shape (often too small for its poolings)."""
-
-
-def _check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: set[str]) -> None:
-    """Build the loss, the optimizer and the model (once per distinct one in a command) and run the model on two
-    zero images of the dataset's shape: a value the class itself refuses is a config error, before any data."""
-    where = ", ".join(f"{a}={choices[a]}" for a in ("dataset", "model", "pooling", "global_pool", "norm"))
-    arch = json.dumps({a: OmegaConf.to_container(cfg[a]) for a in ("model", "pooling", "global_pool", "norm")}
-                      | {"dataset": cfg.dataset.name}, sort_keys=True)
-    loss_key, loss_what = json.dumps(OmegaConf.to_container(cfg.loss), sort_keys=True), f"loss={choices['loss']}"
-    sized = declared(build.target(cfg.loss), "needs_mid_features", False)
-    if sized:  # the loss is sized by the model: checked once per architecture
-        loss_key, loss_what = loss_key + arch, f"{loss_what} with {where}"
-    for key, check, what in ((arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}"),
-                             (loss_key, lambda: build.loss(cfg, _uncompiled_model(cfg) if sized else None), loss_what),
-                             (json.dumps(OmegaConf.to_container(cfg.optim), sort_keys=True),
-                              lambda: build.optimizer(cfg, torch.nn.Linear(1, 1)), f"optim={choices['optim']}")):
-        if key in checked:
-            continue
-        try:
-            check()
-        except (InstantiationException, TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
-            cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
-            hint = ""
-            if isinstance(cause, _ForwardError) and "downsample_at" in cfg.model:
-                size = SPECS[cfg.dataset.name].image_size
-                hint = (f" The {size}×{size} images of dataset={choices['dataset']} may be too small for the model's "
-                        f"downsampling: model.downsample_at={list(cfg.model.downsample_at)} lists the stages that downsample.")
-            raise ConfigError(f"{what}: {' '.join(str(cause).split())}.{hint}") from None
-        checked.add(key)
-
-
-def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        if "compile" in cfg.pooling:  # checking shapes is no reason to compile (importing dynamo alone takes 1.5 s)
-            cfg.pooling.compile = False
-    return build.model(cfg)
-
-
-def _dry_forward(cfg: DictConfig) -> None:
-    model = _uncompiled_model(cfg)
-    spec = SPECS[cfg.dataset.name]
-    with torch.no_grad():
-        try:
-            out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
-        except (ValueError, RuntimeError) as e:
-            raise _ForwardError(" ".join(str(e).split())) from None
-    if tuple(out.shape) != (2, spec.num_classes):
-        raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
-
-
-def _check_data(cfg: DictConfig, checked: set[str]) -> None:
-    """The folders a run writes are writable, and its data can be read: with download=true, missing files are
-    fetched now, once per command, so that an offline machine is a setup error before anything trains."""
-    sets = [cfg.dataset] + ([ood_dataset(cfg)] if cfg.ood is not None else [])
-    for ds in sets:
-        key = json.dumps(["data", cfg.data_dir, ds.name, ds.get("source_dir")])
-        if key in checked:
-            continue
-        try:
-            if not cache_path(ds.name, cfg.data_dir).exists():
-                _check_writable("data_dir", cfg.data_dir)  # the decoded tensors are cached there
-            check_available(ds, cfg.data_dir, cfg.download)
-            if cfg.download and not cache_path(ds.name, cfg.data_dir).exists():
-                load_cached(ds, cfg.data_dir, download=True)
-        except DataError as e:
-            raise ConfigError(f"{'ood=' + str(cfg.ood) + ': ' if ds is not sets[0] else ''}{e}") from None
-        checked.add(key)
-
-
-def _check_writable(key: str, folder: str) -> None:
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={folder}: is a file, not a folder. Give a folder (it is created if missing).")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    try:  # a probe, removed at once: permission bits say nothing for root, nor for read-only or virtual file systems
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".runner-probe-"))
-    except OSError as e:
-        raise ConfigError(f"{key}={folder}: cannot create folders in {existing} ({e.strerror}); "
-                          "choose a folder you can write to.") from None
+    return node, options
 
 
 # ---------------------------------------------------------------- the distillation teacher
@@ -472,7 +151,7 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
     root = Path(cfg.results_dir)
     if t.overrides:
         plan = _teacher_plan(cfg, choices, launcher, composer)
-        return TeacherRef(plan.run_id, plan.folder / "checkpoint.pt", plan)
+        return TeacherRef(plan.run_id, plan.folder / "checkpoint.pt", plan, trains=True)
     if t.run_id is not None:
         if not RUN_ID.fullmatch(str(t.run_id)):
             raise ConfigError(f"teacher.run_id={t.run_id}: not a run id (10 hexadecimal digits, the folder names "
@@ -484,7 +163,7 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
     teacher_plan = checkpoint_plan(ckpt, key)
     _check_teacher_shape(teacher_plan.cfg.dataset.name, cfg.dataset.name, key)
     rid = str(ckpt.get("run_id") or "")
-    return TeacherRef(rid if RUN_ID.fullmatch(rid) else hashlib.sha1(path.read_bytes()).hexdigest()[:10], path)
+    return TeacherRef(rid if RUN_ID.fullmatch(rid) else hashlib.sha1(path.read_bytes()).hexdigest()[:10], path, teacher_plan)
 
 
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
@@ -524,6 +203,7 @@ def checkpoint_plan(ckpt: Mapping[str, Any], key: str = "checkpoint") -> RunPlan
     """The plan of the run a checkpoint holds, through the same checks as a user's config (no data needed)."""
     config = dict(ckpt["config"])
     config.pop("teacher", None)  # the teacher's own teacher is not needed to rebuild it
+    config["ood"] = None  # nor its OOD scoring
     choices = ckpt.get("choices") if isinstance(ckpt.get("choices"), dict) else {}
     choices = {a: choices.get(a) for a in AXES} | {"teacher": None}
     config["loss"] = {"_target_": "runner.losses.CrossEntropy"} if _distills(config) else config.get("loss")
@@ -576,3 +256,4 @@ def _without_nulls(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _without_nulls(v) for k, v in node.items() if v is not None}
     return node
+

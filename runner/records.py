@@ -20,11 +20,10 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from runner.schema import AXES, NOT_IDENTITY, RUN_ID
+from runner.schema import AXES, NOT_IDENTITY, RUN_COLUMNS, RUN_ID
 
 DONE = ("ok", "diverged")  # finished runs; failed, interrupted and killed ones run again
-TOP_LEVEL = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "channels_last", "ts_method",
-             "ood")
+TOP_LEVEL = RUN_COLUMNS  # the run-level settings: every scalar key of the schema that is part of the identity
 TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
 BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
                "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device_type", "autocast", "device",

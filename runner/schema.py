@@ -112,6 +112,20 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
+def _scalar(hint: Any) -> bool:
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return len(inner) == 1 and inner[0] in (bool, int, float, str)
+
+
+# The run-level settings of runs.csv, in schema order: every scalar key that is part of a run's identity. Derived,
+# so a new run-level setting gets its column (and the summary tells runs that differ in it apart) by existing.
+def run_columns(schema: type = RunConfig) -> tuple[str, ...]:
+    return tuple(name for name, hint in typing.get_type_hints(schema).items() if _scalar(hint) and name not in NOT_IDENTITY)
+
+
+RUN_COLUMNS = run_columns()
+
+
 # ---------------------------------------------------------------- ranges
 
 _OPS = {"ge": (">=", lambda v, lim: v >= lim), "gt": (">", lambda v, lim: v > lim),
@@ -216,6 +230,10 @@ def _signature_params(target: Callable[..., Any]) -> dict[str, inspect.Parameter
 GROUP_SETTINGS: dict[str, dict[str, Param]] = {
     "loss": {"logit_clip": Param(typing.Optional[float], None, {"gt": 0}, None)},  # LogitClip's τ (runner/losses/clip.py)
 }
+
+
+for _group, _settings in GROUP_SETTINGS.items():  # conf/config.yaml lists each as the base of its group's option
+    ConfigStore.instance().store(name=f"{_group}_settings", node={k: p.default for k, p in _settings.items()})
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import records, stats, summary_tune
-from runner.metrics import higher_is_better
+from runner.metrics import higher_is_better, is_rate
 
 KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
 AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
@@ -217,7 +217,7 @@ def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: 
         sub = table.loc[idx]
         table.loc[idx, "p_holm"] = stats.holm(sub["p_sign_flip"])
         comparisons = int(sub["p_sign_flip"].notna().sum()) or 1
-        percent = m.endswith(("acc", "ece", "ece_ts", "auroc", "fpr95", "mce", "brier")) and "nll" not in m
+        percent = is_rate(m)
         for i in idx:
             r = table.loc[i]
             result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign_flip,
@@ -293,8 +293,7 @@ def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
         return (f"No comparison was asked for: add --baseline axis=value (e.g. --baseline pooling=max) to compare "
                 f"methods on {metric}.")
     c = comparison[comparison.metric == metric]
-    percent = metric.endswith(("acc", "ece", "ece_ts", "auroc", "brier")) and "nll" not in metric
-    scale, unit = (100, " points") if percent else (1, "")
+    scale, unit = (100, " points") if is_rate(metric) else (1, "")
     sentences = []
     for r in c.itertuples():
         ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")

@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from runner import launch, records, space
 from runner.compose import Composer, unset_nulls
-from runner.metrics import higher_is_better
+from runner.metrics import higher_is_better, metric_names
 from runner.monitor import GridProgress
 from runner.plan import RunPlan, literal, plan_from_config
 from runner.progress import error, say
@@ -46,8 +46,12 @@ from runner.schema import NOT_IDENTITY, ConfigError, _num, check_dataclass_range
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what happened to each trial, once
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # each counts in the budget
-METRICS = tuple(f"{p}val_{m}" for p in ("", "best_") for m in ("acc", "nll", "ece", "ada_ece", "classwise_ece", "mce",
-                                                                 "rmsce", "brier", "msp_auroc", "aurc"))
+
+
+def tuning_targets() -> tuple[str, ...]:
+    """What a study may choose by: every validation metric a run writes (each epoch's row and its best epoch's) that
+    has a direction; derived from the metrics themselves, so a new metric is a target without a list to edit."""
+    return tuple(f"{p}val_{m}" for p in ("", "best_") for m in metric_names() if higher_is_better(m) is not None)
 
 
 @dataclass
@@ -98,10 +102,11 @@ def tune_settings(node: Any) -> TuneConfig:
     settings = TuneConfig(**OmegaConf.to_container(typed))
     if not settings.seeds or any(s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
         raise ConfigError(f"tune.seeds={settings.seeds}: allowed: a list of distinct seeds >= 0, e.g. [100] or [100,101].")
-    if settings.metric not in METRICS:
+    targets = tuning_targets()
+    if settings.metric not in targets:
         why = " (choosing on the test split would leak it into the comparison)" if "test_" in settings.metric else ""
-        raise ConfigError(f"tune.metric={settings.metric}: allowed: a validation metric{why}: {', '.join(METRICS)}."
-                          f"{did_you_mean(settings.metric, METRICS)}")
+        raise ConfigError(f"tune.metric={settings.metric}: allowed: a validation metric{why}: {', '.join(targets)}."
+                          f"{did_you_mean(settings.metric, targets)}")
     for key, allowed in (("direction", (None, "maximize", "minimize")), ("sampler", ("tpe", "random")),
                          ("pruner", ("none", "median"))):
         if getattr(settings, key) not in allowed:

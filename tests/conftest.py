@@ -96,3 +96,12 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def composer():
+    """One Hydra composer over the project's conf/ for the whole session (setting Hydra up is the slow part)."""
+    from runner.compose import Composer
+
+    with Composer() as c:
+        yield c

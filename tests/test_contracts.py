@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from runner.compose import CONF_DIR
-from runner.plan import TARGET_HOMES, make_plan, resolve_target
+from runner.plan import make_plan
+from runner.targets import TARGET_HOMES, resolve_target
 
 
 def options(group: str) -> list[str]:
@@ -92,6 +93,18 @@ def test_loss_contract(option, planned):
     for p in [*loss.parameters(), *kw.values()]:  # a loss's own weights and the features it reads learn too
         if p.requires_grad:
             assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("option", options("loss"))
+def test_every_loss_takes_the_settings_of_every_loss(option, composer):
+    # GROUP_SETTINGS["loss"] (logit_clip) comes from one base config in the defaults list: no loss YAML repeats it
+    from runner.schema import GROUP_SETTINGS
+    from runner.targets import typed_config
+
+    for key in GROUP_SETTINGS["loss"]:
+        cfg, _ = composer.compose([f"loss={option}", f"loss.{key}=2"])
+        assert typed_config(cfg, {}).loss[key] == 2.0
+        assert key not in OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml")
 
 
 @pytest.mark.parametrize("option", options("model"))

@@ -201,3 +201,35 @@ def test_a_finish_writes_its_record_and_rows_together_so_a_concurrent_rebuild_ne
     records.update_tables(tmp_path, final, write=True)
     assert records.read_result(tmp_path / "runs" / second)["status"] == "ok"
     assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([first, second])
+
+
+def test_every_setting_that_changes_the_run_id_is_a_runs_csv_column():
+    # for each scalar run-level key of the schema: change it; if the run id changes, runs.csv must tell the two runs
+    # apart by a column of that name (else the summary pools runs that differ only in run_id)
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from runner.compose import Composer
+    from runner.plan import identity
+    from runner.schema import RunConfig, run_columns
+
+    with Composer() as composer:
+        cfg, choices = composer.compose([])
+    base = identity(cfg, choices, "cpu", None, None)
+    changed = {bool: lambda v: not v, int: lambda v: (v or 0) + 1, float: lambda v: (v or 0.0) + 0.5}
+    for f in dataclasses.fields(RunConfig):
+        value = cfg[f.name]
+        if isinstance(value, (dict, list)) or OmegaConf.is_config(value) or f.name == "teacher":
+            continue
+        other = cfg.copy()
+        other[f.name] = changed.get(type(value), lambda v: "other")(value)
+        if identity(other, choices, "cpu", None, None) != base:
+            record = {"run_id": "0" * 10, "choices": choices, "config": OmegaConf.to_container(other)}
+            assert f.name in records.row(record), f"{f.name} changes the run id but has no runs.csv column"
+
+    @dataclasses.dataclass
+    class Extended(RunConfig):  # a contributor adds a run-level setting: it is a column without a list to edit
+        mixup_alpha: float = 0.0
+
+    assert run_columns(Extended)[-1] == "mixup_alpha" and "results_dir" not in run_columns(Extended)

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from runner import records
-from runner.metrics import NO_DIRECTION, final_metrics, higher_is_better
+from runner.metrics import final_metrics, higher_is_better, is_rate, kind
 from runner.summary import main as summary_main
 
 BASE = {"global_pool": "avg", "norm": "batch", "optim": "sgd"}
 
 
 def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss="ce", seed=0, acc=0.9, ece=0.05,
-             status="ok", teacher=None, ood=None, at_chance=False, epochs_acc=None, device="cpu"):
+             status="ok", teacher=None, ood=None, at_chance=False, epochs_acc=None, device="cpu", metrics=None):
     """A run folder as the runner writes it: result.json, epochs.csv and logits.pt; its id from its settings."""
     teacher_choice, teacher_cfg = {"settings": ("resnet20", {"overrides": ["model=resnet20"], "run_id": None}),
                                    "run": ("run", {"overrides": [], "run_id": "abcdef0123"}),
@@ -29,7 +29,7 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
     config = {"dataset": {"name": dataset, "val_fraction": 0.1}, "pooling": {"kernel_size": 2}, "seed": seed,
               "epochs": 2, "lr": 0.05, "ood": ood, "teacher": teacher_cfg}
     epochs_acc = epochs_acc or (acc - 0.1, acc)
-    metrics = {"test_acc": acc, "test_ece": ece, "test_nll": 1 - acc, "test_ada_ece_ts": ece / 2, "val_acc": acc}
+    metrics = {"test_acc": acc, "test_ece": ece, "test_nll": 1 - acc, "test_ada_ece_ts": ece / 2, "val_acc": acc} | (metrics or {})
     record = {"run_id": rid, "choices": choices, "config": config, "status": status, "n_test": 1000,
               "error": None if status == "ok" else "boom", "metrics": metrics if status == "ok" else {},
               "at_chance": at_chance, "device_type": device,
@@ -160,20 +160,23 @@ def test_an_empty_results_folder_is_an_error(tmp_path, capsys):
     assert "no runs found" in capsys.readouterr().out
 
 
-def test_every_metric_a_run_writes_has_a_direction():
+def test_every_metric_a_run_writes_has_a_kind():
     logits = torch.randn(50, 4)
     saved = {"test_logits": logits, "test_target": torch.arange(50) % 4, "val_logits": logits, "val_target": torch.arange(50) % 4,
              "ood_logits": torch.randn(20, 4)}
     columns = list(final_metrics(saved)) + ["train_loss", "train_acc"]
     columns += [f"best_{c}" for c in columns if c.startswith(("test_", "val_"))]
-    undirected = [c for c in columns if higher_is_better(c) is None and c not in NO_DIRECTION]
-    assert not undirected
+    assert [c for c in columns if kind(c) is None] == []  # every metric has its direction and scale in one table
     assert higher_is_better("test_ada_ece_ts") is False and higher_is_better("best_test_acc") is True
+    assert higher_is_better("test_temperature") is None
+    # rates are fractions in [0, 1]; NLL and Brier (summed over classes, in [0, 2]) are not
+    assert is_rate("test_mce") and is_rate("best_test_ece_ts") and is_rate("ood_fpr95_energy")
+    assert not is_rate("test_nll") and not is_rate("test_brier") and not is_rate("test_temperature")
 
 
 def test_a_group_that_mixes_device_types_is_warned_about(tmp_path, capsys):
-    for seed, kind in enumerate(["cpu", "cpu", "cuda"]):
-        make_run(tmp_path, seed=seed, device=kind)
+    for seed, device in enumerate(["cpu", "cpu", "cuda"]):
+        make_run(tmp_path, seed=seed, device=device)
     assert summary_main([str(tmp_path), "--no-plots"]) == 0
     assert "mixes runs on cpu/none, cuda/none" in capsys.readouterr().out
 
@@ -187,3 +190,15 @@ def test_the_critical_difference_diagram_is_drawn_when_friedman_rejects(tmp_path
     assert summary_main([str(tmp_path), "--baseline", "pooling=max"]) == 0
     assert (tmp_path / "plots" / "critical_difference.png").exists()
     assert f"Friedman test: p = {math.exp(-4):.3g} (the ranks differ" in (tmp_path / "report.md").read_text()
+
+
+def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
+    # MCE is a rate: softpool's is about 0.012 below max's on 4 seeds, too few to decide, so the sentence gives the
+    # difference and the verdict's advice; both in points (they once said -0.012 and "1.2 points" side by side)
+    for s, noise in enumerate((0.002, -0.001, 0.0, -0.001)):
+        make_run(tmp_path, pooling="max", seed=s, metrics={"test_mce": 0.10})
+        make_run(tmp_path, pooling="softpool", seed=s, metrics={"test_mce": 0.088 + noise})
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--metric", "test_mce", "--no-plots"]) == 0
+    opening = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("pooling=softpool vs"))
+    assert opening.startswith("pooling=softpool vs pooling=max: -1.2 points [")
+    assert "a difference of 1.2 points" in opening and "0.012" not in opening

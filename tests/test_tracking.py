@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY
 
 from runner.plan import make_plan
-from runner.train import run
+from runner.run import run
 
 
 def test_the_logger_does_not_change_the_run(data_dir, tmp_path):

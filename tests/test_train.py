@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
+import runner.run
 import runner.train
 from runner import build
 from runner.checkpoint import read_checkpoint
@@ -18,7 +19,7 @@ from runner.schema import ConfigError
 from runner.losses import CrossEntropy
 from runner.metrics import classification_metrics
 from runner.optim import sgd, warmup_cosine
-from runner.train import run
+from runner.run import run
 
 
 def tiny(data_dir, results, *extra):
@@ -116,7 +117,7 @@ def test_an_exception_is_recorded_as_failed(data_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner.train, "fit", broken)
+    monkeypatch.setattr(runner.run, "fit", broken)
     record = run(tiny(data_dir, tmp_path))
     assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
     row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
@@ -126,7 +127,7 @@ def test_an_exception_is_recorded_as_failed(data_dir, tmp_path, monkeypatch):
 
 
 def test_fail_fast_stops(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.train, "fit", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(runner.run, "fit", lambda *a, **k: 1 / 0)
     with pytest.raises(SystemExit):
         run(tiny(data_dir, tmp_path, "fail_fast=true"))
 
@@ -135,7 +136,7 @@ def test_interrupt_is_recorded_and_reraised(data_dir, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.train, "fit", interrupted)
+    monkeypatch.setattr(runner.run, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tiny(data_dir, tmp_path))
     assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "interrupted"
@@ -293,7 +294,7 @@ def test_a_loss_with_its_own_weights_trains_them_and_resumes_them(data_dir, tmp_
         model, loss_fn, optimizer = build.parts(plan.cfg)
         initial = loss_fn.weak.weight.detach().clone()
         states = []
-        out = runner.train.fit(plan, model, loss_fn, optimizer, splits, torch.device("cpu"), lambda row: None,
+        out = runner.train.fit(plan.cfg, model, loss_fn, optimizer, splits, torch.device("cpu"), lambda row: None,
                                resume=resume, on_state=lambda state: states.append(copy.deepcopy(state)))  # as saved
         return out["logits"]["test_logits"], states, initial, loss_fn
 

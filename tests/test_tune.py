@@ -324,3 +324,21 @@ def test_a_choice_at_the_bound_of_its_range_is_flagged():
                            "log": [True, True]})
     chosen, _ = summary_tune.tuning(trials, ["s"], spaces)
     assert chosen.at_range_edge.iloc[0] == "lr (high)"  # weight decay at 1e-4 is mid-range on the log scale
+
+
+def test_a_new_metric_is_a_tuning_target_without_a_list_to_edit(monkeypatch):
+    # a metric that classification_metrics writes and METRIC_KINDS gives a direction is a target at once;
+    # one without a direction is not (there is nothing to maximize)
+    from runner import metrics
+    from runner.tune import tune_settings, tuning_targets
+
+    written = metrics.classification_metrics
+    monkeypatch.setattr(metrics, "classification_metrics", lambda *a, **k: written(*a, **k) | {"top5": 1.0, "odd": 0.0})
+    monkeypatch.setitem(metrics.METRIC_KINDS, "top5", metrics.Kind(True, True))
+    metrics.metric_names.cache_clear()
+    try:
+        assert "val_top5" in tuning_targets() and "best_val_top5" in tuning_targets()
+        assert "val_odd" not in tuning_targets()
+        assert tune_settings({"metric": "val_top5"}).direction == "maximize"
+    finally:
+        metrics.metric_names.cache_clear()

@@ -1,0 +1,248 @@
+"""Everything checked about a typed config before any data is touched, then the smoke build and the data check.
+
+A user mistake is a ConfigError (one paragraph, exit 2): a value out of range or not allowed, a combination
+a method declares it cannot run in (models/norm/__init__.py), a model that cannot take the dataset's images,
+data that cannot be had. A bug in a layer is not a user mistake: it raises with its traceback.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from datasets import SPECS, DataError, check_available, load_cached
+from datasets.batches import AUGMENTS
+from datasets.registry import cache_path
+from models import declared
+from runner import build
+from runner.compose import CONF_DIR, option_yaml
+from runner.metrics import TS_METHODS
+from runner.schema import ConfigError, DatasetConfig, RunConfig, check_dataclass_ranges, did_you_mean
+from runner.targets import TARGET_HOMES, resolve_target
+
+def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictConfig | None = None,
+                 dataset_options: Sequence[str] = ()) -> None:
+    """Types aside (runner/targets.py), everything about the values that needs neither data nor a model build."""
+    check_dataclass_ranges(cfg, RunConfig)
+    check_dataclass_ranges(cfg.dataset, DatasetConfig, "dataset.")
+    ds = cfg.dataset
+    if ds.name not in SPECS:
+        raise ConfigError(f"dataset.name={ds.name}: unknown dataset. Allowed: {', '.join(SPECS)}.{did_you_mean(ds.name, SPECS)}")
+    if ds.augment not in AUGMENTS:
+        raise ConfigError(f"dataset.augment={ds.augment}: allowed: {', '.join(AUGMENTS)}.{did_you_mean(ds.augment, AUGMENTS)}")
+    if ds.source_dir is not None and not SPECS[ds.name].idx_source_dir:
+        readers = [n for n, s in SPECS.items() if s.idx_source_dir]
+        raise ConfigError(f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
+                          f"dataset={ds.name} reads data_dir.")
+    if cfg.ts_method not in TS_METHODS:
+        raise ConfigError(f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}")
+    if cfg.ood is not None:
+        _check_ood(cfg, ood, dataset_options)
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
+    _check_device(cfg.device)
+    _check_logger(cfg.logger)
+    _check_norm(cfg, choices)
+    needs = bool(declared(build.target(cfg.loss), "needs_teacher", False))
+    if needs and cfg.teacher is None:
+        raise ConfigError(f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(_teacher_options())}> "
+                          "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
+                          "or teacher=checkpoint teacher.checkpoint=<path>.")
+    if not needs and cfg.teacher is not None:
+        distill = [o for o, cls in option_targets("loss").items() if getattr(cls, "needs_teacher", False)]
+        raise ConfigError(f"teacher={choices.get('teacher')}: loss={choices['loss']} does not use a teacher; "
+                          f"the distillation losses are {', '.join(distill)}.")
+
+
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger.kind: the package it needs
+
+
+def _check_logger(logger: DictConfig) -> None:
+    if logger.kind not in TRACKERS:
+        raise ConfigError(f"logger.kind={logger.kind}: allowed: {', '.join(TRACKERS)}.{did_you_mean(logger.kind, TRACKERS)}")
+    package = TRACKERS[logger.kind]
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"logger={logger.kind}: the {package} package is not installed; install the tracking extras: "
+                          ".venv/bin/pip install -e '.[tracking]' (make installs them).")
+
+
+def _teacher_options() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "teacher").glob("*.yaml"))
+
+
+def option_targets(group: str) -> dict[str, Any]:
+    """The project's options of ``group`` and the class each one's ``_target_`` names (for messages)."""
+    out = {}
+    for p in sorted((CONF_DIR / group).glob("*.yaml")):
+        target = option_yaml(group, p.stem).get("_target_")
+        if target:
+            out[p.stem] = resolve_target(f"{group}._target_", target, TARGET_HOMES[group])
+    return out
+
+
+def _check_ood(cfg: DictConfig, ood: DictConfig | None, options: Sequence[str]) -> None:
+    """``ood=<option>``: any dataset option the composer sees (the user's --config-dir too), other than the run's
+    own, with images of the run's shape."""
+    if ood is None or ood.name == cfg.dataset.name:
+        names = [o for o in options if o != cfg.ood]
+        raise ConfigError(f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
+                          f"{did_you_mean(str(cfg.ood), names)}")
+    if ood.name not in SPECS:
+        raise ConfigError(f"ood={cfg.ood}: dataset.name={ood.name} is not a dataset. Allowed: {', '.join(SPECS)}.")
+    ours, theirs = SPECS[cfg.dataset.name], SPECS[ood.name]
+    if (ours.in_channels, ours.image_size) != (theirs.in_channels, theirs.image_size):
+        def shape(s):
+            return f"{s.in_channels}×{s.image_size}×{s.image_size}"
+        raise ConfigError(f"ood={cfg.ood}: its images are {shape(theirs)}, dataset={cfg.dataset.name}'s are {shape(ours)}; "
+                          f"the model takes one shape.")
+    if cfg.ood_source_dir is not None and not theirs.idx_source_dir:
+        raise ConfigError(f"ood_source_dir={cfg.ood_source_dir}: ood={cfg.ood} reads data_dir, not IDX files from a folder.")
+
+
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"device={device}: allowed: auto, cpu, cuda, cuda:N, mps.")
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n:
+            raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
+
+
+def device_type(device: str, launcher: Mapping[str, Any] | None = None) -> str:
+    """What ``device`` resolves to. Under a submitit launcher the job runs on another machine, so ``auto``
+    follows the GPUs the launcher asks for; elsewhere it is what this machine has (cuda, then mps, then cpu)."""
+    if device != "auto":
+        return device.split(":")[0]
+    if "submitit" in str((launcher or {}).get("_target_", "")):
+        gpus = (launcher or {}).get("gpus_per_node") or (launcher or {}).get("gpus_per_task") or 0
+        return "cuda" if isinstance(gpus, int) and gpus > 0 else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
+    """What a norm declares about the models and batches it works with (models/norm/__init__.py)."""
+    norm = build.target(cfg.norm)
+    needs = declared(norm, "model_requires")
+    if needs is not None:
+        attribute, what = needs
+        if not hasattr(build.target(cfg.model), attribute):
+            able = [name for name, cls in option_targets("model").items() if hasattr(cls, attribute)]
+            raise ConfigError(f"norm={choices['norm']} needs {what}; model={choices['model']} has none. "
+                              f"Models that support it: {', '.join(able)}.")
+    if cfg.batch_size == 1 and _batch_dependent(cfg.norm):
+        free = [name for name, cls in option_targets("norm").items() if getattr(cls, "batch_dependent", False) is not True]
+        raise ConfigError(f"batch_size=1: norm={choices['norm']} normalizes with statistics over the batch and cannot "
+                          f"train on one sample. Use batch_size >= 2, or a norm computed per sample: {', '.join(free)}.")
+
+
+def _batch_dependent(node: DictConfig) -> bool:
+    """Whether the norm block (or the block a reparametrization wraps) uses batch statistics."""
+    if getattr(build.target(node), "batch_dependent", False) is True:
+        return True
+    return "block" in node and isinstance(node.block, DictConfig) and _batch_dependent(node.block)
+
+
+class _TooSmall(Exception):
+    """The model built, failed on images of the dataset's shape, and runs on larger ones: the images are too small
+    for its downsampling (a user's choice of model and dataset, not a bug)."""
+
+
+def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: set[str]) -> None:
+    """Build the loss, the optimizer and the model (once per distinct one in a command) and run the model on two
+    zero images of the dataset's shape. A config error is what the user can fix: a value the class refuses (a
+    ValueError from its constructor, the classes' convention) or images too small for the model. Any other
+    exception is a bug in the code and raises with its traceback."""
+    where = ", ".join(f"{a}={choices[a]}" for a in ("dataset", "model", "pooling", "global_pool", "norm"))
+    arch = json.dumps({a: OmegaConf.to_container(cfg[a]) for a in ("model", "pooling", "global_pool", "norm")}
+                      | {"dataset": cfg.dataset.name}, sort_keys=True)
+    loss_key, loss_what = json.dumps(OmegaConf.to_container(cfg.loss), sort_keys=True), f"loss={choices['loss']}"
+    sized = declared(build.target(cfg.loss), "needs_mid_features", False)
+    if sized:  # the loss is sized by the model: checked once per architecture
+        loss_key, loss_what = loss_key + arch, f"{loss_what} with {where}"
+    for key, check, what in ((arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}"),
+                             (loss_key, lambda: build.loss(cfg, _uncompiled_model(cfg) if sized else None), loss_what),
+                             (json.dumps(OmegaConf.to_container(cfg.optim), sort_keys=True),
+                              lambda: build.optimizer(cfg, torch.nn.Linear(1, 1)), f"optim={choices['optim']}")):
+        if key in checked:
+            continue
+        try:
+            check()
+        except (InstantiationException, ValueError, _TooSmall) as e:
+            cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+            if not isinstance(cause, (ValueError, _TooSmall)):
+                raise
+            hint = ""
+            if isinstance(cause, _TooSmall) and "downsample_at" in cfg.model:
+                hint = f" model.downsample_at={list(cfg.model.downsample_at)} lists the stages that downsample."
+            raise ConfigError(f"{what}: {' '.join(str(cause).split())}.{hint}") from None
+        checked.add(key)
+
+
+def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if "compile" in cfg.pooling:  # checking shapes is no reason to compile (importing dynamo alone takes 1.5 s)
+            cfg.pooling.compile = False
+    return build.model(cfg)
+
+
+def _dry_forward(cfg: DictConfig) -> None:
+    model = _uncompiled_model(cfg).eval()
+    spec = SPECS[cfg.dataset.name]
+    with torch.no_grad():
+        try:
+            out = model(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+        except (ValueError, RuntimeError) as e:
+            try:  # the same model on 8× larger images: if it runs there, the dataset's images are too small for it
+                model(torch.zeros(2, spec.in_channels, 8 * spec.image_size, 8 * spec.image_size))
+            except Exception:
+                raise e from None  # it fails whatever the size: a bug, with its traceback
+            raise _TooSmall(f"{' '.join(str(e).split())}. The {spec.image_size}×{spec.image_size} images of "
+                            f"dataset={cfg.dataset.name} are too small for the model's downsampling") from None
+    if tuple(out.shape) != (2, spec.num_classes):
+        raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
+
+
+def check_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> None:
+    """The folders a run writes are writable, and its data can be read: with download=true, missing files are
+    fetched now, once per command, so that an offline machine is a setup error before anything trains."""
+    sets = [cfg.dataset] + ([ood] if ood is not None else [])
+    for ds in sets:
+        key = json.dumps(["data", cfg.data_dir, ds.name, ds.get("source_dir")])
+        if key in checked:
+            continue
+        try:
+            if not cache_path(ds.name, cfg.data_dir).exists():
+                check_writable("data_dir", cfg.data_dir)  # the decoded tensors are cached there
+            check_available(ds, cfg.data_dir, cfg.download)
+            if cfg.download and not cache_path(ds.name, cfg.data_dir).exists():
+                load_cached(ds, cfg.data_dir, download=True)
+        except DataError as e:
+            raise ConfigError(f"{'ood=' + str(cfg.ood) + ': ' if ds is not sets[0] else ''}{e}") from None
+        checked.add(key)
+
+
+def check_writable(key: str, folder: str) -> None:
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={folder}: is a file, not a folder. Give a folder (it is created if missing).")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    try:  # a probe, removed at once: permission bits say nothing for root, nor for read-only or virtual file systems
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".runner-probe-"))
+    except OSError as e:
+        raise ConfigError(f"{key}={folder}: cannot create folders in {existing} ({e.strerror}); "
+                          "choose a folder you can write to.") from None
+
