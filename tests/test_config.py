@@ -241,3 +241,18 @@ def test_experiment_preset_composes_the_cifar_recipe(data_dir):
     cfg, choices = compose(["experiment=cifar10_resnet20", *data_overrides(data_dir)])
     assert choices["dataset"] == "cifar10" and choices["model"] == "resnet20"
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (30, 128, 0.1)
+
+
+@pytest.mark.parametrize("bug", [TypeError, RuntimeError, AttributeError, ZeroDivisionError])
+def test_a_bug_in_a_layer_raises_with_its_traceback_whatever_its_kind(bug, monkeypatch):
+    # the smoke build once turned TypeError/RuntimeError/ZeroDivisionError into "config errors" (exit 2, no
+    # traceback) while an AttributeError printed one: a bug is a bug, whichever exception it raises
+    from models.pooling import AvgPool
+
+    def broken(self, x):
+        raise bug("a bug in the layer")
+
+    monkeypatch.setattr(AvgPool, "forward", broken)
+    with pytest.raises(bug, match="a bug in the layer"):
+        make_plan(["pooling=avg", "global_pool=max"])
+

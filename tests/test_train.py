@@ -197,7 +197,7 @@ def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
 SHORT_TEACHER = "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']"  # the wide teacher, briefly
 
 
-def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_dir, tmp_path):
+def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_dir, tmp_path, monkeypatch):
     plan = tiny(data_dir, tmp_path, "loss=kd", "teacher=simple_cnn_wide", SHORT_TEACHER)
     first = run(plan)
     assert first["status"] == "ok"
@@ -208,7 +208,19 @@ def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_di
     teacher_started = runs.loc[teacher_id, "started_at"]
 
     plan2 = tiny(data_dir, tmp_path, "loss=pld", "teacher=simple_cnn_wide", SHORT_TEACHER)
-    second = run(plan2)
+    by_id = tiny(data_dir, tmp_path, "loss=nkd", "teacher=run", f"teacher.run_id={teacher_id}")
+
+    def planned_again(*a, **k):
+        raise AssertionError("the run planned again: the plan carries its teacher's")
+
+    import runner.checks
+    import runner.plan
+    with monkeypatch.context() as patch:
+        for module, name in ((runner.plan, "plan_from_config"), (runner.plan, "checkpoint_plan"),
+                             (runner.plan, "Composer"), (runner.checks, "check_builds"), (runner.checks, "check_values")):
+            patch.setattr(module, name, planned_again)
+        second = run(plan2)
+        assert run(by_id)["status"] == "ok"
     assert second["teacher_run_id"] == teacher_id
     assert pd.read_csv(tmp_path / "runs.csv").set_index("run_id").loc[teacher_id, "started_at"] == teacher_started
     # the same teacher referenced by its run id is the same experiment: the student is not run again
@@ -306,3 +318,17 @@ def test_a_loss_with_its_own_weights_trains_them_and_resumes_them(data_dir, tmp_
     assert torch.equal(resumed, whole)
     with pytest.raises(RuntimeError, match="weak"):  # a state without the loss's weights is refused, not ignored
         fit({k: v for k, v in state.items() if k != "loss"})
+
+
+def test_ood_takes_any_dataset_option_the_composer_sees_and_the_run_reads_it_from_the_plan(data_dir, tmp_path):
+    # an option of the user's --config-dir works as ood= as it does as dataset= (the run once read conf/ itself)
+    user = tmp_path / "conf" / "dataset"
+    user.mkdir(parents=True)
+    (user / "my_digits.yaml").write_text("name: mnist\nval_fraction: 0.2\n")
+    cell = [*TINY[:-1], "dataset=fashion_mnist", f"data_dir={data_dir}", f"results_dir={tmp_path / 'res'}"]
+    plan = make_plan([*cell, "ood=my_digits"], config_dir=str(tmp_path / "conf"))
+    assert plan.ood.name == "mnist" and plan.ood.val_fraction == 0.2 and plan.ood.source_dir is None
+    record = run(plan)
+    assert record["status"] == "ok" and 0 <= record["metrics"]["ood_auroc_msp"] <= 1
+    with pytest.raises(ConfigError, match="ood=fashion_mnist: allowed: .*my_digits"):  # not the run's own dataset
+        make_plan([*cell, "ood=fashion_mnist"], config_dir=str(tmp_path / "conf"))
