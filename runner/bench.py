@@ -364,7 +364,7 @@ def threads_section(rounds: int) -> dict[str, float]:
     import subprocess
     import sys
 
-    from runner.launch import usable_cores
+    from runner.machine import usable_cores
 
     cfg = make_plan([]).cfg
     spec = datasets.SPECS[cfg.dataset.name]

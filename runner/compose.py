@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-import runner.launch  # noqa: F401  (registers ${machine_jobs:}, which conf/launcher/local.yaml uses)
+import runner.machine  # noqa: F401  (registers ${machine_jobs:}, which conf/launcher/local.yaml uses)
 from runner.schema import AXES, ConfigError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

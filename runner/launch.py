@@ -1,95 +1,79 @@
-"""A run's share of the machine when Hydra's joblib launcher (``launcher=local``) runs a grid in parallel.
+"""The one hand-off of planned runs to Hydra's launcher, used by ``python -m runner`` and ``runner.tune`` alike.
 
-Hydra's launchers do the launching; this only divides what one machine has among the jobs: torch
-threads (``threads=0`` becomes cores // jobs, so jobs × threads never exceeds the cores) and, where there
-are several GPUs, one GPU per worker process, held with a lock for the worker's life.
+The command plans every cell first (runner/plan.py); ``hand_off`` then starts Hydra on the command's own
+arguments (passed in, never through ``sys.argv``) with ``job`` as the task. Hydra's launcher (basic, joblib
+or submitit, through the planned sweeper in hydra_plugins/runner_sweeper) runs each cell's ``job``, which
+takes the cell's plan from this process, or plans the cell itself in a job process of a parallel launcher.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
+import signal
+import threading
+from typing import Any, Sequence
 
-from filelock import FileLock, Timeout
-from omegaconf import OmegaConf, open_dict
+from hydra._internal.utils import _run_hydra, get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-# The runner's plan for this process (set by ``python -m runner`` before Hydra starts): the plan of each cell by
-# its overrides, and the cells the planned sweeper hands to the launcher. A job process of a parallel launcher
-# starts with neither and plans its own cell (runner/plan.py: plan_from_config).
+from runner import machine
+from runner.compose import CONF_DIR, Composer, chosen
+from runner.progress import error, set_prefix
+from runner.schema import ConfigError
+
+# What the planned sweeper reads while Hydra runs: the plan of each cell by its overrides, the cells to launch,
+# and (runner.tune) the exact cells instead of the command's grid. A job process of a parallel launcher starts
+# with none of them and plans its own cell.
 PLANNED: dict[tuple[str, ...], Any] = {}
 TO_LAUNCH: set[tuple[str, ...]] | None = None
-CELLS: list[list[str]] | None = None  # python -m runner.tune: the cells to launch, instead of the command's grid
-
-_gpu_lock: FileLock | None = None  # this worker's GPU, kept until the process ends
-_gpu_index: int | None = None
+CELLS: list[list[str]] | None = None
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """The cores this process may use: its affinity mask, lowered to its cgroup's CPU quota (a container's or a
-    SLURM job's limit), rounded up, never below 1."""
-    cores = len(os.sched_getaffinity(0))
+def job(cfg: DictConfig) -> None:
+    """Hydra's task: run one cell. Imports torch's side here, not at the top: --help and --cfg never need it."""
+    from runner.plan import plan_from_config
+    from runner.run import run
+
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (scancel, a time limit, preemption, kill) stops the run as Ctrl-C does: recorded as interrupted
+        signal.signal(signal.SIGTERM, _terminated)
+    hc = HydraConfig.get()
+    overrides = tuple(hc.overrides.task)
+    plan = PLANNED.get(overrides)
+    if plan is None:  # a job process of a parallel launcher: its cell is planned here, by the same function
+        composer = Composer.from_global()
+        try:
+            plan = plan_from_config(cfg, chosen(hc.runtime.choices), overrides,
+                                    OmegaConf.to_container(hc.launcher, resolve=True), composer=composer)
+        except ConfigError as e:
+            error(f"error: {e}")
+            raise SystemExit(2) from None
+        finally:
+            composer.release()
+    if "BasicLauncher" not in str(hc.launcher.get("_target_", "")):  # runs in parallel: lines interleave
+        set_prefix(plan.run_id)
+    run(machine.place(plan, hc.launcher))
+
+
+def hydra(argv: Sequence[str]) -> None:
+    """Hydra on ``argv`` with ``job`` as its task, as ``@hydra.main`` would run it (also --help, --cfg, --info)."""
+    parser = get_args_parser()
+    _run_hydra(args=parser.parse_args(list(argv)), args_parser=parser, task_function=job,
+               config_path=str(CONF_DIR), config_name="config")
+
+
+def hand_off(plans: Sequence[Any], pending: Sequence[Any], argv: Sequence[str], exact: bool = False) -> None:
+    """Launch ``pending`` (planned, not completed) through the launcher ``argv`` selects. ``plans`` are every
+    cell of the command; ``exact`` launches the pending cells themselves rather than the command's grid."""
+    global TO_LAUNCH, CELLS
+    PLANNED.clear()
+    PLANNED.update({p.overrides: p for p in plans})
+    TO_LAUNCH = {p.overrides for p in pending}
+    CELLS = [list(p.overrides) for p in pending] if exact else None
     try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read: the affinity mask alone
-        pass
-    return cores
-
-
-def gpu_count() -> int:
-    import torch  # here: the planned sweeper imports this module while Hydra scans plugins, without torch
-
-    return torch.cuda.device_count()
-
-
-def machine_jobs() -> int:
-    """``launcher=local``'s default number of parallel runs: one per GPU when there are several, else one per core."""
-    gpus = gpu_count()
-    return gpus if gpus > 1 else usable_cores()
-
-
-OmegaConf.register_new_resolver("machine_jobs", machine_jobs, replace=True)
-
-
-def _claim_gpu(gpus: int) -> int:
-    """The first GPU no other worker holds (a worker keeps the one it claimed)."""
-    global _gpu_lock, _gpu_index
-    if _gpu_index is None:
-        folder = Path(tempfile.gettempdir()) / f"runner-gpus-{os.getuid()}"
-        folder.mkdir(exist_ok=True)
-        for i in range(gpus):
-            lock = FileLock(str(folder / f"cuda{i}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            _gpu_lock, _gpu_index = lock, i
-            break
-        else:
-            _gpu_index = os.getpid() % gpus  # more workers than GPUs: share
-    return _gpu_index
-
-
-def place(plan: Any, launcher: Any) -> Any:
-    """Under the joblib launcher: the plan with its share of the cores and, with several GPUs, a GPU of its own.
-    Only where/how keys change (threads, device index), never the run's identity."""
-    if "joblib" not in str(launcher.get("_target_", "")):
-        return plan
-    cores = usable_cores()
-    n_jobs = int(launcher.get("n_jobs") or 1)
-    parallel = cores if n_jobs < 0 else max(1, n_jobs)  # joblib reads -1 as one job per core
-    gpus = gpu_count()
-    cfg = plan.cfg.copy()
-    with open_dict(cfg):
-        if cfg.threads == 0:
-            cfg.threads = max(1, cores // parallel)
-        if cfg.device == "auto" and gpus > 1:
-            cfg.device = f"cuda:{_claim_gpu(gpus)}"
-    return dataclasses.replace(plan, cfg=cfg)
+        hydra(argv)
+    finally:
+        TO_LAUNCH, CELLS = None, None

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 import datasets
 from runner import build, records, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
-from runner.launch import usable_cores
+from runner.machine import usable_cores
 from runner.loggers import open_tracker
 from runner.metrics import final_metrics
 from runner.plan import RunPlan, TeacherRef

@@ -286,24 +286,12 @@ class Job:
 
 def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
     """Run the plans that have not completed, through Hydra's launcher of the command (basic, joblib, submitit)."""
-    from runner.__main__ import task  # here: __main__ is the entry point, this module is imported by nothing else
-
     unique = {p.run_id: p for p in reversed(plans)}
     pending = [p for p in unique.values() if not records.completed(p.folder)]
     if not pending:
         return
-    launch.PLANNED.clear()
-    launch.PLANNED.update({p.overrides: p for p in pending})
-    launch.CELLS = [list(p.overrides) for p in pending]
-    launch.TO_LAUNCH = {p.overrides for p in pending}
-    saved = sys.argv[:]
-    sys.argv[1:] = job.argv
-    try:
-        with GridProgress(pending):
-            task()
-    finally:
-        sys.argv[:] = saved
-        launch.CELLS, launch.TO_LAUNCH = None, None
+    with GridProgress(pending):
+        launch.hand_off(pending, pending, job.argv, exact=True)
 
 
 def mark(plan: RunPlan, m: Method, trial: FrozenTrial, stage: str, job: Job) -> None:

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from runner.plan import make_plan
 
-from runner import launch, records
+from runner import machine, records
 
 CHOICES = {"dataset": "mnist", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
            "loss": "ce", "optim": "sgd", "teacher": None}
@@ -78,30 +78,30 @@ def test_a_run_killed_at_a_random_moment_leaves_whole_tables_and_reruns(data_dir
 
 
 def test_parallel_jobs_share_the_cores_and_get_a_gpu_each(monkeypatch):
-    monkeypatch.setattr(launch, "usable_cores", lambda: 8)
-    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 8)
+    monkeypatch.setattr(machine, "gpu_count", lambda: 1)
     joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
                                "n_jobs": 3})
     plan = make_plan(["threads=0"])
-    placed = launch.place(plan, joblib)
+    placed = machine.place(plan, joblib)
     assert placed.cfg.threads == 2 and placed.cfg.device == "auto"  # 3 jobs × 2 threads <= 8 cores
     assert placed.run_id == plan.run_id and plan.cfg.threads == 0  # the plan it was given is unchanged
-    placed = launch.place(make_plan(["threads=4", "device=cpu"]), joblib)
+    placed = machine.place(make_plan(["threads=4", "device=cpu"]), joblib)
     assert placed.cfg.threads == 4 and placed.cfg.device == "cpu"  # what the user set stands
     basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
-    assert launch.place(plan, basic) is plan  # one run at a time: the run uses the cores it may use
-    assert launch.machine_jobs() == 8  # one GPU: a job per core
-    monkeypatch.setattr(launch, "gpu_count", lambda: 2)
-    assert launch.machine_jobs() == 2  # several GPUs: a job per GPU
+    assert machine.place(plan, basic) is plan  # one run at a time: the run uses the cores it may use
+    assert machine.machine_jobs() == 8  # one GPU: a job per core
+    monkeypatch.setattr(machine, "gpu_count", lambda: 2)
+    assert machine.machine_jobs() == 2  # several GPUs: a job per GPU
 
 
 def _claim(queue) -> None:
-    queue.put(launch._claim_gpu(2))
+    queue.put(machine._claim_gpu(2))
     time.sleep(1.0)  # hold it while the other worker claims
 
 
 def test_two_workers_claim_different_gpus(monkeypatch, tmp_path):
-    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(machine.tempfile, "gettempdir", lambda: str(tmp_path))
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_claim, args=(queue,)) for _ in range(2)]
@@ -170,7 +170,7 @@ def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir
 def test_usable_cores_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
     import os
 
-    from runner.launch import usable_cores
+    from runner.machine import usable_cores
 
     mask = len(os.sched_getaffinity(0))
     cpu_max = tmp_path / "cpu.max"
