@@ -309,7 +309,7 @@ def test_launcher_local_runs_the_trials_of_a_round_in_parallel(tmp_path, data_di
 
 
 def test_a_choice_at_the_bound_of_its_range_is_flagged():
-    from runner import summary_tune
+    from runner.summary import tuning as summary_tune
 
     # lr on [0.005, 0.5], log: 0.45 is at 97.7 % of the log range (ln 0.45 − ln 0.005 over ln 100), past 95 %
     assert summary_tune.at_edge(0.45, 0.005, 0.5, True) == "high"

@@ -1,0 +1,27 @@
+"""``python -m runner.summary RESULTS``: what a sweep found, and whether it is real.
+
+The package's modules, each with one job: ``load`` reads and chooses runs, ``compare`` computes the paired
+comparisons and ranks (with runner/stats.py), ``report`` writes the words and tables, ``export`` the
+comparison table in other formats, ``plots`` one function per figure, ``tuning`` runner.tune's studies,
+and ``cli`` the command that runs them in order.
+
+Loads the runs (``load``), keeps the ones asked for (``--where``, at-chance runs out unless
+``--include-at-chance``), groups them by every setting except the seed (typed columns, a distillation
+run by its teacher's run id however the teacher was named), and writes into ``--out`` (default: the
+results root it reads):
+
+- ``summary.csv``: per group and metric, n, mean, sd and a bootstrap CI over seeds;
+- ``comparison.csv`` (with ``--baseline axis=value``): each other method of that axis against the
+  baseline within each task, paired by seed: mean difference, BCa bootstrap CI, exact sign-flip p-value,
+  Holm over the report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with
+  ``--rope``, the Bayesian probabilities of better / equivalent / worse;
+- ``ranks.csv``: ranks per task over common seeds, mean rank, Borda count, IQM and probability of
+  improvement with stratified bootstrap CIs (``probability_of_improvement.csv``), the Friedman test and
+  Wilcoxon–Holm post-hoc p-values;
+- ``plots/``: paired differences, probability of improvement, critical-difference diagram (only when
+  Friedman rejects), learning curves, reliability diagrams with bin counts and ECE;
+- ``report.md``: a paragraph that answers in words, then the tables and plots.
+"""
+from runner.summary.cli import main
+
+__all__ = ["main"]

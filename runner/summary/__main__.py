@@ -1,0 +1,6 @@
+"""``python -m runner.summary``."""
+import sys
+
+from runner.summary.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""The statistics of a summary: per-group summaries, paired comparisons against a baseline, ranks across tasks."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from runner import stats
+from runner.metrics import higher_is_better, is_rate
+from runner.summary.load import SummaryError, _text, group_key, method_columns
+
+
+def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: str, main_metric: str,
+            rope: float | None) -> pd.DataFrame:
+    """comparison.csv: every method of the baseline's axis against the baseline, per task, paired by seed."""
+    axis, _, value = baseline.partition("=")
+    methods = method_columns(axis, columns)
+    context = [c for c in columns if c not in methods]
+    ok = ok.assign(_method=group_key(ok, methods), _task=group_key(ok, context))
+    rows = []
+    for task, group in ok.groupby("_task", sort=False):
+        base = group[group[axis].map(_text) == value]
+        if base.empty:
+            continue
+        if base["_method"].nunique() > 1:
+            raise SummaryError(f"--baseline {baseline} matches several methods in {task}: "
+                               f"{', '.join(sorted(base['_method'].unique()))}; add --where to keep one")
+        for method, other in group[group[axis].map(_text) != value].groupby("_method", sort=False):
+            pairs = base.merge(other, on="seed", suffixes=("_base", ""))
+            unpaired = sorted(set(base.seed) ^ set(other.seed))
+            for m in metrics:
+                if m not in pairs or f"{m}_base" not in pairs:
+                    continue
+                r = stats.paired((pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float))
+                row = {"task": task, "method": method, "baseline": baseline, "metric": m,
+                       "higher_is_better": higher_is_better(m), "n_pairs": r.n, "diff_mean": r.mean,
+                       "diff_ci_low": r.ci_low, "diff_ci_high": r.ci_high, "p_sign_flip": r.p, "effect_dz": r.effect,
+                       "diff_sd": r.sd, "unpaired_seeds": " ".join(map(str, unpaired))}
+                if rope is not None:
+                    left, eq, right = stats.bayes_correlated_t(
+                        (pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float), rope)
+                    better_is_right = higher_is_better(m) is not False
+                    row |= {"p_better": right if better_is_right else left, "p_equivalent": eq,
+                            "p_worse": left if better_is_right else right}
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = np.nan
+    table["verdict"] = ""
+    for m, idx in table.groupby("metric").groups.items():
+        sub = table.loc[idx]
+        table.loc[idx, "p_holm"] = stats.holm(sub["p_sign_flip"])
+        comparisons = int(sub["p_sign_flip"].notna().sum()) or 1
+        percent = is_rate(m)
+        for i in idx:
+            r = table.loc[i]
+            result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign_flip,
+                                  r.effect_dz, r.diff_sd)
+            table.loc[i, "verdict"] = stats.verdict(result, r.p_holm, higher_is_better(m), comparisons,
+                                                    scale=100 if percent else 1, unit=" points" if percent else "")
+    return table
+
+
+def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
+         task_columns: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """ranks.csv and what the test across tasks found. A task counts only where every method has runs; each
+    method's score in a task is its mean over the seeds that every method of that task has."""
+    methods = method_columns(axis, columns)
+    tasks = [c for c in task_columns if c in ok] + [c for c in columns if c not in methods and c not in task_columns]
+    ok = ok.assign(_method=group_key(ok, methods), _task=group_key(ok, [c for c in tasks if c in ok]))
+    names = sorted(ok["_method"].unique())
+    info: dict[str, Any] = {"methods": names, "tasks_used": [], "tasks_skipped": [], "seeds_dropped": 0}
+    if len(names) < 2:
+        return pd.DataFrame(), info
+    scores: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+    for task, group in ok.groupby("_task", sort=False):
+        if set(group["_method"]) != set(names):
+            info["tasks_skipped"].append(task)
+            continue
+        common = set.intersection(*(set(g.seed) for _, g in group.groupby("_method")))
+        if not common:
+            info["tasks_skipped"].append(task)
+            continue
+        info["seeds_dropped"] += int((~group.seed.isin(common)).sum())
+        info["tasks_used"].append(task)
+        for name, g in group.groupby("_method"):
+            scores[name][task] = g[g.seed.isin(common)].sort_values("seed")[metric].to_numpy(dtype=float)
+    if not info["tasks_used"]:
+        return pd.DataFrame(), info
+    used = info["tasks_used"]
+    hib = higher_is_better(metric) is not False
+    matrix = np.array([[scores[n][t].mean() for n in names] for t in used])  # tasks × methods
+    ranks = pd.DataFrame(matrix, index=used, columns=names).rank(axis=1, ascending=not hib, method="average")
+    table = pd.DataFrame({"method": names, "mean_rank": ranks.mean().to_numpy(),
+                          "borda": (len(names) - ranks).sum().to_numpy(), "tasks": len(used)})
+    for n in names:  # rliable's aggregates with stratified bootstrap CIs over runs within tasks
+        runs_n = [scores[n][t] for t in used]
+        table.loc[table.method == n, "iqm"] = stats.iqm(np.concatenate(runs_n))
+        lo, hi = stats.stratified_bootstrap_ci([runs_n], lambda s: stats.iqm(np.concatenate(s)), n_resamples=1000)
+        table.loc[table.method == n, ["iqm_ci_low", "iqm_ci_high"]] = lo, hi
+    swiss, swiss_se = stats.swiss_expected_scores(matrix if hib else -matrix, n_sims=2000)
+    table["swiss_score"], table["swiss_score_se"] = swiss, swiss_se  # expected wins of a Swiss contest over the tasks
+    info["friedman_p"] = stats.friedman_p(matrix if hib else -matrix)
+    info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names) if len(used) >= 2 else None
+    info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))
+    poi = pd.DataFrame(index=names, columns=names, dtype=float)
+    pairs = []
+    for a in names:
+        for b in names:
+            x, y = [scores[a][t] for t in used], [scores[b][t] for t in used]
+            better, worse = (x, y) if hib else (y, x)
+            poi.loc[a, b] = stats.probability_of_improvement(better, worse)
+            if a != b:  # with a stratified bootstrap CI over the runs of each task (rliable)
+                lo, hi = stats.stratified_bootstrap_ci([better, worse], stats.probability_of_improvement, n_resamples=500)
+                pairs.append({"method": a, "other": b, "p_improvement": poi.loc[a, b], "ci_low": lo, "ci_high": hi})
+    info["poi"], info["poi_table"] = poi, pd.DataFrame(pairs)
+    return table.sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index(drop=True), info
+
+
+def summarize(ok: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """summary.csv: per group and metric, n, mean, sd and the bootstrap CI of the mean over seeds."""
+    out = []
+    for g, group in ok.groupby("group", sort=False):
+        for m in metrics:
+            v = group[m].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            lo, hi = stats.bootstrap_ci(v)
+            out.append({"group": g, "metric": m, "higher_is_better": higher_is_better(m), "n": len(v),
+                        "mean": float(v.mean()) if len(v) else np.nan,
+                        "sd": float(v.std(ddof=1)) if len(v) > 1 else np.nan, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(out)

@@ -1,0 +1,161 @@
+"""Reading runs into one table keyed by run id, choosing them, and grouping them by their settings."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from runner import records, stats
+
+KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
+AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
+# How a teacher was named (settings, run id, checkpoint) is not what it is: its run id is, kept as teacher_run_id.
+TEACHER_NAMING = ("teacher", "teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_test_acc")
+NOT_CONFIG = (set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch"} | set(TEACHER_NAMING)
+              | set(records.STAGE_COLUMNS))
+
+
+class SummaryError(Exception):
+    """A usage mistake: printed as one line, exit status 2."""
+
+
+def run_folders(paths: Iterable[Path]) -> list[Path]:
+    """Run folders from results roots (holding ``runs/``) or run folders themselves; a runs.csv table stands for
+    itself (read by ``load``)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.suffix == ".csv" and p.is_file():
+            out.append(p)
+        elif (p / "result.json").exists():
+            out.append(p)
+        elif (p / "runs").is_dir():
+            out += sorted(f for f in (p / "runs").iterdir() if (f / "result.json").exists())
+        else:
+            raise SummaryError(f"{p}: neither a results root (with runs/) nor a run folder (with result.json)")
+    return out
+
+
+def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(runs, epochs, metric columns): one row per readable run (a corrupt one is reported and skipped)."""
+    rows, epochs, metrics = [], [], set()
+    for folder in folders:
+        if folder.suffix == ".csv":  # a runs.csv table (a colleague's, or docs/examples): its rows as they are
+            table = pd.read_csv(folder)
+            if not {"run_id", "status", "seed"} <= set(table.columns):
+                raise SummaryError(f"{folder}: not a runs.csv written by this runner (needs run_id, status and seed)")
+            rows += [r | {"folder": ""} for r in table.to_dict("records")]
+            metrics |= {c for c in table.columns if (c.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
+                        or c == "temperature") and c not in records.BOOKKEEPING and pd.api.types.is_numeric_dtype(table[c])}
+            if (folder.parent / "epochs.csv").is_file():
+                epochs.append(pd.read_csv(folder.parent / "epochs.csv"))
+            continue
+        record = records.read_result(folder)
+        if record is None:
+            continue
+        row = records.row(record) | {"folder": str(folder)}
+        metrics |= {k for k, v in row.items() if (k.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
+                                                   or k == "temperature") and k not in records.BOOKKEEPING
+                    and isinstance(v, (int, float, type(None)))}
+        rows.append(row)
+        frame = records.read_epochs(folder)
+        if frame is not None:
+            epochs.append(frame.assign(run_id=record["run_id"]))
+    if not rows:
+        raise SummaryError("no runs found: run a sweep first, e.g. python -m runner -m pooling=max,avg seed=0,1,2")
+    runs = pd.DataFrame(rows)
+    for c in runs.columns:  # lists (model.widths) as text, so that they can be grouped on
+        if runs[c].dtype == object:
+            runs[c] = runs[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    runs["at_chance"] = [flag is True or flag == 1 if isinstance(flag, (bool, int, float)) and not pd.isna(flag)
+                         else _at_chance(r) for flag, (_, r) in zip(runs.get("at_chance", [None] * len(runs)), runs.iterrows())]
+    return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), sorted(metrics)
+
+
+def _at_chance(row: pd.Series) -> bool:
+    """For runs recorded before ``at_chance`` existed: the same rule, from the dataset's classes and n_test."""
+    from datasets import SPECS  # here: only tables from before at_chance need it, and it imports torch
+
+    acc, n, name = row.get("test_acc"), row.get("n_test"), row.get("dataset")
+    if name not in SPECS or not isinstance(acc, (int, float)) or pd.isna(acc) or pd.isna(n):
+        return False
+    return stats.at_chance(float(acc), SPECS[name].num_classes, int(n))
+
+
+def parse_where(items: list[str], columns: Iterable[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or key not in columns:
+            raise SummaryError(f"--where {item}: expected column=value[,value...] with a column of runs.csv, "
+                               f"e.g. pooling=max,softpool or dataset=cifar10")
+        out[key] = values.split(",")
+    return out
+
+
+def select(runs: pd.DataFrame, where: dict[str, list[str]]) -> pd.DataFrame:
+    for key, values in where.items():
+        runs = runs[runs[key].map(_text).isin(values)]
+    return runs
+
+
+def _text(v: Any) -> str:
+    """A cell as a user writes it: 3.0 as 3.0, 64 as 64 (not 64.0), missing as 'none'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v)) if not isinstance(v, bool) else str(v)
+    return str(v)
+
+
+def config_columns(runs: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The settings that vary across the runs (a missing value counts as a value), the seed aside."""
+    cols = [c for c in runs.columns if c not in NOT_CONFIG and c not in metrics
+            and not c.startswith(("train_", "best_"))]
+    return [c for c in cols if runs[c].map(_text).nunique() > 1]
+
+
+def group_key(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One text key per run from typed columns, a missing value kept distinct from every value. An option's
+    setting (``pooling.p``) is named only where it varies among the runs of one option; elsewhere the option's
+    name says it all."""
+    def informative(c: str) -> bool:
+        axis = c.split(".")[0]
+        if "." not in c or axis not in runs:
+            return True
+        return bool((runs.groupby(runs[axis].map(_text))[c].agg(lambda v: v.map(_text).nunique()) > 1).any())
+
+    shown = [c for c in columns if informative(c)]
+    if not shown:
+        return pd.Series("all runs", index=runs.index)
+    return runs[shown].apply(lambda r: " ".join(_label_part(c, v) for c, v in r.items() if _label_part(c, v)), axis=1)
+
+
+def _label_part(column: str, value: Any) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    if missing and "." in column:  # a hyperparameter the option does not have: nothing to say
+        return ""
+    if column == "teacher_run_id":
+        return "" if missing else f"teacher={value}"
+    return f"{column}={_text(value)}"
+
+
+# ---------------------------------------------------------------- the paired comparison
+
+def method_columns(axis: str, columns: list[str]) -> list[str]:
+    """The axis, its own hyperparameters, and for a loss the teacher: what defines a method of that axis."""
+    return [c for c in columns if c == axis or c.startswith(axis + ".") or (axis == "loss" and c == "teacher_run_id")]
+
+
+def mixed_devices(ok: pd.DataFrame) -> list[str]:
+    """A warning per group whose seeds ran on different device types or autocast settings: their numbers
+    differ for that reason alone (the run id holds both, so such runs are different experiments)."""
+    where = [c for c in ("device_type", "autocast") if c in ok]
+    out = []
+    for g, group in ok.groupby("group", sort=False):
+        kinds = sorted({"/".join(_text(v) for v in row) for row in group[where].itertuples(index=False)}) if where else []
+        if len(kinds) > 1:
+            out.append(f"warning: {g} mixes runs on {', '.join(kinds)}; compare runs of one device type")
+    return out

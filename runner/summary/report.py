@@ -1,0 +1,127 @@
+"""The words and tables of report.md: the opening answer, the groups, the comparisons, ranks and tuning."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from runner import stats
+from runner.metrics import higher_is_better, is_rate
+from runner.summary.load import SummaryError
+
+
+def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
+    """The report's opening paragraph: each comparison of the main metric in one sentence."""
+    if comparison.empty:
+        return (f"No comparison was asked for: add --baseline axis=value (e.g. --baseline pooling=max) to compare "
+                f"methods on {metric}.")
+    c = comparison[comparison.metric == metric]
+    scale, unit = (100, " points") if is_rate(metric) else (1, "")
+    sentences = []
+    for r in c.itertuples():
+        ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")
+        n = "" if r.verdict.startswith("n = ") else f"n = {r.n_pairs}, "
+        where = "" if r.task == "all runs" else f" on {r.task}"
+        sentences.append(f"{r.method} vs {baseline}{where}: {r.diff_mean * scale:+.2g}{unit}{ci}, {n}{r.verdict}.")
+    return " ".join(sentences)
+
+
+def _fmt(mean: float, lo: float, hi: float, n: int) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}] (n={n})" if np.isfinite(lo) else f"{mean:.4f} (n={n})"
+
+
+def overview(summary: pd.DataFrame, metrics: list[str], sort_by: str, references: list[tuple[str, str, float]]) -> pd.DataFrame:
+    rows: dict[str, dict[str, Any]] = {}
+    for r in summary.itertuples():
+        rows.setdefault(r.group, {"group": r.group})
+        rows[r.group][r.metric] = _fmt(r.mean, r.ci_low, r.ci_high, r.n)
+        if r.metric == sort_by:
+            rows[r.group]["_key"] = r.mean
+    for name, m, v in references:
+        rows[f"{name} (published)"] = {"group": f"{name} (published)", m: f"{v:.4f}", "_key": v if m == sort_by else np.nan}
+    table = pd.DataFrame(rows.values())
+    table = table.sort_values("_key", ascending=higher_is_better(sort_by) is False, na_position="last")
+    return table[["group"] + [m for m in metrics if m in table]]
+
+
+def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.DataFrame) -> list[str]:
+    """The report's sections on tuned studies and on the time to a target."""
+    lines = []
+    if not chosen.empty:
+        lines += ["## Tuning (python -m runner.tune): the same budget for every method, chosen on validation data", "",
+                  "Each method's chosen setting is its best trial on the validation metric; `last_improvement` is the "
+                  "trial at which its best-so-far last rose (near the budget: the search may not have converged); "
+                  "`at_range_edge` names a setting chosen within 5 % of a bound of its range (on the log scale for a "
+                  "log range): widen that range before trusting the choice.", "",
+                  chosen.drop(columns=["study"]).to_markdown(index=False, floatfmt=".4g"), ""]
+    if not sensitivity.empty:
+        lines += ["### Sensitivity: Spearman's rank correlation of the validation metric with each tuned setting", "",
+                  sensitivity.to_markdown(index=False, floatfmt=".3g"), ""]
+    if not speed.empty:
+        lines += ["## Time to target (first epoch reaching it; training seconds up to that epoch)", "",
+                  speed.to_markdown(index=False, floatfmt=".4g"), ""]
+    return lines
+
+
+def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
+           info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str,
+           extra: list[str] = (), note: str = "") -> str:
+    excluded = runs[runs.status != "ok"]
+    chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
+    lines = [f"# What the runs found ({metric}, {args.select} epoch)", "", answer(comparison, metric, args.baseline), "",
+             f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
+             + f". {len(ok)} enter the statistics." + (f" ({note[0].upper()}{note[1:]}.)" if note else ""), ""]
+    if len(excluded):
+        lines += ["Not aggregated (did not finish):", ""] + [f"- `{r.run_id}` {r.status}: {r.error}" for r in excluded.itertuples()] + [""]
+    if len(chance):
+        lines += ["Left out because they ended at chance (test accuracy within 3 standard errors of 1/K; "
+                  "`--include-at-chance` keeps them):", ""] + [f"- `{r.run_id}` {r.group_label}: test_acc {r.test_acc:.4f}"
+                                                               for r in chance.itertuples()] + [""]
+    arrow = {True: "higher is better", False: "lower is better", None: ""}[higher_is_better(metric)]
+    lines += [f"## Groups (mean [95 % bootstrap CI] over seeds), sorted by {metric} ({arrow})", "",
+              table.to_markdown(index=False), ""]
+    if not comparison.empty:
+        c = comparison[comparison.metric == metric]
+        cols = [k for k in ("task", "method", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "p_sign_flip",
+                            "p_holm", "effect_dz", "p_better", "p_equivalent", "p_worse", "verdict", "unpaired_seeds")
+                if k in c]
+        lines += [f"## Against {args.baseline} ({metric}; paired by seed, exact sign-flip test, Holm over "
+                  f"{int(c.p_sign_flip.notna().sum())} comparisons)", "", c[cols].to_markdown(index=False, floatfmt=".4g"), ""]
+    if not ranks.empty:
+        fried = info.get("friedman_p", math.nan)
+        if len(info["tasks_used"]) < 2 or not np.isfinite(fried):
+            test = (f"Friedman test: not possible with {len(info['tasks_used'])} task(s) and {len(info['methods'])} methods "
+                    "(it needs 2 tasks and 3 methods); the ranks of one task are the order of its means, not a finding.")
+        else:
+            test = f"Friedman test: p = {fried:.3g}" + (" (the ranks differ; the critical-difference diagram shows which)."
+                                                        if fried < stats.ALPHA else " (no detectable difference in ranks; "
+                                                        "no critical-difference diagram is drawn).")
+        lines += [f"## Across {len(info['tasks_used'])} tasks ({metric}; ranks over the seeds every method has)", "",
+                  ranks.to_markdown(index=False, floatfmt=".4g"), "", test]
+        if info["tasks_skipped"]:
+            lines += ["", f"Tasks without every method, not ranked: {', '.join(info['tasks_skipped'])}."]
+        if info["seeds_dropped"]:
+            lines += ["", f"{info['seeds_dropped']} runs on seeds that not every method has were left out of the ranks."]
+        lines.append("")
+    lines += list(extra) + ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
+    return "\n".join(lines)
+
+
+def parse_reference(items: list[str]) -> list[tuple[str, str, float]]:
+    out = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        metric, eq, value = rest.partition("=")
+        try:
+            out.append((name, metric, float(value)))
+        except ValueError:
+            raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'") from None
+        if not eq or not name:
+            raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'")
+    return out
