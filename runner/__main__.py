@@ -52,15 +52,13 @@ def main() -> int:
               "python -m runner runs the setting it is given.")
         return 2
     if args.help or args.hydra_help or args.shell_completion or args.info:
-        launch.hydra(argv)
-        return 0
+        return launch.hydra(argv)
     try:
         if args.cfg:  # composing is enough to print it: no model is built, torch is not imported
             with Composer(**where) as composer:
                 composer.master(args.overrides, multirun=False)
                 composer.compose(args.overrides)
-            launch.hydra(argv)
-            return 0
+            return launch.hydra(argv)
         from runner.plan import make_plans  # here, so that --cfg and --help stay fast
 
         plans = make_plans(args.overrides, args.multirun, **where)

@@ -58,11 +58,18 @@ def job(cfg: DictConfig) -> None:
     run(machine.place(plan, hc.launcher))
 
 
-def hydra(argv: Sequence[str]) -> None:
-    """Hydra on ``argv`` with ``job`` as its task, as ``@hydra.main`` would run it (also --help, --cfg, --info)."""
+def hydra(argv: Sequence[str]) -> int:
+    """Hydra on ``argv`` with ``job`` as its task, as ``@hydra.main`` would run it (also --help, --cfg, --info);
+    returns the status Hydra would exit with (it calls sys.exit after --help and --cfg)."""
     parser = get_args_parser()
-    _run_hydra(args=parser.parse_args(list(argv)), args_parser=parser, task_function=job,
-               config_path=str(CONF_DIR), config_name="config")
+    try:
+        _run_hydra(args=parser.parse_args(list(argv)), args_parser=parser, task_function=job,
+                   config_path=str(CONF_DIR), config_name="config")
+    except SystemExit as e:
+        if not isinstance(e.code, (int, type(None))):  # a message: Hydra's own, printed as sys.exit would
+            raise
+        return e.code or 0
+    return 0
 
 
 def hand_off(plans: Sequence[Any], pending: Sequence[Any], argv: Sequence[str], exact: bool = False) -> None:

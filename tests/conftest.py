@@ -92,7 +92,9 @@ TINY = ["epochs=1", "batch_size=16", "threads=1", "dataset=mnist"]  # a run of a
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m runner`` as a user would, from the repository root by default."""
+    """Run ``python -m runner`` as a user would, in a new interpreter, from the repository root by default. Each
+    costs seconds of start-up (torch's import): the tests of what only a real process shows (a signal, a closed
+    pipe, what gets imported, parallel processes) use it; the others call ``main_cli``."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
@@ -131,3 +133,22 @@ def write_dataset(data_dir: Path, spec, seed: int, n_train: int = 120, n_test: i
     with open(folder / cls.meta["filename"], "wb") as f:
         pickle.dump({cls.meta["key"]: [f"c{i}" for i in range(spec.num_classes)]}, f)
     return train, test
+
+
+@pytest.fixture
+def main_cli(monkeypatch, capsys):
+    """``python -m runner <args>`` through its entry point, ``runner.__main__.main``, in this process: the same code
+    path as the command (argument parsing, planning, Hydra's launcher, the exit status), without the start-up."""
+    def call(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+        import runner.__main__ as entry
+
+        with monkeypatch.context() as m:
+            m.chdir(cwd or ROOT)
+            m.setattr(sys, "argv", ["runner", *args])
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            capsys.readouterr()
+            code = entry.main()
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+    return call

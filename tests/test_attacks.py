@@ -154,21 +154,8 @@ SUBPROCESS = {"target that walks into a library", "callbacks in a config-dir pre
               "teacher checkpoint with a pickled payload", "download offline"}
 
 
-def in_process(args: list[str], cwd: Path, env: dict, monkeypatch, capsys) -> subprocess.CompletedProcess:
-    import runner.__main__ as entry
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["runner", *args])
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    capsys.readouterr()
-    code = entry.main()
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
 @pytest.mark.parametrize("name,args,given,expected", CASES, ids=[c[0] for c in CASES])
-def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, args, given, expected, monkeypatch, capsys):
+def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, args, given, expected, main_cli):
     for rel, text in given.items():
         _materialize(place, rel, text)
     before = files(place)
@@ -176,7 +163,7 @@ def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, arg
     if not any(a.startswith("results_dir=") for a in args):
         args.append(f"results_dir={place / 'results'}")
     env = {"PATH": f"{place / 'bin'}:{os.environ['PATH']}"}
-    res = cli(*args, cwd=place, env=env) if name in SUBPROCESS else in_process(args, place, env, monkeypatch, capsys)
+    res = (cli if name in SUBPROCESS else main_cli)(*args, cwd=place, env=env)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
     assert expected in res.stderr, res.stderr

@@ -1,4 +1,6 @@
-"""``python -m runner`` as a user runs it, in a subprocess."""
+"""``python -m runner`` as a user runs it: through its entry point in this process (``main_cli``), and in a real
+subprocess (``cli``) where only a process shows it: a signal, parallel processes, what gets imported, one config
+error and one grid end to end."""
 from __future__ import annotations
 
 import os
@@ -12,25 +14,25 @@ import pytest
 from conftest import ROOT, TINY, cli, write_cifar, write_mnist_like
 
 
-def test_help_lists_groups_and_options_under_the_apps_header():
-    out = cli("--help").stdout
+def test_help_lists_groups_and_options_under_the_apps_header(main_cli):
+    out = main_cli("--help").stdout
     assert out.startswith("runner: train and evaluate")
     assert "pooling: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree" in out and "dataset: cifar10, cifar100, fashion_mnist, mnist, mnist5k" in out
 
 
-def test_cfg_job_prints_the_resolved_config():
-    out = cli("--cfg", "job", "pooling=avg", "seed=3").stdout
+def test_cfg_job_prints_the_resolved_config(main_cli):
+    out = main_cli("--cfg", "job", "pooling=avg", "seed=3").stdout
     assert "_target_: models.pooling.AvgPool" in out and "seed: 3" in out
 
 
-def test_multirun_with_cfg_is_a_usage_error_not_a_traceback():
-    res = cli("-m", "pooling=max,avg", "--cfg", "job")
+def test_multirun_with_cfg_is_a_usage_error_not_a_traceback(main_cli):
+    res = main_cli("-m", "pooling=max,avg", "--cfg", "job")
     assert res.returncode == 2 and res.stderr == "error: --multirun and --cfg cannot be combined; give one of them.\n"
 
 
-def test_config_error_exits_2_with_one_paragraph_and_writes_nothing(tmp_path):
-    for args in (["pooling=maxx"], ["-m", "pooling=max,avgg", "seed=0,1"], ["epochs=abc"]):
-        res = cli(*args, f"results_dir={tmp_path / 'out'}", cwd=tmp_path)
+def test_config_error_exits_2_with_one_paragraph_and_writes_nothing(tmp_path, main_cli):
+    for run, args in ((cli, ["pooling=maxx"]), (main_cli, ["-m", "pooling=max,avgg", "seed=0,1"]), (main_cli, ["epochs=abc"])):
+        res = run(*args, f"results_dir={tmp_path / 'out'}", cwd=tmp_path)
         assert res.returncode == 2, res.stderr
         assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
         assert list(tmp_path.iterdir()) == []  # no results folder, no Hydra outputs
@@ -57,13 +59,13 @@ def test_grid_records_every_cell_then_skips_them_and_force_reruns(data_dir, tmp_
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
 
 
-def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, main_cli):
     # Hand-made CIFAR files fail torchvision's md5 check (verify_checksums defaults to true): an error
     # inside the run, after the pre-flight found the files, so the cell fails and the grid goes on.
     data = tmp_path / "data"
     write_cifar(data, 10, n_train=100, n_test=20)
     write_mnist_like(data / "MNIST" / "raw", n_train=200, n_test=50)
-    res = cli("-m", "dataset=cifar10,mnist", *TINY[:-1], f"data_dir={data}", f"results_dir={tmp_path / 'out'}")
+    res = main_cli("-m", "dataset=cifar10,mnist", *TINY[:-1], f"data_dir={data}", f"results_dir={tmp_path / 'out'}")
     assert res.returncode == 1
     runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("dataset")
     assert runs.loc["cifar10", "status"] == "failed" and "corrupted" in runs.loc["cifar10", "error"]
@@ -186,11 +188,11 @@ def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path):
 
 # ---------------------------------------------------------------- one plan per run (issue 13)
 
-def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir, tmp_path):
-    res = cli("-m", "pooling=lp", "pooling.p=3,4", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
+def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir, tmp_path, main_cli):
+    res = main_cli("-m", "pooling=lp", "pooling.p=3,4", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr
     assert "grid of 2 runs: 2 ok" in res.stdout
-    again = cli("pooling=lp", "pooling.p=3.0", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
+    again = main_cli("pooling=lp", "pooling.p=3.0", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}")
     assert again.returncode == 0 and "already completed" in again.stdout
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 2
 
@@ -202,24 +204,24 @@ def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir
     ["loss=uskd", "model.widths=[32]", "model.downsample_at=[0]"], ["loss=uskd", "+loss.num_classes=10"],
     ["--config-dir", "/nonexistent/presets"], ["-m", "pooling=max,maxx"],
 ])
-def test_a_config_mistake_exits_2_before_any_data_with_nothing_written(mistake, tmp_path):
-    res = cli(*mistake, f"results_dir={tmp_path / 'out'}", f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+def test_a_config_mistake_exits_2_before_any_data_with_nothing_written(mistake, tmp_path, main_cli):
+    res = main_cli(*mistake, f"results_dir={tmp_path / 'out'}", f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []
 
 
-def test_null_for_an_optional_group_is_its_default(data_dir, tmp_path):
-    a = cli("--cfg", "job", "teacher=null", "launcher=null", "experiment=null")
+def test_null_for_an_optional_group_is_its_default(main_cli):
+    a = main_cli("--cfg", "job", "teacher=null", "launcher=null", "experiment=null")
     assert a.returncode == 0 and "teacher: null" in a.stdout
 
 
-def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir, tmp_path):
+def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir, tmp_path, main_cli):
     common = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
     # the teacher's settings, as teacher.overrides names them, run from the shell on the student's data first
-    shell = cli("model=simple_cnn", "model.widths=[64,128]", "epochs=2", "dataset=mnist", "threads=1", *common[4:])
+    shell = main_cli("model=simple_cnn", "model.widths=[64,128]", "epochs=2", "dataset=mnist", "threads=1", *common[4:])
     assert shell.returncode == 0, shell.stderr
-    student = cli("loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']",
+    student = main_cli("loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']",
                   *common)
     assert student.returncode == 0, student.stderr
     assert "training it first" not in student.stdout
@@ -227,7 +229,7 @@ def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir,
     assert len(runs) == 2 and runs.loc[runs["loss"] == "kd", "teacher_run_id"].iloc[0] in set(runs["run_id"])
 
 
-def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path):
+def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path, main_cli):
     mine = tmp_path / "presets"
     (mine / "experiment").mkdir(parents=True)
     (mine / "pooling").mkdir()
@@ -237,15 +239,15 @@ def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path):
     (mine / "experiment" / "grid.yaml").write_text(
         "# @package _global_\nepochs: 1\nhydra:\n  sweeper:\n    params:\n      pooling: max,avg3\n      seed: 0,1\n")
     where = ["--config-dir", str(mine), "dataset=mnist", "threads=1", f"data_dir={data_dir}", f"results_dir={tmp_path / 'r'}"]
-    res = cli(*where, "experiment=quick")
+    res = main_cli(*where, "experiment=quick")
     assert res.returncode == 0, res.stderr
-    res = cli("-m", *where, "experiment=grid", "batch_size=16")
+    res = main_cli("-m", *where, "experiment=grid", "batch_size=16")
     assert res.returncode == 0, res.stderr
     assert "grid of 4 runs: 4 ok" in res.stdout
     assert res.stdout.count("already completed") == 1  # avg3, seed 0, 1 epoch, batch 16: the preset's run
     runs = pd.read_csv(tmp_path / "r" / "runs.csv")
     assert sorted(runs["pooling"]) == ["avg3", "avg3", "max", "max"] and set(runs["pooling.kernel_size"]) == {2, 3}
-    bad = cli("-m", *where, "experiment=grid", "pooling.kernel_size=0")  # every cell of a config-file sweep is planned
+    bad = main_cli("-m", *where, "experiment=grid", "pooling.kernel_size=0")  # every cell of a config-file sweep is planned
     assert bad.returncode == 2 and "kernel_size must be >= 1" in bad.stderr
 
 

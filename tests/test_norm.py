@@ -16,7 +16,7 @@ from models.norm import (SELU, BatchNormAct, EvoNormB0, EvoNormS0, Fixup, GroupN
 from models.pooling import GlobalAvgPool, MaxPool
 from models.resnet import CifarResNet
 from models.simple_cnn import SimpleCNN
-from models.vgg import VGG
+from models.vgg import STAGES, VGG
 
 P = functools.partial
 BLOCKS = {  # name: (factory, batch_dependent)
@@ -35,7 +35,9 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "powernorm": (PowerNormAct, True),
 }
 RESIDUAL_ONLY = {"fixup": Fixup()}  # blocks that need residual models: their own section below
-MODELS = {"simple_cnn": SimpleCNN, "resnet20": CifarResNet, "vgg11": VGG}
+# VGG-11's stages at an eighth of its widths (its structure, a fiftieth of the cost; test_pooling.py has the full one)
+MODELS = {"simple_cnn": SimpleCNN, "resnet20": CifarResNet,
+          "vgg11_narrow": functools.partial(VGG, stages=tuple(tuple(w // 8 for w in s) for s in STAGES))}
 
 
 def model_with(make, norm, channels=1, classes=10, **kw):
@@ -91,7 +93,7 @@ def test_state_dict_round_trip_after_training_steps(name):
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
 def test_every_norm_trains_in_every_model(model, name, channels, size):
     factory, batch_dependent = BLOCKS[name]
-    kw = {"downsample_at": [0, 1, 2, 3]} if model == "vgg11" and size == 28 else {}
+    kw = {"downsample_at": [0, 1, 2, 3]} if model == "vgg11_narrow" and size == 28 else {}
     net = model_with(MODELS[model], factory, channels, **kw)
     if kw and name == "instance":  # VGG's last stage at 1×1: instance norm would zero every value
         with pytest.raises(ValueError, match="normalizes groups of one value, all to 0"):

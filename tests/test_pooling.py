@@ -16,7 +16,7 @@ from models.pooling import (AdaPool, AvgPool, GatedPool, GGeM, GeM, GlobalAvgMax
                             StochasticPool, TreePool, ada_pool2d, dice_pool2d, soft_pool2d, soft_pool2d_reference)
 from models.resnet import CifarResNet
 from models.simple_cnn import SimpleCNN
-from models.vgg import VGG
+from models.vgg import STAGES, VGG
 
 LOCAL = {  # every local pooling option, eager where a layer can compile (the compiled path is tested below)
     "max": MaxPool, "avg": AvgPool,
@@ -342,16 +342,20 @@ def test_head_shapes_gradients_and_out_features(name):
 
 # ------------------------------------------------------------------ inside the models
 
+# VGG-11's five stages and five poolings (down to 1×1 at 32 px) at an eighth of its widths: the structure that
+# finds a layer's small-map bugs, at a fiftieth of the cost; the full VGG-11 has its own tests below and in
+# test_contracts.py
+NARROW_VGG11 = tuple(tuple(w // 8 for w in stage) for stage in STAGES)
 MODELS = {
     "simple_cnn": SimpleCNN,
     "resnet20_pool": functools.partial(CifarResNet, downsample="pool"),
-    "vgg11": VGG,
+    "vgg11_narrow": functools.partial(VGG, stages=NARROW_VGG11),
 }
 
 
 def _model(make, size, **factories):
-    if make is VGG and size == 28:  # 28 → 14 → 7 → 3 → 1: four poolings fit
-        make = functools.partial(VGG, downsample_at=(0, 1, 2, 3))
+    if getattr(make, "func", make) is VGG and size == 28:  # 28 → 14 → 7 → 3 → 1: four poolings fit
+        make = functools.partial(make, downsample_at=(0, 1, 2, 3))
     defaults = dict(pool=MaxPool, global_pool=GlobalAvgPool, norm=BatchNormAct)
     channels = 1 if size == 28 else 3
     return build_model(make, in_channels=channels, num_classes=7, **(defaults | factories)), channels
