@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)  ## set up the venv, then train the default run (mnist5k, < 1 min on 2 cores); ARGS="..." adds overrides
 	$(PY) -m runner $(ARGS)
 
-test: $(STAMP) fashion-mnist  ## set up the venv, then pyflakes' checks (ruff) and the whole test suite
-	$(VENV)/bin/ruff check --select F .
+test: $(STAMP) fashion-mnist  ## set up the venv, then ruff (pyflakes rules, lines <= 120) and the whole test suite
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests

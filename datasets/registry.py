@@ -99,7 +99,9 @@ def check_available(ds: Mapping[str, Any], data_dir: str | Path, download: bool)
                 f"fetch them once with `python -m runner dataset={name} download=true` (needs network), "
                 f"or set data_dir= (or DATA_DIR) to a folder that holds {SPECS[name].folder}/")
         if name == "fashion_mnist" and not ds.get("source_dir"):
-            hint += "; offline, Debian's dataset-fashion-mnist works: dataset.source_dir=/usr/share/datasets/fashion-mnist"
+            hint += (
+                "; offline, Debian's dataset-fashion-mnist works: dataset.source_dir=/usr/share/datasets/fashion-mnist"
+            )
         raise DataError(f"dataset={name}: no cached copy at {cache_path(name, data_dir)} and {len(missing)} "
                         f"file(s) missing in {folder}/: {', '.join(missing)}. To fix: {hint}.")
 
@@ -229,8 +231,12 @@ def load_cached(ds: Mapping[str, Any], data_dir: str | Path, download: bool = Fa
         try:
             tensors = _decode(name, ds, data_dir, download)
         except (OSError, RuntimeError) as e:  # no network for download=true, unreadable or corrupt source files
-            how = ("download=true could not fetch them (is there a network?); put the files there by hand or use "
-                   "a data_dir that has them" if download else "check the files, or fetch them again with download=true")
+            how = (
+                "download=true could not fetch them (is there a network?); put the files there by hand or use "
+                "a data_dir that has them"
+                if download
+                else "check the files, or fetch them again with download=true"
+            )
             raise DataError(f"dataset={name}: reading its files under {data_dir} failed: "
                             f"{' '.join(str(e).split()[:30])}. To fix: {how}.") from None
         _check_decoded(name, tensors)

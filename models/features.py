@@ -27,13 +27,16 @@ def penultimate_stage(model: nn.Module) -> tuple[nn.Module, int]:
     """(the module whose output is the last stage but one's feature map, its channels)."""
     stages = model.stages() if hasattr(model, "stages") else []
     if len(stages) < 2:
-        raise ValueError(f"{type(model).__name__} has {len(stages)} stage(s): a feature of the stage before the last needs at least 2")
+        raise ValueError(
+            f"{type(model).__name__} has {len(stages)} stage(s): a feature of the stage before the last needs at "
+            f"least 2"
+        )
     return stages[-2]
 
 
 @contextlib.contextmanager
 def tapped(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """``with tapped(module) as out: model(x)``: ``out`` gets ``module``'s output of each forward, still in the graph."""
+    """``with tapped(module) as out: model(x)``: ``out`` gets ``module``'s output of each forward, in the graph."""
     out: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda mod, args, result: out.append(result))
     try:

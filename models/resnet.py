@@ -70,7 +70,9 @@ class CifarResNet(nn.Module):
         if downsample not in ("conv", "pool"):
             raise ValueError(f"downsample must be 'conv' or 'pool', got {downsample!r}")
         n = (depth - 2) // 6
-        down_at = check_downsample_at(downsample_at, len(widths)) if downsample_at is not None else range(1, len(widths))
+        down_at = (
+            check_downsample_at(downsample_at, len(widths)) if downsample_at is not None else range(1, len(widths))
+        )
         self.stem = nn.Sequential(conv3x3(in_channels, widths[0], norm), norm(widths[0]))
         blocks: list[nn.Module] = []
         c = widths[0]
@@ -80,7 +82,9 @@ class CifarResNet(nn.Module):
                 blocks.append(BasicBlock(c, w, down, pool, norm))
                 c = w
         self.blocks = nn.Sequential(*blocks)
-        self._stage_ends = [((stage + 1) * n - 1, w) for stage, w in enumerate(widths)]  # (last block's index, channels)
+        self._stage_ends = [
+            ((stage + 1) * n - 1, w) for stage, w in enumerate(widths)
+        ]  # (last block's index, channels)
         self.global_pool = global_pool(c)
         self.fc = nn.Linear(self.global_pool.out_features, num_classes)
         init_weights(self)

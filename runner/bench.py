@@ -136,7 +136,10 @@ def loop_section(rounds: int) -> dict[str, float]:
     print(f"(a) runner loop      {figures['runner_s']:.2f} s/epoch")
     print(f"(b) minimal loop     {figures['minimal_s']:.2f} s/epoch")
     print(f"(c) DataLoader       {figures['dataloader_s']:.2f} s/epoch")
-    print(f"a/b = {figures['runner_over_minimal']:.3f} (target <= 1.05)   c/a = {figures['dataloader_over_runner']:.2f} (target > 1)")
+    print(
+        f"a/b = {figures['runner_over_minimal']:.3f} (target <= 1.05)   c/a = {figures['dataloader_over_runner']:.2f} "
+        f"(target > 1)"
+    )
     return figures
 
 
@@ -167,7 +170,9 @@ def pool_section(rounds: int) -> dict[str, float]:
     for name in poolings:
         cfg = make_plan([f"pooling={name}"]).cfg
         layers[name] = instantiate(cfg.pooling)(shape[1]).train()
-    layers["softpool_eager"] = instantiate(make_plan(["pooling=softpool", "pooling.compile=false"]).cfg.pooling)(shape[1])
+    layers["softpool_eager"] = instantiate(make_plan(["pooling=softpool", "pooling.compile=false"]).cfg.pooling)(
+        shape[1]
+    )
     layers = {"max": layers.pop("max"), "softpool": layers.pop("softpool"), **layers}  # softpool compiles first
 
     x = torch.randn(shape).requires_grad_()
@@ -231,8 +236,11 @@ def norm_section(rounds: int) -> dict[str, float]:
         for name, step in blocks.items():
             times[name].append(min(timed(step) for _ in range(3)))
     base = min(times["batch"])
-    print(f"\nnormalization blocks, forward + backward on a {tuple(shape)} float32 tensor, relative to batch "
-          f"({base * 1e3:.1f} ms); weight/spectral norm: the none block plus one 64→64 3×3 conv weight's reparametrization")
+    print(
+        f"\nnormalization blocks, forward + backward on a {tuple(shape)} float32 tensor, relative to batch "
+        f"({base * 1e3:.1f} ms); weight/spectral norm: the none block plus one 64→64 3×3 conv weight's "
+        f"reparametrization"
+    )
     figures = {"norm_batch_ms": base * 1e3}
     for name in blocks:
         figures[f"norm_{name}_over_batch"] = min(times[name]) / base
@@ -325,10 +333,12 @@ def records_section(rounds: int) -> dict[str, float]:
         figures["records_rebuild_at_1000_ms"] = min(timed(lambda: records.rebuild_tables(Path(tmp) / "1000"))
                                                     for _ in range(2)) * 1e3
     figures["records_finish_1000_over_10"] = figures["records_finish_at_1000_ms"] / figures["records_finish_at_10_ms"]
-    print(f"\none finish (rows appended to runs.csv and epochs.csv): {figures['records_finish_at_10_ms']:.1f} ms with 10 "
-          f"runs, {figures['records_finish_at_1000_ms']:.1f} ms with 1,000 (ratio "
-          f"{figures['records_finish_1000_over_10']:.2f}, target <= 1.5); a rebuild from 1,000 folders "
-          f"{figures['records_rebuild_at_1000_ms']:.0f} ms")
+    print(
+        f"\none finish (rows appended to runs.csv and epochs.csv): {figures['records_finish_at_10_ms']:.1f} ms with 10 "
+        f"runs, {figures['records_finish_at_1000_ms']:.1f} ms with 1,000 (ratio "
+        f"{figures['records_finish_1000_over_10']:.2f}, target <= 1.5); a rebuild from 1,000 folders "
+        f"{figures['records_rebuild_at_1000_ms']:.0f} ms"
+    )
     return figures
 
 
@@ -398,9 +408,15 @@ def threads_section(rounds: int) -> dict[str, float]:
     print(f"one epoch of the default run ({len(y)} images), {cores} usable cores: idle: {cores} threads "
           f"{idle[cores]:.2f} s, 1 thread {idle[1]:.2f} s; one core busy: {cores} threads {busy[cores]:.2f} s, "
           f"1 thread {busy[1]:.2f} s")
-    return {"threads_cores": cores, "threads_idle_default_s": idle[cores], "threads_idle_one_s": idle[1],
-            "threads_busy_default_s": busy[cores], "threads_busy_one_s": busy[1],
-            "threads_busy_default_over_one": busy[cores] / busy[1], "threads_idle_default_over_one": idle[cores] / idle[1]}
+    return {
+        "threads_cores": cores,
+        "threads_idle_default_s": idle[cores],
+        "threads_idle_one_s": idle[1],
+        "threads_busy_default_s": busy[cores],
+        "threads_busy_one_s": busy[1],
+        "threads_busy_default_over_one": busy[cores] / busy[1],
+        "threads_idle_default_over_one": idle[cores] / idle[1],
+    }
 
 
 SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section,
@@ -412,7 +428,9 @@ def main() -> None:
     parser.add_argument("sections", nargs="*", metavar="section",
                         help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of timed things (default 3)")
-    parser.add_argument("--out", default="results/bench.json", help="figures are merged into this file (default %(default)s)")
+    parser.add_argument(
+        "--out", default="results/bench.json", help="figures are merged into this file (default %(default)s)"
+    )
     args = parser.parse_args()
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:

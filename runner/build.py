@@ -46,7 +46,9 @@ def loss(cfg: DictConfig, net: nn.Module | None = None) -> nn.Module:
     return made if tau is None else LogitClip(made, tau)
 
 
-def optimizer(cfg: DictConfig, net: nn.Module, norm: Any = None, extra: nn.Module | None = None) -> torch.optim.Optimizer:
+def optimizer(
+    cfg: DictConfig, net: nn.Module, norm: Any = None, extra: nn.Module | None = None
+) -> torch.optim.Optimizer:
     """The optimizer over ``net``'s parameters; a norm may train some of them at another lr (``param_groups``).
     ``extra``'s parameters (a loss's own, such as USKD's weak classifier) train beside them at the run's lr."""
     groups = models.declared(norm if norm is not None else instantiate(cfg.norm), "param_groups")

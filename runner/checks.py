@@ -35,27 +35,39 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
     check_dataclass_ranges(cfg.dataset, DatasetConfig, "dataset.")
     ds = cfg.dataset
     if ds.name not in SPECS:
-        raise ConfigError(f"dataset.name={ds.name}: unknown dataset. Allowed: {', '.join(SPECS)}.{did_you_mean(ds.name, SPECS)}")
+        raise ConfigError(
+            f"dataset.name={ds.name}: unknown dataset. Allowed: {', '.join(SPECS)}.{did_you_mean(ds.name, SPECS)}"
+        )
     if ds.augment not in AUGMENTS:
-        raise ConfigError(f"dataset.augment={ds.augment}: allowed: {', '.join(AUGMENTS)}.{did_you_mean(ds.augment, AUGMENTS)}")
+        raise ConfigError(
+            f"dataset.augment={ds.augment}: allowed: {', '.join(AUGMENTS)}.{did_you_mean(ds.augment, AUGMENTS)}"
+        )
     if ds.source_dir is not None and not SPECS[ds.name].idx_source_dir:
         readers = [n for n, s in SPECS.items() if s.idx_source_dir]
-        raise ConfigError(f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
-                          f"dataset={ds.name} reads data_dir.")
+        raise ConfigError(
+            f"dataset.source_dir={ds.source_dir}: only {', '.join(readers)} read IDX files from a folder; "
+            f"dataset={ds.name} reads data_dir."
+        )
     if cfg.ts_method not in TS_METHODS:
-        raise ConfigError(f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}")
+        raise ConfigError(
+            f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}"
+        )
     if cfg.ood is not None:
         _check_ood(cfg, ood, dataset_options)
     if cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}.")
+        raise ConfigError(
+            f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}."
+        )
     _check_device(cfg.device)
     _check_logger(cfg.logger)
     _check_norm(cfg, choices)
     needs = bool(declared(build.target(cfg.loss), "needs_teacher", False))
     if needs and cfg.teacher is None:
-        raise ConfigError(f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(_teacher_options())}> "
-                          "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
-                          "or teacher=checkpoint teacher.checkpoint=<path>.")
+        raise ConfigError(
+            f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(_teacher_options())}> "
+            "(a run trained first if missing), or teacher=run teacher.run_id=<id>, "
+            "or teacher=checkpoint teacher.checkpoint=<path>."
+        )
     if not needs and cfg.teacher is not None:
         distill = [o for o, cls in option_targets("loss").items() if getattr(cls, "needs_teacher", False)]
         raise ConfigError(f"teacher={choices.get('teacher')}: loss={choices['loss']} does not use a teacher; "
@@ -67,7 +79,9 @@ TRACKERS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow"}  # l
 
 def _check_logger(logger: DictConfig) -> None:
     if logger.kind not in TRACKERS:
-        raise ConfigError(f"logger.kind={logger.kind}: allowed: {', '.join(TRACKERS)}.{did_you_mean(logger.kind, TRACKERS)}")
+        raise ConfigError(
+            f"logger.kind={logger.kind}: allowed: {', '.join(TRACKERS)}.{did_you_mean(logger.kind, TRACKERS)}"
+        )
     package = TRACKERS[logger.kind]
     if package and importlib.util.find_spec(package) is None:
         raise ConfigError(f"logger={logger.kind}: the {package} package is not installed; install the tracking extras: "
@@ -93,18 +107,24 @@ def _check_ood(cfg: DictConfig, ood: DictConfig | None, options: Sequence[str]) 
     own, with images of the run's shape."""
     if ood is None or ood.name == cfg.dataset.name:
         names = [o for o in options if o != cfg.ood]
-        raise ConfigError(f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
-                          f"{did_you_mean(str(cfg.ood), names)}")
+        raise ConfigError(
+            f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
+            f"{did_you_mean(str(cfg.ood), names)}"
+        )
     if ood.name not in SPECS:
         raise ConfigError(f"ood={cfg.ood}: dataset.name={ood.name} is not a dataset. Allowed: {', '.join(SPECS)}.")
     ours, theirs = SPECS[cfg.dataset.name], SPECS[ood.name]
     if (ours.in_channels, ours.image_size) != (theirs.in_channels, theirs.image_size):
         def shape(s):
             return f"{s.in_channels}×{s.image_size}×{s.image_size}"
-        raise ConfigError(f"ood={cfg.ood}: its images are {shape(theirs)}, dataset={cfg.dataset.name}'s are {shape(ours)}; "
-                          f"the model takes one shape.")
+        raise ConfigError(
+            f"ood={cfg.ood}: its images are {shape(theirs)}, dataset={cfg.dataset.name}'s are {shape(ours)}; "
+            f"the model takes one shape."
+        )
     if cfg.ood_source_dir is not None and not theirs.idx_source_dir:
-        raise ConfigError(f"ood_source_dir={cfg.ood_source_dir}: ood={cfg.ood} reads data_dir, not IDX files from a folder.")
+        raise ConfigError(
+            f"ood_source_dir={cfg.ood_source_dir}: ood={cfg.ood} reads data_dir, not IDX files from a folder."
+        )
 
 
 def _check_device(device: str) -> None:
@@ -143,9 +163,13 @@ def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
             raise ConfigError(f"norm={choices['norm']} needs {what}; model={choices['model']} has none. "
                               f"Models that support it: {', '.join(able)}.")
     if cfg.batch_size == 1 and _batch_dependent(cfg.norm):
-        free = [name for name, cls in option_targets("norm").items() if getattr(cls, "batch_dependent", False) is not True]
-        raise ConfigError(f"batch_size=1: norm={choices['norm']} normalizes with statistics over the batch and cannot "
-                          f"train on one sample. Use batch_size >= 2, or a norm computed per sample: {', '.join(free)}.")
+        free = [
+            name for name, cls in option_targets("norm").items() if getattr(cls, "batch_dependent", False) is not True
+        ]
+        raise ConfigError(
+            f"batch_size=1: norm={choices['norm']} normalizes with statistics over the batch and cannot "
+            f"train on one sample. Use batch_size >= 2, or a norm computed per sample: {', '.join(free)}."
+        )
 
 
 def _batch_dependent(node: DictConfig) -> bool:

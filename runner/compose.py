@@ -99,8 +99,10 @@ def check_hydra_config(hydra_node: DictConfig, given: Sequence[str] = ()) -> Non
                 raise refuse(key, "a logging factory outside the logging module runs code")
     for key in SHELL_SETTINGS:  # shell lines for the job script: the user's own command may give them, a file not
         if hydra_node.launcher.get(key) and not any(g.startswith(f"hydra.launcher.{key}") for g in given):
-            raise ConfigError(f"hydra.launcher.{key}: set by a config file; it puts shell commands into the job "
-                              "script, so the runner takes it only from the command line (give it there if you mean it).")
+            raise ConfigError(
+                f"hydra.launcher.{key}: set by a config file; it puts shell commands into the job "
+                "script, so the runner takes it only from the command line (give it there if you mean it)."
+            )
     n_jobs = hydra_node.launcher.get("n_jobs")
     if "joblib" in launcher and (not isinstance(n_jobs, int) or n_jobs == 0):
         raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: allowed: a whole number of parallel runs >= 1, or -1 for "
@@ -152,7 +154,9 @@ class Composer:
             folder = Path(config_dir).resolve()
             if not folder.is_dir():
                 raise ConfigError(f"--config-dir={config_dir}: no such folder ({folder}).")
-            search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+            search_path.prepend(
+                provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema")
+            )
         self.search_path = search_path
         self._owned = True  # this composer set Hydra up, so it clears Hydra when released
         self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, str | None]]] = {}
@@ -165,7 +169,9 @@ class Composer:
         self.loader = self.hydra.config_loader
         self.parser = OverridesParser.create(config_loader=self.loader)
         if not self.loader.repository.config_exists(self.config_name):
-            raise ConfigError(f"--config-name={self.config_name}: no {self.config_name}.yaml in the config search path.")
+            raise ConfigError(
+                f"--config-name={self.config_name}: no {self.config_name}.yaml in the config search path."
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -224,10 +230,14 @@ class Composer:
             try:
                 check_hydra_config(master.hydra, [o.key_or_group for o in parsed])
             except OmegaConfBaseException as e:  # an interpolation in Hydra's settings that does not resolve
-                raise ConfigError(f"hydra.{getattr(e, 'full_key', '')}: {one_paragraph(str(e).splitlines()[0])}.") from None
+                raise ConfigError(
+                    f"hydra.{getattr(e, 'full_key', '')}: {one_paragraph(str(e).splitlines()[0])}."
+                ) from None
             return master
         except (HydraException, OmegaConfBaseException) as e:
-            groups_only = [o.input_line for o in self.parse(overrides) if self._is_group(o) and not o.is_sweep_override()]
+            groups_only = [
+                o.input_line for o in self.parse(overrides) if self._is_group(o) and not o.is_sweep_override()
+            ]
             try:  # the keys that do exist, for a "did you mean"
                 base = self.hydra.compose_config(self.config_name, groups_only, run_mode=RunMode.RUN)
             except (HydraException, OmegaConfBaseException):
@@ -243,9 +253,11 @@ class Composer:
         parsed = self.parse([f"{k}={v}" for k, v in params.items()] + [o.input_line for o in parsed])
         for o in parsed:
             if o.is_sweep_override() and not o.is_discrete_sweep():
-                raise ConfigError(f"{o.input_line}: an {o.value_type.name.lower().replace('_', ' ')} has no list of values "
-                                  "to plan, so the runner cannot check its cells before the first run. Give the "
-                                  "values instead: choice(...), range(...) or a,b,c.")
+                raise ConfigError(
+                    f"{o.input_line}: an {o.value_type.name.lower().replace('_', ' ')} has no list of values "
+                    "to plan, so the runner cannot check its cells before the first run. Give the "
+                    "values instead: choice(...), range(...) or a,b,c."
+                )
         return [list(c) for batch in BasicSweeper.split_arguments(parsed, None) for c in batch]
 
     # ------------------------------------------------------------ one cell
@@ -290,8 +302,10 @@ class Composer:
     def _explain(self, exc: Exception, cell: Sequence[str], base: DictConfig | None) -> ConfigError:
         """Turn Hydra's / OmegaConf's composition error into one paragraph about the user's override."""
         cause = exc.__cause__ or exc
-        m = re.search(r"(?:Could not (?:override|append to config\. An item is already at)|Error merging override) '?([^'\s]+)'?",
-                      str(exc))
+        m = re.search(
+            r"(?:Could not (?:override|append to config\. An item is already at)|Error merging override) '?([^'\s]+)'?",
+            str(exc),
+        )
         key = m.group(1) if m else getattr(cause, "full_key", None)
         if key and "=" in key:
             key = key.lstrip("+~").split("=", 1)[0]

@@ -110,7 +110,10 @@ class Safe(Tracker):
             getattr(self.inner, method)(arg)
         except Exception as e:  # tracking is a convenience; the run folder and the tables are the record
             self.broken = True
-            error(f"logger={self.kind}: {type(e).__name__}: {' '.join(str(e).split())[:300]}; tracking stops, the run goes on")
+            error(
+                f"logger={self.kind}: {type(e).__name__}: {' '.join(str(e).split())[:300]}; tracking stops, the run "
+                f"goes on"
+            )
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         self._call("epoch", row)
@@ -126,5 +129,8 @@ def open_tracker(cfg: DictConfig, run_id: str, label: str) -> Tracker:
     try:
         return Safe(KINDS[kind](cfg, run_id, label), kind)
     except Exception as e:
-        error(f"logger={kind}: could not start ({type(e).__name__}: {' '.join(str(e).split())[:300]}); the run goes on untracked")
+        error(
+            f"logger={kind}: could not start ({type(e).__name__}: {' '.join(str(e).split())[:300]}); the run goes on "
+            f"untracked"
+        )
         return Tracker()

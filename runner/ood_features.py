@@ -47,4 +47,7 @@ def vim(train: np.ndarray, train_logits: np.ndarray, weight: np.ndarray, bias: n
 def feature_scores(train: np.ndarray, train_y: np.ndarray, train_logits: np.ndarray, weight: np.ndarray,
                    bias: np.ndarray, feats: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
     """Every feature-based score of ``feats`` (with their ``logits``), fitted on the training split."""
-    return {"mahalanobis": mahalanobis(train, train_y, feats), "vim": vim(train, train_logits, weight, bias, feats, logits)}
+    return {
+        "mahalanobis": mahalanobis(train, train_y, feats),
+        "vim": vim(train, train_logits, weight, bias, feats, logits),
+    }

@@ -93,10 +93,18 @@ def make_plan(overrides: Sequence[str] = (), **kwargs: Any) -> RunPlan:
 
 # ---------------------------------------------------------------- one cell
 
-def plan_from_config(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str | None], overrides: Sequence[str] = (),
-                     launcher: Mapping[str, Any] | None = None, *, composer: Composer | None = None,
-                     checked: set[str] | None = None, typed_options: dict[str, DictConfig] | None = None,
-                     skip_completed_builds: bool = False, check_data: bool = True) -> RunPlan:
+def plan_from_config(
+    cfg: DictConfig | Mapping[str, Any],
+    choices: Mapping[str, str | None],
+    overrides: Sequence[str] = (),
+    launcher: Mapping[str, Any] | None = None,
+    *,
+    composer: Composer | None = None,
+    checked: set[str] | None = None,
+    typed_options: dict[str, DictConfig] | None = None,
+    skip_completed_builds: bool = False,
+    check_data: bool = True,
+) -> RunPlan:
     """Type, validate and identify one composed config. Raises ConfigError (nothing is written).
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
@@ -163,7 +171,9 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
     teacher_plan = checkpoint_plan(ckpt, key)
     _check_teacher_shape(teacher_plan.cfg.dataset.name, cfg.dataset.name, key)
     rid = str(ckpt.get("run_id") or "")
-    return TeacherRef(rid if RUN_ID.fullmatch(rid) else hashlib.sha1(path.read_bytes()).hexdigest()[:10], path, teacher_plan)
+    return TeacherRef(
+        rid if RUN_ID.fullmatch(rid) else hashlib.sha1(path.read_bytes()).hexdigest()[:10], path, teacher_plan
+    )
 
 
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
@@ -183,7 +193,9 @@ def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: 
         if own:
             composer.release()
     if tcfg.get("teacher") is not None:
-        raise ConfigError(f"teacher.overrides={list(cfg.teacher.overrides)}: a teacher cannot have a teacher of its own.")
+        raise ConfigError(
+            f"teacher.overrides={list(cfg.teacher.overrides)}: a teacher cannot have a teacher of its own."
+        )
     return plan_from_config(tcfg, tchoices, [f"teacher={choices.get('teacher')}"], launcher, composer=None,
                             skip_completed_builds=True)
 

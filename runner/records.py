@@ -25,9 +25,32 @@ from runner.schema import AXES, NOT_IDENTITY, RUN_COLUMNS, RUN_ID
 DONE = ("ok", "diverged")  # finished runs; failed, interrupted and killed ones run again
 TOP_LEVEL = RUN_COLUMNS  # the run-level settings: every scalar key of the schema that is part of the identity
 TEACHER = ("teacher_run_id", "teacher_test_acc")  # a distillation run's teacher, from its record
-BOOKKEEPING = ("run_id", "status", "error", "train_seconds", "params", "epochs_done", "n_train", "n_val", "n_test",
-               "val_hash", "started_at", "finished_at", "git_commit", "torch_version", "device_type", "autocast", "device",
-               "threads", "interop_threads", "thread_env", "host", "slurm_job_id", "log", "resumed_from_epoch")
+BOOKKEEPING = (
+    "run_id",
+    "status",
+    "error",
+    "train_seconds",
+    "params",
+    "epochs_done",
+    "n_train",
+    "n_val",
+    "n_test",
+    "val_hash",
+    "started_at",
+    "finished_at",
+    "git_commit",
+    "torch_version",
+    "device_type",
+    "autocast",
+    "device",
+    "threads",
+    "interop_threads",
+    "thread_env",
+    "host",
+    "slurm_job_id",
+    "log",
+    "resumed_from_epoch",
+)
 
 
 def _umask() -> int:
@@ -168,7 +191,9 @@ def read_logits(folder: Path) -> dict[str, Any] | None:
     except Exception as e:  # truncated, not a torch file, or a pickle that is not plain tensors
         report_corrupt(path, f"not a logits file this runner wrote ({' '.join(str(e).split()[:16])})")
         return None
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), torch.Tensor) for k in ("test_logits", "test_target")):
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), torch.Tensor) for k in ("test_logits", "test_target")
+    ):
         report_corrupt(path, "it has no test_logits and test_target tensors")
         return None
     return saved
@@ -245,7 +270,12 @@ def row(record: Mapping[str, Any]) -> dict[str, Any]:
     hyper: dict[str, Any] = {}
     for axis in AXES:
         hyper |= _flatten(cfg.get(axis) or {}, f"{axis}.")
-    out = dict(record["choices"]) | stage_columns(record.get("tune") or []) | {k: cfg[k] for k in TOP_LEVEL if k in cfg} | {k: record[k] for k in TEACHER if k in record}
+    out = (
+        dict(record["choices"])
+        | stage_columns(record.get("tune") or [])
+        | {k: cfg[k] for k in TOP_LEVEL if k in cfg}
+        | {k: record[k] for k in TEACHER if k in record}
+    )
     out |= dict(sorted(hyper.items())) | record.get("metrics", {})
     best = record.get("best") if isinstance(record.get("best"), dict) else {}
     out |= {"best_epoch": best.get("epoch")} | {f"best_{k}": v for k, v in best.items() if k != "epoch"} if best else {}
@@ -257,8 +287,15 @@ def _columns(df: pd.DataFrame) -> list[str]:
     changes what weight decay does to the effective learning rate); the other settings; metrics; bookkeeping."""
     hyper = sorted(c for c in df if "." in c and c.split(".")[0] in AXES)
     split = TOP_LEVEL.index("weight_decay") + 1
-    first = (AXES + STAGE_COLUMNS + TOP_LEVEL[:split] + tuple(c for c in hyper if c.startswith("norm.")) + TOP_LEVEL[split:] + TEACHER
-             + tuple(c for c in hyper if not c.startswith("norm.")))
+    first = (
+        AXES
+        + STAGE_COLUMNS
+        + TOP_LEVEL[:split]
+        + tuple(c for c in hyper if c.startswith("norm."))
+        + TOP_LEVEL[split:]
+        + TEACHER
+        + tuple(c for c in hyper if not c.startswith("norm."))
+    )
     return [c for c in first if c in df] + [c for c in df if c not in first and c not in BOOKKEEPING] + \
         [c for c in BOOKKEEPING if c in df]
 
@@ -277,7 +314,9 @@ def rebuild_tables(root: Path) -> pd.DataFrame:
 
 def _rebuild(root: Path) -> pd.DataFrame:
     # a run still in progress adds its rows when it finishes (update_tables); listing it now would double it
-    records = [r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None and r["status"] != "running"]
+    records = [
+        r for f in sorted((root / "runs").glob("*/")) if (r := read_result(f)) is not None and r["status"] != "running"
+    ]
     runs = pd.DataFrame([row(r) for r in records])
     if len(runs):
         runs = runs[_columns(runs)]
@@ -336,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m runner.records rebuild RESULTS``: rebuild the tables from the run folders."""
     parser = argparse.ArgumentParser(prog="python -m runner.records", description=main.__doc__)
     parser.add_argument("command", choices=["rebuild"])
-    parser.add_argument("results", type=Path, nargs="?", default=Path("results"), help="results root (default %(default)s)")
+    parser.add_argument(
+        "results", type=Path, nargs="?", default=Path("results"), help="results root (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     if not (args.results / "runs").is_dir():
         print(f"error: {args.results}: no runs/ folder: not a results root", file=sys.stderr)

@@ -39,7 +39,9 @@ def resolve_device(plan: RunPlan) -> torch.device:
     """The device the plan was made for; a planned CUDA run on a machine without CUDA is an error of this run."""
     name = plan.cfg.device if plan.cfg.device != "auto" else plan.device_type
     if plan.device_type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"run {plan.run_id} was planned for CUDA (device={plan.cfg.device}), and this machine has none")
+        raise RuntimeError(
+            f"run {plan.run_id} was planned for CUDA (device={plan.cfg.device}), and this machine has none"
+        )
     return torch.device(name)
 
 
@@ -48,8 +50,16 @@ def git_commit() -> str | None:
     """The commit of the runner's own checkout, with ``-dirty`` for uncommitted changes; None outside git."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if head.returncode:
@@ -72,8 +82,11 @@ def load_teacher(ref: TeacherRef, student_dataset: str) -> Teacher:
 # ---------------------------------------------------------------- one recorded run
 
 def _fmt(row: Mapping[str, Any]) -> str:
-    return (f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
-            f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  test_ece {row['test_ece']:.4f}  {row['train_s']:.1f}s")
+    return (
+        f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
+        f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  test_ece {row['test_ece']:.4f}  "
+        f"{row['train_s']:.1f}s"
+    )
 
 
 def run(plan: RunPlan) -> dict[str, Any]:
@@ -105,16 +118,23 @@ def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
         say(f"teacher {ref.run_id} ({plan.choices['teacher']}) is not in {plan.cfg.results_dir}: training it first")
         record = run(ref.plan)
         if record.get("status") == "busy":
-            say(f"teacher {ref.run_id} is being trained by another process: waiting for it (at most {TEACHER_WAIT_S // 3600} h)")
+            say(
+                f"teacher {ref.run_id} is being trained by another process: waiting for it (at most "
+                f"{TEACHER_WAIT_S // 3600} h)"
+            )
             lock = records.run_lock(ref.plan.root, ref.run_id)
             try:
                 lock.acquire(timeout=TEACHER_WAIT_S)
                 lock.release()
             except Timeout:
-                raise RuntimeError(f"the teacher run {ref.run_id} was still training after {TEACHER_WAIT_S} s") from None
+                raise RuntimeError(
+                    f"the teacher run {ref.run_id} was still training after {TEACHER_WAIT_S} s"
+                ) from None
             record = records.read_result(ref.plan.folder) or {}
         if record.get("status") != "ok":
-            raise RuntimeError(f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}")
+            raise RuntimeError(
+                f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}"
+            )
     return ref, records.read_result(ref.checkpoint.parent) or {}
 
 
@@ -143,10 +163,17 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 def where_it_ran(device: torch.device) -> dict[str, Any]:
     """Recorded beside the run, not part of its id: the device, threads, host and versions."""
-    return {"device": str(device), "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or None,
-            "host": socket.gethostname(), "slurm_job_id": _slurm_job_id(), "log": _submitit_log(), "git_commit": git_commit(),
-            "torch_version": torch.__version__}
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or None,
+        "host": socket.gethostname(),
+        "slurm_job_id": _slurm_job_id(),
+        "log": _submitit_log(),
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+    }
 
 
 def _execute(plan: RunPlan) -> dict[str, Any]:
@@ -187,7 +214,10 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
         splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
         record |= splits.sizes() | {"val_hash": splits.val_hash}
-        say(f"run {rid} ({plan.label}) on {device}: {record['n_train']} train / {record['n_val']} val / {record['n_test']} test images")
+        say(
+            f"run {rid} ({plan.label}) on {device}: {record['n_train']} train / {record['n_val']} val / "
+            f"{record['n_test']} test images"
+        )
         if resume:
             say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} (its saved state: {folder / RESUME})")
             record["resumed_from_epoch"] = int(resume["epoch"])
@@ -197,7 +227,10 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         if found is not None:
             ref, teacher_record = found
             teacher = load_teacher(ref, cfg.dataset.name)
-            record |= {"teacher_run_id": ref.run_id, "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc")}
+            record |= {
+                "teacher_run_id": ref.run_id,
+                "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc"),
+            }
         torch.manual_seed(cfg.seed)  # the initial weights
         model, loss_fn, optimizer = build.parts(cfg)
         record["params"] = sum(p.numel() for p in model.parameters())
@@ -205,17 +238,27 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         if plan.ood is not None:
             tensors = datasets.load_cached(plan.ood, cfg.data_dir, cfg.download)
             ood = (tensors["test_x"], tensors["test_y"])
-        out = fit(cfg, model, loss_fn, optimizer, splits, device, on_epoch, teacher, resume, on_state, plan.autocast, ood)
+        out = fit(
+            cfg, model, loss_fn, optimizer, splits, device, on_epoch, teacher, resume, on_state, plan.autocast, ood
+        )
         save_checkpoint(folder / "checkpoint.pt", model, cfg, plan.choices, rid)
         with records.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)
-        record |= {"status": "ok", "train_seconds": out["train_seconds"], "metrics": final_metrics(out["logits"], cfg.ts_method)}
+        record |= {
+            "status": "ok",
+            "train_seconds": out["train_seconds"],
+            "metrics": final_metrics(out["logits"], cfg.ts_method),
+        }
     except Diverged as e:
         record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
     except Pruned as e:
         record |= {"status": "pruned", "error": str(e)}
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, SIGTERM, or submitit exiting to requeue a preempted job
-        why = "KeyboardInterrupt" if isinstance(e, KeyboardInterrupt) else "stopped to be requeued (preempted or timed out)"
+        why = (
+            "KeyboardInterrupt"
+            if isinstance(e, KeyboardInterrupt)
+            else "stopped to be requeued (preempted or timed out)"
+        )
         record |= {"status": "interrupted", "error": why}
         _finish(record, rows, folder, recorded_before)
         tracker.finish(record)
@@ -229,9 +272,14 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     if record["status"] in records.DONE and not cfg.keep_resume:
         (folder / RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})
-    metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final)
-    say(f"{record['status']} {rid} ({plan.label}): {metrics or record['error']} in {record.get('train_seconds') or 0:.1f}s "
-        f"-> {folder}  (tables: {plan.root / 'runs.csv'}, {plan.root / 'epochs.csv'})")
+    metrics = ", ".join(
+        f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final
+    )
+    say(
+        f"{record['status']} {rid} ({plan.label}): {metrics or record['error']} in "
+        f"{record.get('train_seconds') or 0:.1f}s "
+        f"-> {folder}  (tables: {plan.root / 'runs.csv'}, {plan.root / 'epochs.csv'})"
+    )
     if record["status"] == "failed" and cfg.fail_fast:
         raise SystemExit(1)
     return record
@@ -241,7 +289,7 @@ RESUME = "resume.pt"  # in a run folder: the state the next epoch needs, while t
 
 
 def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
-    """The saved state of an unfinished run of this plan, or None (a state that does not fit is reported and ignored)."""
+    """The saved state of an unfinished run of this plan, or None (a state that does not fit is reported, ignored)."""
     path = folder / RESUME
     if not path.exists():
         return None

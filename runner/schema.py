@@ -96,9 +96,13 @@ class RunConfig:
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
     ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/: experiment tracking, not the run's identity
+    logger: LoggerConfig = field(
+        default_factory=LoggerConfig
+    )  # conf/logger/: experiment tracking, not the run's identity
     tune: Any = None  # conf/tune/: read by python -m runner.tune only (runner/tune.py checks it)
-    trial: str | None = None  # set by python -m runner.tune on a trial it may prune: "<journal>|<study>|<number>|<step>"
+    trial: str | None = (
+        None  # set by python -m runner.tune on a trial it may prune: "<journal>|<study>|<number>|<step>"
+    )
 
 
 @dataclass
@@ -120,7 +124,9 @@ def _scalar(hint: Any) -> bool:
 # The run-level settings of runs.csv, in schema order: every scalar key that is part of a run's identity. Derived,
 # so a new run-level setting gets its column (and the summary tells runs that differ in it apart) by existing.
 def run_columns(schema: type = RunConfig) -> tuple[str, ...]:
-    return tuple(name for name, hint in typing.get_type_hints(schema).items() if _scalar(hint) and name not in NOT_IDENTITY)
+    return tuple(
+        name for name, hint in typing.get_type_hints(schema).items() if _scalar(hint) and name not in NOT_IDENTITY
+    )
 
 
 RUN_COLUMNS = run_columns()
@@ -228,7 +234,9 @@ def _signature_params(target: Callable[..., Any]) -> dict[str, inspect.Parameter
 # Settings a whole group accepts besides its target's own keywords (applied by runner/build.py). Their default is
 # null, "off", so they leave every existing run id as it was.
 GROUP_SETTINGS: dict[str, dict[str, Param]] = {
-    "loss": {"logit_clip": Param(typing.Optional[float], None, {"gt": 0}, None)},  # LogitClip's τ (runner/losses/clip.py)
+    "loss": {
+        "logit_clip": Param(typing.Optional[float], None, {"gt": 0}, None)
+    }  # LogitClip's τ (runner/losses/clip.py)
 }
 
 
@@ -298,5 +306,7 @@ def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is typing.Union:
         return _describe(next(a for a in inner if a is not type(None))) + " or null"
     if typing.get_origin(kind) in (list, typing.List):
-        return "a list of " + {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(inner[0], "values")
+        return "a list of " + {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(
+            inner[0], "values"
+        )
     return names.get(kind, "a value of the declared type")

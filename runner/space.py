@@ -25,7 +25,8 @@ def _is_spec(node: Mapping[str, Any]) -> bool:
 
 
 def flatten(node: Any, prefix: str = "", where: str = "tune.space") -> dict[str, dict[str, Any] | None]:
-    """``{loss: {gamma: {low: 1, high: 5}}}`` as ``{"loss.gamma": {"low": 1, "high": 5}}`` (null kept: it drops a key)."""
+    """``{loss: {gamma: {low: 1, high: 5}}}`` as ``{"loss.gamma": {"low": 1, "high": 5}}``; a null is kept (it drops
+    a key)."""
     if isinstance(node, (DictConfig, ListConfig)):
         node = OmegaConf.to_container(node, resolve=True)
     if node is None:
@@ -42,8 +43,10 @@ def flatten(node: Any, prefix: str = "", where: str = "tune.space") -> dict[str,
         elif isinstance(v, Mapping) and v:
             out |= flatten(v, f"{key}.", where)
         else:
-            raise ConfigError(f"{where}.{key}={v!r}: expected {{low: ..., high: ...}} (optionally log: true, step: ...) "
-                              "or {choices: [...]}, or null to drop the key.")
+            raise ConfigError(
+                f"{where}.{key}={v!r}: expected {{low: ..., high: ...}} (optionally log: true, step: ...) "
+                "or {choices: [...]}, or null to drop the key."
+            )
     return out
 
 
@@ -71,7 +74,9 @@ def method_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return dict(sorted(space.items()))
 
 
-def distribution(key: str, spec: Mapping[str, Any], cfg: DictConfig, fixed: Mapping[str, str], method: str) -> BaseDistribution:
+def distribution(
+    key: str, spec: Mapping[str, Any], cfg: DictConfig, fixed: Mapping[str, str], method: str
+) -> BaseDistribution:
     """The Optuna distribution of one key of a method's space, or a ConfigError saying why the key cannot be tuned."""
     where = f"tune.space.{key}"
     head = key.split(".")[0]
@@ -115,7 +120,9 @@ def distribution(key: str, spec: Mapping[str, Any], cfg: DictConfig, fixed: Mapp
         if isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
             raise ValueError(f"{key} is {value!r}, not a number: give its values as choices: [...]")
         if isinstance(value, int):
-            if not (float(low).is_integer() and float(high).is_integer() and (step is None or float(step).is_integer())):
+            if not (
+                float(low).is_integer() and float(high).is_integer() and (step is None or float(step).is_integer())
+            ):
                 raise ValueError(f"{key} is an integer setting: low, high and step must be integers")
             return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
         return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))

@@ -73,7 +73,9 @@ def pairs_needed(alpha: float = ALPHA, comparisons: int = 1) -> int:
 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values (statsmodels); nan stays nan and is not counted."""
-    from statsmodels.stats.multitest import multipletests  # here: statsmodels takes a second to import, a run never needs it
+    from statsmodels.stats.multitest import (
+        multipletests,
+    )  # here: statsmodels takes a second to import, a run never needs it
 
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
@@ -92,7 +94,9 @@ def effect_size(d: np.ndarray) -> float:
     return math.nan if sd == 0 else float(np.mean(d)) / sd
 
 
-def seeds_for(difference: float, sd: float, alpha: float = ALPHA, power: float = POWER, comparisons: int = 1) -> int | None:
+def seeds_for(
+    difference: float, sd: float, alpha: float = ALPHA, power: float = POWER, comparisons: int = 1
+) -> int | None:
     """About how many paired seeds detect a mean difference ``difference`` given the SD of the differences,
     with ``power`` at ``alpha`` / ``comparisons`` (a paired t-test's power, statsmodels), and never fewer than
     the sign-flip test needs. None when the SD is unknown or zero or the difference is zero."""
@@ -138,10 +142,15 @@ def verdict(result: Paired, p_holm: float, higher_is_better: bool | None, compar
 
     need = pairs_needed(alpha, comparisons)
     advice = seeds_for(result.mean, result.sd, alpha, comparisons=comparisons)
-    more = f"; about {advice} seeds would detect a difference of {amount(result.mean)} with 80 % power" if advice else ""
+    more = (
+        f"; about {advice} seeds would detect a difference of {amount(result.mean)} with 80 % power" if advice else ""
+    )
     if result.n < need:
-        return (f"n = {result.n} cannot detect a difference at α = {alpha:g}"
-                + (f" over {comparisons} comparisons" if comparisons > 1 else "") + f" (needs ≥ {need} paired seeds){more}")
+        return (
+            f"n = {result.n} cannot detect a difference at α = {alpha:g}"
+            + (f" over {comparisons} comparisons" if comparisons > 1 else "")
+            + f" (needs ≥ {need} paired seeds){more}"
+        )
     if higher_is_better is None or not p_holm < alpha:
         return f"no detectable difference (p = {p_holm:.2g}){more}"
     return "better" if (result.mean > 0) == higher_is_better else "worse"

@@ -37,7 +37,9 @@ def typed_config(cfg: DictConfig | Mapping[str, Any], typed_options: dict[str, D
     if OmegaConf.get_type(raw) is not RunConfig:  # a checkpoint's config or a plain mapping; Hydra's is typed already
         try:
             teacher = raw.get("teacher")
-            raw = OmegaConf.merge(OmegaConf.structured(RunConfig), {k: raw._get_node(k) for k in raw.keys() if k != "teacher"})
+            raw = OmegaConf.merge(
+                OmegaConf.structured(RunConfig), {k: raw._get_node(k) for k in raw.keys() if k != "teacher"}
+            )
             raw["teacher"] = teacher
         except OmegaConfBaseException as e:
             raise ConfigError(f"{e.full_key}: {_first_line(e)}.") from None
@@ -80,7 +82,9 @@ def _first_line(e: Exception) -> str:
 
 def _typed_option(key: str, node: Any, home: str) -> DictConfig:
     if not isinstance(node, DictConfig) or "_target_" not in node:
-        raise ConfigError(f"{key}: expected a config with a _target_ (an option of conf/{key.split('.')[0]}/), got {node!r}.")
+        raise ConfigError(
+            f"{key}: expected a config with a _target_ (an option of conf/{key.split('.')[0]}/), got {node!r}."
+        )
     extra = [k for k in node.keys() if str(k).startswith("_") and str(k).endswith("_") and k not in SPECIAL_KEYS]
     if extra:
         raise ConfigError(f"{key}.{extra[0]}: not allowed; an option may set {' and '.join(SPECIAL_KEYS)} only.")
@@ -114,7 +118,9 @@ def resolve_target(key: str, path: str, home: str) -> Callable[..., Any]:
     """
     refuse = ConfigError(f"{key}={path}: not allowed; a {key.split('.')[0]} option instantiates only classes and "
                          f"functions defined in this project's {home} package.")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", path) or not (path + ".").startswith(home + "."):
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", path) or not (path + ".").startswith(
+        home + "."
+    ):
         raise refuse
     parts = path.split(".")
     for i in range(len(parts) - 1, home.count(".") , -1):

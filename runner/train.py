@@ -69,7 +69,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
 
 
 @torch.no_grad()  # not inference_mode: compiled layers (SoftPool) would compile again for inference tensors
-def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits float32 (N, K), targets (N,)), both on the CPU."""
     model.eval()
     logits, targets = [], []
@@ -99,10 +101,20 @@ class Teacher(nn.Module):
         return self.model(x * self.scale + self.shift)
 
 
-def fit(cfg: DictConfig, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, splits: datasets.Splits,
-        device: torch.device, on_epoch: Callable[[dict[str, Any]], None], teacher: Teacher | None = None,
-        resume: Mapping[str, Any] | None = None, on_state: Callable[[dict[str, Any]], None] = lambda state: None,
-        autocast_dtype: str | None = None, ood: datasets.registry.Tensors | None = None) -> dict[str, Any]:
+def fit(
+    cfg: DictConfig,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    splits: datasets.Splits,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None],
+    teacher: Teacher | None = None,
+    resume: Mapping[str, Any] | None = None,
+    on_state: Callable[[dict[str, Any]], None] = lambda state: None,
+    autocast_dtype: str | None = None,
+    ood: datasets.registry.Tensors | None = None,
+) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs``; after each epoch evaluate, call ``on_epoch(row)`` and, every
     ``checkpoint_every`` epochs, ``on_state(state)`` with everything the next epoch needs (weights, optimizer,
     schedule and every random generator), from which ``resume`` continues bit for bit on the CPU.
@@ -147,7 +159,9 @@ def fit(cfg: DictConfig, model: nn.Module, loss_fn: nn.Module, optimizer: torch.
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
-            train_loss, train_acc = train_one_epoch(model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher)
+            train_loss, train_acc = train_one_epoch(
+                model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher
+            )
         if cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -162,10 +176,19 @@ def fit(cfg: DictConfig, model: nn.Module, loss_fn: nn.Module, optimizer: torch.
         row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
         on_epoch(row)
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
-            on_state({"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(), "loss": loss_fn.state_dict(),
-                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None})
+            on_state(
+                {
+                    "epoch": epoch,
+                    "train_seconds": train_seconds,
+                    "model": model.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
+                }
+            )
     logits = {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}
     if ood is not None:  # scored with this dataset's input normalization, as the model sees every input
         logits |= ood_scores(model, autocast, {"train": batches(splits.train, False), "test": test,
@@ -173,7 +196,9 @@ def fit(cfg: DictConfig, model: nn.Module, loss_fn: nn.Module, optimizer: torch.
     return {"train_seconds": train_seconds, "logits": logits}
 
 
-def ood_scores(model: nn.Module, autocast: Callable[[], Any], splits: Mapping[str, Iterable[Any]]) -> dict[str, torch.Tensor]:
+def ood_scores(
+    model: nn.Module, autocast: Callable[[], Any], splits: Mapping[str, Iterable[Any]]
+) -> dict[str, torch.Tensor]:
     """The OOD logits, and each feature-based score (runner/ood_features.py) of the test and OOD images, fitted on
     the training images' penultimate features (no augmentation)."""
     seen = {}
@@ -190,5 +215,8 @@ def ood_scores(model: nn.Module, autocast: Callable[[], Any], splits: Mapping[st
     n_test = len(seen["test"][0])
     out = {"ood_logits": torch.from_numpy(seen["ood"][1]).float()}
     for name, values in scores.items():
-        out |= {f"test_score_{name}": torch.from_numpy(values[:n_test]), f"ood_score_{name}": torch.from_numpy(values[n_test:])}
+        out |= {
+            f"test_score_{name}": torch.from_numpy(values[:n_test]),
+            f"ood_score_{name}": torch.from_numpy(values[n_test:]),
+        }
     return out

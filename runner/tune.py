@@ -92,16 +92,21 @@ def _key(override: str) -> str:
 
 def tune_settings(node: Any) -> TuneConfig:
     if node is None:
-        raise ConfigError("tune: no tune settings; python -m runner.tune needs tune=default (or another option of conf/tune/).")
+        raise ConfigError(
+            "tune: no tune settings; python -m runner.tune needs tune=default (or another option of conf/tune/)."
+        )
     try:
         typed = OmegaConf.merge(OmegaConf.structured(TuneConfig), node)
     except Exception as e:  # OmegaConf's validation: the key and value it could not take
         key = getattr(e, "full_key", "") or ""
-        raise ConfigError(f"tune.{key}: {' '.join(str(e).splitlines()[0].split())}.{did_you_mean(key, [f.name for f in dataclasses.fields(TuneConfig)])}") from None
+        keys = [f.name for f in dataclasses.fields(TuneConfig)]
+        raise ConfigError(f"tune.{key}: {' '.join(str(e).splitlines()[0].split())}.{did_you_mean(key, keys)}") from None
     check_dataclass_ranges(typed, TuneConfig, "tune.")
     settings = TuneConfig(**OmegaConf.to_container(typed))
     if not settings.seeds or any(s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
-        raise ConfigError(f"tune.seeds={settings.seeds}: allowed: a list of distinct seeds >= 0, e.g. [100] or [100,101].")
+        raise ConfigError(
+            f"tune.seeds={settings.seeds}: allowed: a list of distinct seeds >= 0, e.g. [100] or [100,101]."
+        )
     targets = tuning_targets()
     if settings.metric not in targets:
         why = " (choosing on the test split would leak it into the comparison)" if "test_" in settings.metric else ""
@@ -161,7 +166,9 @@ def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> 
         if _key(o).split(".")[0] == "trial":
             raise ConfigError(f"{o}: trial is set by python -m runner.tune itself, on the trials it may prune.")
     if any(o.startswith("~tune") for o in tune_over):
-        raise ConfigError("tune=null: python -m runner.tune needs tune settings (conf/tune/); leave tune unset for default.")
+        raise ConfigError(
+            "tune=null: python -m runner.tune needs tune settings (conf/tune/); leave tune unset for default."
+        )
     if not any(_key(o) == "tune" for o in tune_over):
         tune_over = ["tune=default"] + tune_over
     with Composer(**where) as composer:
@@ -252,9 +259,11 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
                                               direction=m.settings.direction)
             given, stored = study_settings(m), m.study.user_attrs.get("settings")
             if stored is not None and stored != given:
-                raise ConfigError(f"study {m.study_name} in {path} was run with other settings than this command's "
-                                  f"(its {len(m.study.trials)} trials would mix two searches):\n{_diff(stored, given)}\n"
-                                  "Run it with its stored settings, or give another results_dir for a new study.")
+                raise ConfigError(
+                    f"study {m.study_name} in {path} was run with other settings than this command's "
+                    f"(its {len(m.study.trials)} trials would mix two searches):\n{_diff(stored, given)}\n"
+                    "Run it with its stored settings, or give another results_dir for a new study."
+                )
             if stored is None:
                 m.study.set_user_attr("settings", given)
                 m.study.set_user_attr("label", m.label)
@@ -323,7 +332,9 @@ def trial_plans(job: Job, batch: list[tuple[Method, FrozenTrial]]) -> list[list[
         for i, seed in enumerate(m.settings.seeds):
             extra = ()
             if m.settings.pruner == "median":
-                extra = (f"trial={literal(trial_setting(str(journal(m.root).resolve()), m.study_name, t.number, m.settings.metric, i * m.plan.cfg.epochs, startup_trials(m.settings)))}",)
+                setting = trial_setting(str(journal(m.root).resolve()), m.study_name, t.number, m.settings.metric,
+                                        i * m.plan.cfg.epochs, startup_trials(m.settings))
+                extra = (f"trial={literal(setting)}",)
             cells.append(trial_cell(m, seed, t.params, extra))
     plans = plan_cells(cells, job)
     k = 0
@@ -380,7 +391,9 @@ def _short(v: Any) -> str:
 
 def chosen(m: Method) -> FrozenTrial | None:
     """The best finished trial within the budget (the earliest on ties), or None when none completed."""
-    trials = [t for t in m.study.get_trials(deepcopy=False) if t.number < m.settings.trials and t.state == TrialState.COMPLETE]
+    trials = [
+        t for t in m.study.get_trials(deepcopy=False) if t.number < m.settings.trials and t.state == TrialState.COMPLETE
+    ]
     if not trials:
         return None
     sign = 1 if m.settings.direction == "maximize" else -1
@@ -393,8 +406,10 @@ def run_finals(job: Job) -> int:
     for m in job.methods:
         best = chosen(m)
         if best is None:
-            error(f"tune {m.label}: none of its {m.settings.trials} trials completed, so it has no chosen setting and no "
-                  "final runs; see the trials' errors in runs.csv")
+            error(
+                f"tune {m.label}: none of its {m.settings.trials} trials completed, so it has no chosen setting and no "
+                "final runs; see the trials' errors in runs.csv"
+            )
             status = 1
             continue
         shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(best.params.items()))
@@ -431,19 +446,35 @@ def write_trials(job: Job) -> None:
             study = optuna.load_study(study_name=name, storage=storage)
             budget = int(study.user_attrs.get("budget") or 0)
             settings = study.user_attrs.get("settings") or {}
-            ranges += [{"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
-                       for key, spec in (settings.get("space") or {}).items()]
-            finished = [t for t in study.get_trials(deepcopy=False) if t.number < budget and t.state == TrialState.COMPLETE]
+            ranges += [
+                {"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
+                for key, spec in (settings.get("space") or {}).items()
+            ]
+            finished = [
+                t for t in study.get_trials(deepcopy=False) if t.number < budget and t.state == TrialState.COMPLETE
+            ]
             sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
             best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
             for t in study.get_trials(deepcopy=False):
-                rows.append({"study": name, "method": study.user_attrs.get("label", name), "trial": t.number,
-                             "state": t.state.name.lower(), "value": t.value, "metric": settings.get("metric"),
-                             "direction": study.direction.name.lower(), "budget": budget,
-                             "in_budget": t.number < budget, "chosen": t.number == best,
-                             "epochs_reported": len(t.intermediate_values),
-                             "started": t.datetime_start, "finished": t.datetime_complete,
-                             "duration_s": t.duration.total_seconds() if t.duration else None} | dict(sorted(t.params.items())))
+                rows.append(
+                    {
+                        "study": name,
+                        "method": study.user_attrs.get("label", name),
+                        "trial": t.number,
+                        "state": t.state.name.lower(),
+                        "value": t.value,
+                        "metric": settings.get("metric"),
+                        "direction": study.direction.name.lower(),
+                        "budget": budget,
+                        "in_budget": t.number < budget,
+                        "chosen": t.number == best,
+                        "epochs_reported": len(t.intermediate_values),
+                        "started": t.datetime_start,
+                        "finished": t.datetime_complete,
+                        "duration_s": t.duration.total_seconds() if t.duration else None,
+                    }
+                    | dict(sorted(t.params.items()))
+                )
         with FileLock(str(root / "tune" / ".trials.lock")):
             records.write_csv(root / "tune" / "trials.csv", pd.DataFrame(rows))
             records.write_csv(root / "tune" / "spaces.csv", pd.DataFrame(ranges))
@@ -456,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help:
         print(__doc__)
-        print("Example: python -m runner.tune -m pooling=max,avg,softpool tune.trials=8 seed=0,1,2\n"
-              "Settings: conf/tune/default.yaml (tune.trials, tune.seeds, tune.metric, tune.sampler, tune.pruner, tune.space).")
+        print(
+            "Example: python -m runner.tune -m pooling=max,avg,softpool tune.trials=8 seed=0,1,2\n"
+            "Settings: conf/tune/default.yaml (tune.trials, tune.seeds, tune.metric, tune.sampler, tune.pruner, "
+            "tune.space)."
+        )
         return 0
     if args.cfg or args.info or args.shell_completion:
         error("error: --cfg, --info and --shell-completion are python -m runner's; give them to it.")
@@ -466,8 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         methods, launcher = prepare(args.overrides, args.multirun, where)
         if any(m.plan.cfg.force for m in methods):
-            raise ConfigError("force=true: a study reuses the runs it already has (it is how a stopped study continues); "
-                              "to start over, give another results_dir.")
+            raise ConfigError(
+                "force=true: a study reuses the runs it already has (it is how a stopped study continues); "
+                "to start over, give another results_dir."
+            )
         locks = open_studies(methods)
     except ConfigError as e:
         error(f"error: {e}")
@@ -477,8 +513,11 @@ def main(argv: list[str] | None = None) -> int:
         hydra_argv.append(f"hydra.sweep.dir={literal(str(methods[0].root / 'tune' / 'launch'))}")
     job = Job(methods, where, launcher, hydra_argv)
     budget = methods[0].settings.trials
-    say(f"tuning {len(methods)} methods with {budget} trials each on seed {','.join(map(str, methods[0].settings.seeds))} "
-        f"by {methods[0].settings.metric} ({methods[0].settings.direction}); studies in {journal(methods[0].root)}")
+    say(
+        f"tuning {len(methods)} methods with {budget} trials each on seed "
+        f"{','.join(map(str, methods[0].settings.seeds))} "
+        f"by {methods[0].settings.metric} ({methods[0].settings.direction}); studies in {journal(methods[0].root)}"
+    )
     try:
         complete = run_trials(job)
         write_trials(job)  # also when every study was already complete: the tables follow this version
@@ -487,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return run_finals(job)
     except KeyboardInterrupt:
-        error("interrupted: every finished trial is in the study; the same command continues each study where it stopped")
+        error(
+            "interrupted: every finished trial is in the study; the same command continues each study where it stopped"
+        )
         return 130
     finally:
         for lock in locks:

@@ -16,8 +16,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-GROUPS = ("dataset", "model", "pooling", "global_pool", "norm", "loss", "teacher", "optim", "experiment", "launcher", "logger",
-          "tune")
+GROUPS = (
+    "dataset",
+    "model",
+    "pooling",
+    "global_pool",
+    "norm",
+    "loss",
+    "teacher",
+    "optim",
+    "experiment",
+    "launcher",
+    "logger",
+    "tune",
+)
 
 
 def _defaults() -> dict[str, str | None]:
@@ -46,7 +58,9 @@ def options_block() -> str:
         none = " (default: none)" if defaults.get(group, "x") is None else ""
         lines.append(f"| `{group}` | {', '.join(shown)}{none} |")
         detail += [f"| `{group}={n}` | {_first_comment(CONF / group / f'{n}.yaml').replace('|', '/')} |" for n in names]
-    return "\n".join(lines + ["", "<details><summary>Every option in one line</summary>", "", *detail, "", "</details>"])
+    return "\n".join(
+        lines + ["", "<details><summary>Every option in one line</summary>", "", *detail, "", "</details>"]
+    )
 
 
 def keys_block() -> str:

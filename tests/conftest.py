@@ -91,7 +91,9 @@ def data_dir(tmp_path_factory) -> Path:
 TINY = ["epochs=1", "batch_size=16", "threads=1", "dataset=mnist"]  # a run of about a second
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python -m runner`` as a user would, in a new interpreter, from the repository root by default. Each
     costs seconds of start-up (torch's import): the tests of what only a real process shows (a signal, a closed
     pipe, what gets imported, parallel processes) use it; the others call ``main_cli``."""

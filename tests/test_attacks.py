@@ -56,9 +56,24 @@ def evil_yaml(place: Path) -> str:
 
 # (name, extra args (with {p} for the folder), files to write first {relative path: text}, expected in stderr)
 CASES = [
-    ("target outside the project", ["pooling._target_=os.system", "+pooling.command=touch {p}/" + MARKER], {}, "not allowed"),
-    ("target that walks into a library", ["loss._target_=runner.train.subprocess.call", "+loss.args=[touch,{p}/" + MARKER + "]"], {}, "not allowed"),
-    ("target of another group's package", ["loss._target_=runner.records.write_text", "+loss.path={p}/" + MARKER, "+loss.text=x"], {}, "not allowed"),
+    (
+        "target outside the project",
+        ["pooling._target_=os.system", "+pooling.command=touch {p}/" + MARKER],
+        {},
+        "not allowed",
+    ),
+    (
+        "target that walks into a library",
+        ["loss._target_=runner.train.subprocess.call", "+loss.args=[touch,{p}/" + MARKER + "]"],
+        {},
+        "not allowed",
+    ),
+    (
+        "target of another group's package",
+        ["loss._target_=runner.records.write_text", "+loss.path={p}/" + MARKER, "+loss.text=x"],
+        {},
+        "not allowed",
+    ),
     ("a builtin", ["optim._target_=builtins.exec"], {}, "not allowed"),
     ("a module, not a class", ["pooling._target_=models.pooling"], {}, "not allowed"),
     ("nested target", ["norm=weight_norm", "norm.block._target_=os.system"], {}, "not allowed"),
@@ -71,36 +86,93 @@ CASES = [
     ("hydra sweeper swap", ["-m", "hydra/sweeper=basic", "seed=0,1"], {}, "does not let a command change"),
     ("hydra launcher target", ["hydra.launcher._target_=os.system"], {}, "does not let a command change"),
     ("hydra n_jobs 0", ["-m", "launcher=local", "hydra.launcher.n_jobs=0", "seed=0,1"], {}, "hydra.launcher.n_jobs=0"),
-    ("callbacks in a config-dir preset", ["--config-dir", "{p}/conf", "experiment=evil"],
-     {"conf/experiment/evil.yaml": "# @package _global_\nhydra:\n  callbacks:\n    x:\n      _target_: os.system\n"},
-     "hydra.callbacks"),
-    ("env_set in a config-dir preset", ["--config-dir", "{p}/conf", "experiment=env"],
-     {"conf/experiment/env.yaml": "# @package _global_\nhydra:\n  job:\n    env_set:\n      PATH: {p}/bin\n"}, "hydra.job.env_set"),
-    ("logging factory in a config-dir preset", ["--config-dir", "{p}/conf", "experiment=log"],
-     {"conf/experiment/log.yaml": "# @package _global_\nhydra:\n  job_logging:\n    version: 1\n    handlers:\n"
-                                  "      h:\n        (): os.system\n"}, "logging factory"),
-    ("job-script shell lines in a config-dir preset", ["-m", "--config-dir", "{p}/conf", "experiment=setup", "launcher=slurm"],
-     {"conf/experiment/setup.yaml": "# @package _global_\nhydra:\n  launcher:\n    setup: [touch {p}/PAYLOAD-RAN]\n"},
-     "hydra.launcher.setup: set by a config file"),
-    ("evil option in a config-dir", ["--config-dir", "{p}/conf", "pooling=evil"], {"conf/pooling/evil.yaml": "EVIL"}, "not allowed"),
-    ("evil option in a config-dir sweep", ["-m", "--config-dir", "{p}/conf", "pooling=max,evil"], {"conf/pooling/evil.yaml": "EVIL"},
-     "not allowed"),
-    ("evil primary config via --config-path", ["--config-path", "{p}/primary", "--config-name", "config"],
-     {"primary/config.yaml": None}, "not allowed"),
+    (
+        "callbacks in a config-dir preset",
+        ["--config-dir", "{p}/conf", "experiment=evil"],
+        {"conf/experiment/evil.yaml": "# @package _global_\nhydra:\n  callbacks:\n    x:\n      _target_: os.system\n"},
+        "hydra.callbacks",
+    ),
+    (
+        "env_set in a config-dir preset",
+        ["--config-dir", "{p}/conf", "experiment=env"],
+        {"conf/experiment/env.yaml": "# @package _global_\nhydra:\n  job:\n    env_set:\n      PATH: {p}/bin\n"},
+        "hydra.job.env_set",
+    ),
+    (
+        "logging factory in a config-dir preset",
+        ["--config-dir", "{p}/conf", "experiment=log"],
+        {
+            "conf/experiment/log.yaml": "# @package _global_\nhydra:\n  job_logging:\n    version: 1\n    handlers:\n"
+            "      h:\n        (): os.system\n"
+        },
+        "logging factory",
+    ),
+    (
+        "job-script shell lines in a config-dir preset",
+        ["-m", "--config-dir", "{p}/conf", "experiment=setup", "launcher=slurm"],
+        {
+            "conf/experiment/setup.yaml": "# @package _global_\nhydra:\n  launcher:\n"
+                                          "    setup: [touch {p}/PAYLOAD-RAN]\n"
+        },
+        "hydra.launcher.setup: set by a config file",
+    ),
+    (
+        "evil option in a config-dir",
+        ["--config-dir", "{p}/conf", "pooling=evil"],
+        {"conf/pooling/evil.yaml": "EVIL"},
+        "not allowed",
+    ),
+    (
+        "evil option in a config-dir sweep",
+        ["-m", "--config-dir", "{p}/conf", "pooling=max,evil"],
+        {"conf/pooling/evil.yaml": "EVIL"},
+        "not allowed",
+    ),
+    (
+        "evil primary config via --config-path",
+        ["--config-path", "{p}/primary", "--config-name", "config"],
+        {"primary/config.yaml": None},
+        "not allowed",
+    ),
     ("missing --config-name", ["--config-name", "nope"], {}, "--config-name=nope"),
     ("missing --config-dir", ["--config-dir", "{p}/nowhere"], {}, "--config-dir"),
-    ("evil teacher overrides", ["loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['pooling._target_=os.system']"], {},
-     "not allowed"),
+    (
+        "evil teacher overrides",
+        ["loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['pooling._target_=os.system']"],
+        {},
+        "not allowed",
+    ),
     ("teacher run id with a path", ["loss=kd", "teacher=run", "teacher.run_id=../../etc"], {}, "not a run id"),
-    ("teacher checkpoint missing", ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/none.pt"], {}, "no checkpoint"),
-    ("teacher checkpoint truncated", ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/cut.pt"], {"cut.pt": "PK\x03\x04"},
-     "not a checkpoint this runner can read"),
-    ("teacher checkpoint with a pickled payload", ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/pickle.pt"],
-     {"pickle.pt": "PICKLE"}, "not a checkpoint this runner can read"),
-    ("teacher checkpoint with a config payload", ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/config.pt"],
-     {"config.pt": "CONFIG"}, "not allowed"),
-    ("teacher checkpoint without a config", ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/bare.pt"],
-     {"bare.pt": "BARE"}, "not a checkpoint written by this runner"),
+    (
+        "teacher checkpoint missing",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/none.pt"],
+        {},
+        "no checkpoint",
+    ),
+    (
+        "teacher checkpoint truncated",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/cut.pt"],
+        {"cut.pt": "PK\x03\x04"},
+        "not a checkpoint this runner can read",
+    ),
+    (
+        "teacher checkpoint with a pickled payload",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/pickle.pt"],
+        {"pickle.pt": "PICKLE"},
+        "not a checkpoint this runner can read",
+    ),
+    (
+        "teacher checkpoint with a config payload",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/config.pt"],
+        {"config.pt": "CONFIG"},
+        "not allowed",
+    ),
+    (
+        "teacher checkpoint without a config",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/bare.pt"],
+        {"bare.pt": "BARE"},
+        "not a checkpoint written by this runner",
+    ),
     ("results_dir is a file", ["results_dir={p}/afile"], {"afile": "x"}, "is a file"),
     ("results_dir not creatable", ["results_dir=/proc/runner-results"], {}, "cannot create folders"),
     ("unset environment variable", ["results_dir=${{oc.env:RUNNER_UNSET_VARIABLE_X}}"], {}, "cannot be resolved"),
@@ -165,7 +237,9 @@ def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, arg
     env = {"PATH": f"{place / 'bin'}:{os.environ['PATH']}"}
     res = (cli if name in SUBPROCESS else main_cli)(*args, cwd=place, env=env)
     assert res.returncode == 2, (res.stdout, res.stderr)
-    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, (
+        res.stderr
+    )
     assert expected in res.stderr, res.stderr
     assert not (place / MARKER).exists()
     assert files(place) == before  # nothing written, not even results_dir

@@ -17,7 +17,10 @@ from conftest import ROOT, TINY, cli, write_cifar, write_mnist_like
 def test_help_lists_groups_and_options_under_the_apps_header(main_cli):
     out = main_cli("--help").stdout
     assert out.startswith("runner: train and evaluate")
-    assert "pooling: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree" in out and "dataset: cifar10, cifar100, fashion_mnist, mnist, mnist5k" in out
+    assert (
+        "pooling: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree" in out
+        and "dataset: cifar10, cifar100, fashion_mnist, mnist, mnist5k" in out
+    )
 
 
 def test_cfg_job_prints_the_resolved_config(main_cli):
@@ -31,7 +34,11 @@ def test_multirun_with_cfg_is_a_usage_error_not_a_traceback(main_cli):
 
 
 def test_config_error_exits_2_with_one_paragraph_and_writes_nothing(tmp_path, main_cli):
-    for run, args in ((cli, ["pooling=maxx"]), (main_cli, ["-m", "pooling=max,avgg", "seed=0,1"]), (main_cli, ["epochs=abc"])):
+    for run, args in (
+        (cli, ["pooling=maxx"]),
+        (main_cli, ["-m", "pooling=max,avgg", "seed=0,1"]),
+        (main_cli, ["epochs=abc"]),
+    ):
         res = run(*args, f"results_dir={tmp_path / 'out'}", cwd=tmp_path)
         assert res.returncode == 2, res.stderr
         assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
@@ -126,7 +133,9 @@ POOLINGS = options("pooling")
 @pytest.mark.slow
 def test_every_pooling_option_trains(data_dir, tmp_path):
     # the tests' MNIST files (IDX, 270 training images with a class signal): every option, the real code path
-    res = cli("-m", f"pooling={POOLINGS}", *TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
+    res = cli(
+        "-m", f"pooling={POOLINGS}", *TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900
+    )
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
@@ -161,7 +170,11 @@ def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tm
     assert res.stdout.count("training it first") == 1
     runs = pd.read_csv(tmp_path / "runs.csv")
     students = runs[runs["loss"].isin(DISTILLATION)]
-    assert len(students) == len(DISTILLATION) and set(students["status"]) == {"ok"} and students["teacher_run_id"].nunique() == 1
+    assert (
+        len(students) == len(DISTILLATION)
+        and set(students["status"]) == {"ok"}
+        and students["teacher_run_id"].nunique() == 1
+    )
     teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]].iloc[0]
     assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 12
     assert (students["teacher_test_acc"] == teacher["test_acc"]).all()
@@ -181,7 +194,11 @@ def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path):
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["norm"]) == sorted(NORMS.split(",") + ["fixup", "weight_norm"]) and set(runs["status"]) == {"ok"}
     assert runs["test_acc"].between(0, 1).all() and (runs.loc[runs["norm"] == "batch", "test_acc"] > 0.5).all()
-    assert sorted(runs["norm.block"].dropna()) == ["batch", "none", "none"]  # weight_norm+batch, weight_norm, spectral_norm
+    assert sorted(runs["norm.block"].dropna()) == [
+        "batch",
+        "none",
+        "none",
+    ]  # weight_norm+batch, weight_norm, spectral_norm
     cols = list(runs.columns)  # the norm's settings sit beside the learning rate and weight decay
     assert cols.index("weight_decay") + 1 == cols.index("norm.alpha_bkw") and "norm.groups" in cols
 
@@ -221,8 +238,12 @@ def test_a_teacher_named_by_settings_is_the_run_trained_from_the_shell(data_dir,
     # the teacher's settings, as teacher.overrides names them, run from the shell on the student's data first
     shell = main_cli("model=simple_cnn", "model.widths=[64,128]", "epochs=2", "dataset=mnist", "threads=1", *common[4:])
     assert shell.returncode == 0, shell.stderr
-    student = main_cli("loss=kd", "teacher=simple_cnn_wide", "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']",
-                  *common)
+    student = main_cli(
+        "loss=kd",
+        "teacher=simple_cnn_wide",
+        "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=2']",
+        *common,
+    )
     assert student.returncode == 0, student.stderr
     assert "training it first" not in student.stdout
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -235,10 +256,19 @@ def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path, main_cl
     (mine / "pooling").mkdir()
     (mine / "experiment" / "quick.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /pooling: avg3\nepochs: 1\nbatch_size: 16\n")
-    (mine / "pooling" / "avg3.yaml").write_text("_target_: models.pooling.AvgPool\n_partial_: true\nkernel_size: 3\nstride: 2\n")
+    (mine / "pooling" / "avg3.yaml").write_text(
+        "_target_: models.pooling.AvgPool\n_partial_: true\nkernel_size: 3\nstride: 2\n"
+    )
     (mine / "experiment" / "grid.yaml").write_text(
         "# @package _global_\nepochs: 1\nhydra:\n  sweeper:\n    params:\n      pooling: max,avg3\n      seed: 0,1\n")
-    where = ["--config-dir", str(mine), "dataset=mnist", "threads=1", f"data_dir={data_dir}", f"results_dir={tmp_path / 'r'}"]
+    where = [
+        "--config-dir",
+        str(mine),
+        "dataset=mnist",
+        "threads=1",
+        f"data_dir={data_dir}",
+        f"results_dir={tmp_path / 'r'}",
+    ]
     res = main_cli(*where, "experiment=quick")
     assert res.returncode == 0, res.stderr
     res = main_cli("-m", *where, "experiment=grid", "batch_size=16")
@@ -247,7 +277,9 @@ def test_presets_and_options_from_a_users_config_dir(data_dir, tmp_path, main_cl
     assert res.stdout.count("already completed") == 1  # avg3, seed 0, 1 epoch, batch 16: the preset's run
     runs = pd.read_csv(tmp_path / "r" / "runs.csv")
     assert sorted(runs["pooling"]) == ["avg3", "avg3", "max", "max"] and set(runs["pooling.kernel_size"]) == {2, 3}
-    bad = main_cli("-m", *where, "experiment=grid", "pooling.kernel_size=0")  # every cell of a config-file sweep is planned
+    bad = main_cli(
+        "-m", *where, "experiment=grid", "pooling.kernel_size=0"
+    )  # every cell of a config-file sweep is planned
     assert bad.returncode == 2 and "kernel_size must be >= 1" in bad.stderr
 
 

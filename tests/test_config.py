@@ -52,7 +52,9 @@ def test_every_option_of_every_group_composes_validates_and_builds(group, option
     if group == "teacher":  # a teacher needs a distillation loss; run and checkpoint need a finished run
         root, rid = finished_run
         extra = ["loss=kd", "dataset=mnist", f"results_dir={root}"] + {
-            "run": [f"teacher.run_id={rid}"], "checkpoint": [f"teacher.checkpoint={root}/runs/{rid}/checkpoint.pt"]}.get(option, [])
+            "run": [f"teacher.run_id={rid}"],
+            "checkpoint": [f"teacher.checkpoint={root}/runs/{rid}/checkpoint.pt"],
+        }.get(option, [])
     cfg, choices = compose([f"{group}={option}", *extra, *data_overrides(data_dir)])
     if group not in ("experiment", "launcher", "tune", "logger"):  # how runs execute, are tuned or tracked
         assert choices[group] == option
@@ -88,7 +90,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. Allowed: adapool, avg, gated, lp, max, mixed, softpool, stochastic, tree. Did you mean 'max'?"),
+    (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. Allowed: adapool, avg, gated, "
+                       "lp, max, mixed, softpool, stochastic, tree. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
     (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
     (["epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -112,7 +115,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["global_pool=spp", "global_pool.levels=[1,0]"], "levels must be positive bin counts"),
     (["pooling._target_=os.system"], "pooling._target_=os.system: not allowed; a pooling option instantiates only"),
     (["+pooling._target_=builtins.eval"], "Could not append"),
-    (["pooling._target_=runner.train.subprocess.call"], "not allowed; a pooling option instantiates only classes and functions defined in this project's models.pooling package"),
+    (["pooling._target_=runner.train.subprocess.call"], "not allowed; a pooling option instantiates only classes and "
+                                                        "functions defined in this project's models.pooling package"),
     (["loss._target_=runner.records.write_text"], "not allowed"),
     (["+pooling._args_=[1]"], "pooling._args_: not allowed"),
     (["optim.momentum=-1"], "optim.momentum=-1.0: out of range; allowed: >= 0 and < 1."),
@@ -125,7 +129,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["loss=focal_adaptive", "loss.threshold=2"], "loss.threshold=2.0: out of range; allowed: > 0 and < 1."),
     (["loss=focal", "loss.gamma=abc"], "loss.gamma=abc: expected a number."),
     (["loss=uskd", "model.widths=[32]", "model.downsample_at=[0]"],
-     "loss=uskd with dataset=mnist5k, model=simple_cnn, pooling=max, global_pool=avg, norm=batch: SimpleCNN has 1 stage(s)"),
+     "loss=uskd with dataset=mnist5k, model=simple_cnn, pooling=max, global_pool=avg, norm=batch: SimpleCNN has 1 "
+     "stage(s)"),
     (["loss=uskd", "+loss.channels=3"], "loss.channels is set by the runner (from the model and the dataset)"),
     (["loss=uskd", "loss.rank_by=paper"], "loss.rank_by=paper: allowed: code, probs."),
     (["loss=uskd", "loss.mu=-1"], "loss.mu=-1.0: out of range; allowed: >= 0."),
@@ -137,14 +142,17 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["warmup_epochs=20"], "warmup_epochs=20.0: longer than the run"),
     (["device=tpu"], "device=tpu: allowed: auto, cpu, cuda, cuda:N, mps"),
     (["+foo=1"], "foo: not a config key"),
-    (["norm=fixup"], "norm=fixup needs a model with residual blocks; model=simple_cnn has none. Models that support it: resnet20."),
+    (["norm=fixup"], "norm=fixup needs a model with residual blocks; model=simple_cnn has none. "
+                     "Models that support it: resnet20."),
     (["norm=batch", "batch_size=1"], "batch_size=1: norm=batch normalizes with statistics over the batch"),
-    (["norm=evonorm_b0", "batch_size=1"], "a norm computed per sample: evonorm_s0, fixup, group, instance, layer, none, online_norm, selu"),
+    (["norm=evonorm_b0", "batch_size=1"],
+     "a norm computed per sample: evonorm_s0, fixup, group, instance, layer, none, online_norm, selu"),
     (["norm=weight_norm", "norm@norm.block=powernorm", "batch_size=1"], "norm=weight_norm normalizes with statistics"),
     (["norm=group", "norm.groups=3"], "norm.groups=3 does not divide a layer of 32 channels"),
     (["norm=evonorm_s0", "norm.group_size=5"], "norm.group_size=5 does not divide a layer of 32 channels"),
     (["norm=online_norm", "norm.ecm=clamp"], "norm.ecm='clamp': allowed: ls, ac, none"),
-    (["norm=weight_norm", "norm@norm.block=bach"], "norm@norm.block=bach: 'bach' is not an option of config group 'norm'."),
+    (["norm=weight_norm", "norm@norm.block=bach"],
+     "norm@norm.block=bach: 'bach' is not an option of config group 'norm'."),
     (["dataset=cifar10", "data_dir=/nonexistent"], "data_batch_1"),
 ])
 def test_config_errors_name_key_value_and_what_is_allowed(overrides, message):

@@ -26,7 +26,9 @@ def options(group: str) -> list[str]:
 def planned(data_dir):
     @functools.cache
     def plan(group: str, option: str):
-        extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar100"]}.get((group, option), [])
+        extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar100"]}.get(
+            (group, option), []
+        )
         if group == "loss" and option in DISTILLATION:
             extra = ["teacher=resnet20"]
         return make_plan([f"{group}={option}", *extra, "dataset.verify_checksums=false", f"data_dir={data_dir}"])
@@ -125,7 +127,11 @@ def test_every_option_has_by_hand_tests():
     import test_norm
     import test_pooling
 
-    tables = {"pooling": test_pooling.LOCAL, "global_pool": test_pooling.HEADS, "norm": {**test_norm.BLOCKS, **test_norm.RESIDUAL_ONLY},
-              "loss": {**test_losses.PLAIN, **test_losses.DISTILL, **test_losses.SELF}}
+    tables = {
+        "pooling": test_pooling.LOCAL,
+        "global_pool": test_pooling.HEADS,
+        "norm": {**test_norm.BLOCKS, **test_norm.RESIDUAL_ONLY},
+        "loss": {**test_losses.PLAIN, **test_losses.DISTILL, **test_losses.SELF},
+    }
     missing = {g: sorted(set(options(g)) - set(t)) for g, t in tables.items()}
     assert not any(missing.values()), f"options without hand-checked cases: {missing}"

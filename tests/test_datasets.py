@@ -27,7 +27,9 @@ def joined(splits) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def same_set(a: torch.Tensor, b: np.ndarray) -> bool:
-    key = lambda t: sorted(map(bytes, t.reshape(len(t), -1).numpy() if isinstance(t, torch.Tensor) else t.reshape(len(t), -1)))
+    key = lambda t: sorted(
+        map(bytes, t.reshape(len(t), -1).numpy() if isinstance(t, torch.Tensor) else t.reshape(len(t), -1))
+    )
     return key(a) == key(b)
 
 
@@ -51,7 +53,9 @@ def test_cifar_pickles_round_trip_as_chw(tmp_path):
 
 def test_cifar_checksums_are_verified_by_default(tmp_path):
     write_cifar(tmp_path, 10, n_train=50, n_test=10)
-    with pytest.raises(DataError, match="corrupted.*check the files"):  # torchvision's md5 check rejects hand-made files
+    with pytest.raises(
+        DataError, match="corrupted.*check the files"
+    ):  # torchvision's md5 check rejects hand-made files
         load(ds("cifar10", verify_checksums=True), tmp_path)
 
 
@@ -141,7 +145,12 @@ def test_random_crop_is_a_window_of_the_zero_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = []
     for i in range(16):
-        hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        hits = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
         assert len(hits) == 1
         offsets.append(hits[0])
     assert len(set(offsets)) > 3  # per-sample offsets, not one for the batch
@@ -162,7 +171,8 @@ def test_specs_describe_the_data(data_dir):
         assert len(spec.mean) == len(spec.std) == spec.in_channels
 
 
-@pytest.mark.skipif(not FMNIST_DEBIAN.exists(), reason="Debian's dataset-fashion-mnist is not installed (make fashion-mnist)")
+@pytest.mark.skipif(not FMNIST_DEBIAN.exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed (make fashion-mnist)")
 def test_full_fashion_mnist_from_the_debian_package(tmp_path):
     splits = load(ds("fashion_mnist", source_dir=str(FMNIST_DEBIAN)), tmp_path)
     assert splits.sizes() == {"n_train": 54000, "n_val": 6000, "n_test": 10000}

@@ -19,9 +19,14 @@ PLAIN = {"ce": CrossEntropy(), "zloss": ZLoss(), "ce_zreg": CrossEntropyZReg(), 
          "focal_adaptive": AdaptiveFocalLoss(), "dual_focal": DualFocalLoss(), "dice": DiceMetricLoss(smooth=0.0),
          "jaccard": DiceMetricLoss(alpha=1.0, beta=1.0, smooth=0.0), "dice_sa": SelfAdjustingDiceLoss(),
          "sparsemax": SparsemaxLoss()}
-DISTILL = {"kd": KnowledgeDistillation(), "pld": PlackettLuceDistillation(), "pld_cifar": PlackettLuceDistillation(temperature=4.0),
-           "ttm": TransformedTeacherMatching(), "wttm": WeightedTransformedTeacherMatching(),
-           "nkd": NormalizedKnowledgeDistillation()}
+DISTILL = {
+    "kd": KnowledgeDistillation(),
+    "pld": PlackettLuceDistillation(),
+    "pld_cifar": PlackettLuceDistillation(temperature=4.0),
+    "ttm": TransformedTeacherMatching(),
+    "wttm": WeightedTransformedTeacherMatching(),
+    "nkd": NormalizedKnowledgeDistillation(),
+}
 SELF = {"uskd": UniversalSelfDistillation}  # sized by the model and the classes: SELF[name](channels, num_classes)
 
 
@@ -74,7 +79,9 @@ def test_zloss_is_shift_and_positive_scale_invariant_and_safe_for_equal_logits()
     s, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
     loss = ZLoss(a=2.0, b=1.0)
     assert loss(3.5 * s - 12, y).item() == pytest.approx(loss(s, y).item(), abs=1e-5)
-    assert loss(torch.zeros(2, 5), torch.tensor([0, 3])).item() == pytest.approx(F.softplus(torch.tensor(2.0)).item() / 2)
+    assert loss(torch.zeros(2, 5), torch.tensor([0, 3])).item() == pytest.approx(
+        F.softplus(torch.tensor(2.0)).item() / 2
+    )
 
 
 def test_ce_zreg_is_cross_entropy_plus_the_log_z_penalty():
@@ -137,13 +144,17 @@ def test_pld_is_translation_invariant_and_with_one_hot_weights_is_cross_entropy(
 def test_kd_and_ttm_by_hand():
     kl1 = sum(q * math.log(q / (1 / 3)) for q in torch.tensor(T).softmax(0).tolist())
     assert kl1 == pytest.approx(0.266217, abs=1e-6)
-    assert one([0, 0, 0], 0, KnowledgeDistillation(temperature=1.0, ce_weight=0.0, kd_weight=1.0), T) == pytest.approx(kl1)
+    assert one([0, 0, 0], 0, KnowledgeDistillation(temperature=1.0, ce_weight=0.0, kd_weight=1.0), T) == pytest.approx(
+        kl1
+    )
     assert one([0, 0, 0], 0, KnowledgeDistillation(temperature=4.0, ce_weight=0.0, kd_weight=1.0), T) == pytest.approx(
         0.328202, abs=1e-6)
     kd = one([0, 0, 0], 0, KnowledgeDistillation(), T)  # 0.1·CE + 0.9·τ²·KL at τ = 4
     assert kd == pytest.approx(0.1 * math.log(3) + 0.9 * 0.328202, abs=1e-6)
     # TTM at T = 1, β = 1: CE + KD's KL at τ = 1 without the τ² factor
-    assert one([0, 0, 0], 0, TransformedTeacherMatching(temperature=1.0, beta=1.0), T) == pytest.approx(math.log(3) + kl1)
+    assert one([0, 0, 0], 0, TransformedTeacherMatching(temperature=1.0, beta=1.0), T) == pytest.approx(
+        math.log(3) + kl1
+    )
 
 
 def test_wttm_and_nkd_by_hand():
@@ -193,7 +204,9 @@ def test_nkd_and_wttm_match_the_authors_forms_on_random_inputs():
         ce = F.cross_entropy(torch.tensor(s), torch.tensor(y)).item()
         args = (torch.tensor(s), torch.tensor(y))
         nkd = NormalizedKnowledgeDistillation(temperature=tau, gamma=1.5)(*args, teacher_logits=torch.tensor(t)).item()
-        wttm = WeightedTransformedTeacherMatching(temperature=tau, beta=1.0)(*args, teacher_logits=torch.tensor(t)).item()
+        wttm = WeightedTransformedTeacherMatching(temperature=tau, beta=1.0)(
+            *args, teacher_logits=torch.tensor(t)
+        ).item()
         assert nkd - ce == pytest.approx(nkd_ref, abs=1e-6)
         assert wttm - ce == pytest.approx(wttm_ref, abs=1e-6)
 
@@ -246,7 +259,9 @@ def test_uskd_soft_target_is_shifted_to_a_batch_mean_of_one_and_carries_no_gradi
     term = with_t(s, y, mid_features=mid) - without(s, y, mid_features=mid)
     assert term.item() == pytest.approx(0.412320, abs=1e-6)
     (grad,) = torch.autograd.grad(term, s)
-    expected = torch.tensor([[0.805 * (0.5 - 1), 0.805 * 0.5], [1.195 * (0.8 - 1), 1.195 * 0.2]], dtype=torch.float64) / 2
+    expected = (
+        torch.tensor([[0.805 * (0.5 - 1), 0.805 * 0.5], [1.195 * (0.8 - 1), 1.195 * 0.2]], dtype=torch.float64) / 2
+    )
     assert torch.allclose(grad, expected, atol=1e-9)
 
 
@@ -318,7 +333,11 @@ def test_dice_and_jaccard_metric_losses_by_hand():
     # class 0: ‖p‖ = 1.2, ‖y‖ = 1, ‖p − y‖ = 0.6 -> tp 0.8, fp 0.4, fn 0.2; class 1: tp 0.6, fp 0.2, fn 0.4
     dice = [(0.8 + 1e-3) / (0.8 + 0.3 + 1e-3), (0.6 + 1e-3) / (0.6 + 0.3 + 1e-3)]
     assert dice == pytest.approx([0.727520, 0.667037], abs=1e-6)
-    assert tversky_loss(PROBS, LABELS, 0.5, 0.5).item() == pytest.approx(1 - sum(dice) / 2) == pytest.approx(0.302721, abs=1e-6)
+    assert (
+        tversky_loss(PROBS, LABELS, 0.5, 0.5).item()
+        == pytest.approx(1 - sum(dice) / 2)
+        == pytest.approx(0.302721, abs=1e-6)
+    )
     assert tversky_loss(PROBS, LABELS, 1.0, 1.0).item() == pytest.approx(0.463925, abs=1e-6)
     assert tversky_loss(PROBS, LABELS, 0.5, 0.5, smooth=0.0).item() == pytest.approx(1 - (0.8 / 1.1 + 0.6 / 0.9) / 2)
     assert DiceMetricLoss()(PROBS.log(), torch.tensor([0, 1])).item() == pytest.approx(0.302721, abs=1e-6)
@@ -376,7 +395,9 @@ def test_finite_loss_and_gradient_for_extreme_and_half_precision_logits(name, dt
     s = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0], [1e4, 1e4, -1e4]]).to(dtype).requires_grad_()
     value = call(name, s, torch.tensor([0, 0, 2]), torch.tensor([[2.0, 1.0, 0.0]] * 3).to(dtype))
     value.backward()
-    assert value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(s.grad).all()  # half: computed in float32
+    assert (
+        value.dtype == torch.float32 and torch.isfinite(value) and torch.isfinite(s.grad).all()
+    )  # half: computed in float32
 
 
 @pytest.mark.parametrize("name", [*PLAIN, *DISTILL, *SELF])
@@ -395,7 +416,9 @@ def test_every_loss_is_a_batch_mean(name):
     s, y, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3]), torch.randn(4, 5, dtype=torch.float64)
     if name in ("dice", "jaccard", "uskd"):  # batch-level by definition (USKD: its soft target's batch mean of s_y²):
         # the same batch twice gives the same loss
-        assert call(name, s.repeat(2, 1), y.repeat(2), t.repeat(2, 1)).item() == pytest.approx(call(name, s, y, t).item())
+        assert call(name, s.repeat(2, 1), y.repeat(2), t.repeat(2, 1)).item() == pytest.approx(
+            call(name, s, y, t).item()
+        )
         return
     each = [call(name, s[i:i + 1], y[i:i + 1], t[i:i + 1]).item() for i in range(4)]
     assert call(name, s, y, t).item() == pytest.approx(sum(each) / 4)

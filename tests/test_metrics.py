@@ -19,13 +19,19 @@ Y = torch.tensor([0, 1, 2, 0])
 
 def test_worked_example_by_hand():
     m = classification_metrics(P.log(), Y, n_bins=3)  # softmax(log p) = p
-    # conf [.55, .55, .60, .90], correct [0, 0, 1, 1]; bin [1/3, 2/3): conf .566667, acc 1/3, mass .75; bin (2/3, 1]: .9, 1, .25
+    # conf [.55, .55, .60, .90], correct [0, 0, 1, 1]; bin [1/3, 2/3): conf .566667, acc 1/3, mass .75;
+    # bin (2/3, 1]: .9, 1, .25
     assert m["acc"] == 0.5
     assert m["ece"] == pytest.approx(0.75 * (0.566667 - 1 / 3) + 0.25 * 0.1, abs=1e-6) == pytest.approx(0.2, abs=1e-6)
     assert m["mce"] == pytest.approx(0.233333, abs=1e-6)
     assert m["rmsce"] == pytest.approx(math.sqrt(0.75 * (0.7 / 3) ** 2 + 0.25 * 0.1 ** 2), abs=1e-9)  # 0.208167
     assert m["nll"] == pytest.approx(-(math.log(.25) + math.log(.05) + math.log(.60) + math.log(.90)) / 4, abs=1e-9)
-    brier = ((.75**2 + .2**2 + .55**2) + (.55**2 + .95**2 + .4**2) + (.1**2 + .3**2 + .4**2) + (.1**2 + .05**2 + .05**2)) / 4
+    brier = (
+        (0.75**2 + 0.2**2 + 0.55**2)
+        + (0.55**2 + 0.95**2 + 0.4**2)
+        + (0.1**2 + 0.3**2 + 0.4**2)
+        + (0.1**2 + 0.05**2 + 0.05**2)
+    ) / 4
     assert m["brier"] == pytest.approx(brier, abs=1e-9) == pytest.approx(0.636250, abs=1e-6)  # summed over classes
     assert m["classwise_ece"] == pytest.approx((0.325 + 0.100 + 0.150) / 3, abs=1e-6)  # 0.191667
     # Both correct predictions are more confident than both wrong ones: MSP separates them perfectly.
@@ -74,7 +80,9 @@ def test_msp_auroc_matches_scikit_learn_and_is_nan_without_errors():
     logits, target = torch.randn(300, 5), torch.randint(0, 5, (300,))
     probs = logits.double().softmax(1)
     correct = (probs.argmax(1) == target).numpy()
-    assert classification_metrics(logits, target)["msp_auroc"] == pytest.approx(roc_auc_score(correct, probs.max(1).values))
+    assert classification_metrics(logits, target)["msp_auroc"] == pytest.approx(
+        roc_auc_score(correct, probs.max(1).values)
+    )
     assert math.isnan(classification_metrics(torch.eye(3) * 5, torch.arange(3))["msp_auroc"])
 
 

@@ -36,7 +36,9 @@ def test_norm_blocks_own_the_activation():
     bn = BatchNormAct(1, apply_act=False).train()
     y = bn(torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)).flatten()  # (x - 2) / sqrt(1 + eps)
     assert y.tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)
-    assert BatchNormAct(1).train()(torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)).flatten().tolist() == pytest.approx([0.0, 1.0], abs=1e-4)
+    assert BatchNormAct(1).train()(torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)).flatten().tolist() == pytest.approx(
+        [0.0, 1.0], abs=1e-4
+    )
 
 
 def factories(pool=MaxPool, head=GlobalAvgPool, norm=BatchNormAct, **pool_kw):

@@ -324,7 +324,9 @@ def test_online_norm_normalizes_each_sample_with_the_statistics_before_it():
     assert y[1].tolist() == pytest.approx([1 / math.sqrt(2 + 1e-5), 3 / math.sqrt(2 + 1e-5)], abs=1e-6)
     # after sample 2 (mean 3, variance 1): mu = 0.5·1 + 0.5·3 = 2, var = 0.5·2 + 0.5·1 + 0.25·(3 - 1)² = 2.5
     assert block.running_mean.item() == pytest.approx(2.0) and block.running_var.item() == pytest.approx(2.5)
-    assert block.eval()(as_map([2.0, 4.0])).flatten().tolist() == pytest.approx([0.0, 2 / math.sqrt(2.5 + 1e-5)], abs=1e-6)
+    assert block.eval()(as_map([2.0, 4.0])).flatten().tolist() == pytest.approx(
+        [0.0, 2 / math.sqrt(2.5 + 1e-5)], abs=1e-6
+    )
 
 
 def test_online_norm_backward_is_the_papers_control_process_across_batches():
@@ -358,7 +360,9 @@ def test_powernorm_by_hand_in_and_after_warmup():
     warm = PowerNormAct(1, apply_act=False, group_scaling=False, warmup_iters=10).train()
     assert warm(x).flatten().tolist() == pytest.approx([1 / math.sqrt(5 + 1e-5), 3 / math.sqrt(5 + 1e-5)], abs=1e-6)
     assert warm.running_phi.item() == pytest.approx(5.0)  # step 1: the average of one batch mean, then the EMA: 5
-    assert warm.eval()(x).flatten().tolist() == pytest.approx([1 / math.sqrt(5 + 1e-5), 3 / math.sqrt(5 + 1e-5)], abs=1e-6)
+    assert warm.eval()(x).flatten().tolist() == pytest.approx(
+        [1 / math.sqrt(5 + 1e-5), 3 / math.sqrt(5 + 1e-5)], abs=1e-6
+    )
     after = PowerNormAct(1, apply_act=False, group_scaling=False, warmup_iters=0).train()
     xg = x.clone().requires_grad_(True)
     z = after(xg)  # the running quadratic mean from before the batch: 1

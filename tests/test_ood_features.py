@@ -52,7 +52,9 @@ def test_every_model_exposes_the_input_of_its_classifier(model, data_dir):
     from runner.plan import make_plan
 
     dataset = "cifar10" if model == "vgg11" else "mnist"  # vgg11's five poolings need 32×32 images
-    cfg = make_plan([f"model={model}", f"dataset={dataset}", f"data_dir={data_dir}", "dataset.verify_checksums=false"]).cfg
+    cfg = make_plan(
+        [f"model={model}", f"dataset={dataset}", f"data_dir={data_dir}", "dataset.verify_checksums=false"]
+    ).cfg
     spec = SPECS[dataset]
     net = build_model(cfg).eval()
     with captured(net) as feats:
@@ -72,7 +74,9 @@ def test_every_model_exposes_its_penultimate_stage(model, data_dir):
     from runner.plan import make_plan
 
     dataset = "cifar10" if model == "vgg11" else "mnist"
-    cfg = make_plan([f"model={model}", f"dataset={dataset}", f"data_dir={data_dir}", "dataset.verify_checksums=false"]).cfg
+    cfg = make_plan(
+        [f"model={model}", f"dataset={dataset}", f"data_dir={data_dir}", "dataset.verify_checksums=false"]
+    ).cfg
     spec = SPECS[dataset]
     net = build_model(cfg).eval()
     (*_, (mid, channels), (last, last_channels)) = net.stages()

@@ -11,9 +11,29 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.norm import BatchNormAct
-from models.pooling import (AdaPool, AvgPool, GatedPool, GGeM, GeM, GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool,
-                            GlobalMaxPool, GlobalSoftPool, LpPool, MaxPool, MixedPool, SoftPool, SpatialPyramidPool,
-                            StochasticPool, TreePool, ada_pool2d, dice_pool2d, soft_pool2d, soft_pool2d_reference)
+from models.pooling import (
+    AdaPool,
+    AvgPool,
+    GatedPool,
+    GGeM,
+    GeM,
+    GlobalAvgMaxPool,
+    GlobalAvgPool,
+    GlobalCatAvgMaxPool,
+    GlobalMaxPool,
+    GlobalSoftPool,
+    LpPool,
+    MaxPool,
+    MixedPool,
+    SoftPool,
+    SpatialPyramidPool,
+    StochasticPool,
+    TreePool,
+    ada_pool2d,
+    dice_pool2d,
+    soft_pool2d,
+    soft_pool2d_reference,
+)
 from models.resnet import CifarResNet
 from models.simple_cnn import SimpleCNN
 from models.vgg import STAGES, VGG
@@ -100,7 +120,9 @@ def test_softpool_is_exact_where_the_authors_formula_overflows(compile):
     for c in (100.0, 1000.0, 1e4, -1e4):  # a constant window returns itself exactly
         assert soft_pool2d(torch.full((1, 1, 2, 2), c), 2, compile=compile).item() == c
     assert soft_pool2d(window(89, 0, 0, 0), 2, compile=compile).item() == pytest.approx(89.0)
-    naive = F.avg_pool2d(window(89, 0, 0, 0) * window(89, 0, 0, 0).exp(), 2) / F.avg_pool2d(window(89, 0, 0, 0).exp(), 2)
+    naive = F.avg_pool2d(window(89, 0, 0, 0) * window(89, 0, 0, 0).exp(), 2) / F.avg_pool2d(
+        window(89, 0, 0, 0).exp(), 2
+    )
     assert torch.isnan(naive).all()  # what the shift avoids: inf / inf
     # ±1e4 mixed in one window: the weight of 1e4 is 1, so the output is 1e4 and the gradient one-hot
     x = window(1e4, -1e4, 0, 5).requires_grad_()

@@ -75,7 +75,9 @@ def test_concurrent_writers_never_lose_or_duplicate_a_row(tmp_path):
     n = 8
     for round_ in range(3):
         barrier = ctx.Barrier(n)
-        procs = [ctx.Process(target=_writer, args=(str(tmp_path), hexid(f"r{round_}-{i}"), i, barrier)) for i in range(n)]
+        procs = [
+            ctx.Process(target=_writer, args=(str(tmp_path), hexid(f"r{round_}-{i}"), i, barrier)) for i in range(n)
+        ]
         for p in procs:
             p.start()
         for p in procs:
@@ -115,8 +117,10 @@ def test_a_finish_appends_its_rows_and_eight_at_once_lose_none(tmp_path):
     # the same tables as a rebuild from every folder, row for row
     rebuilt = records.rebuild_tables(tmp_path)
     key = ["run_id"]
-    pd.testing.assert_frame_equal(appended.sort_values(key).reset_index(drop=True),
-                                  pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str}).sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        appended.sort_values(key).reset_index(drop=True),
+        pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str}).sort_values(key).reset_index(drop=True),
+    )
     assert len(rebuilt) == 9
 
 

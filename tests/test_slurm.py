@@ -85,8 +85,8 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
 
 
 def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir, tmp_path):
-    # the warning signal submitit asks SLURM for before a time limit or on preemption (sbatch --signal=USR2@...), sent by
-    # hand mid-run: submitit requeues the job, and the run continues from its last saved epoch
+    # the warning signal submitit asks SLURM for before a time limit or on preemption (sbatch --signal=USR2@...),
+    # sent by hand mid-run: submitit requeues the job, and the run continues from its last saved epoch
     args = ["-m", "seed=8,9", *slurm_args(data_dir, tmp_path), "epochs=25"]
     sweep = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

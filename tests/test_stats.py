@@ -19,7 +19,8 @@ def sign_flip_by_hand(d):
     return float(np.mean([m >= observed - 1e-12 for m in means]))
 
 
-@pytest.mark.parametrize("d", [[1, 2, 3], [0.5, -0.1, 0.3, 0.2], [1, 1, 1, 1, 1, 1], [0.01, -0.02, 0.03, 0.04, 0.05, -0.01, 0.02]])
+@pytest.mark.parametrize("d", [[1, 2, 3], [0.5, -0.1, 0.3, 0.2], [1, 1, 1, 1, 1, 1],
+                               [0.01, -0.02, 0.03, 0.04, 0.05, -0.01, 0.02]])
 def test_sign_flip_p_is_the_exact_permutation_p(d):
     assert stats.sign_flip_p(d) == pytest.approx(sign_flip_by_hand(d))
 

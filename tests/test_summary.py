@@ -29,7 +29,9 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
     config = {"dataset": {"name": dataset, "val_fraction": 0.1}, "pooling": {"kernel_size": 2}, "seed": seed,
               "epochs": 2, "lr": 0.05, "ood": ood, "teacher": teacher_cfg}
     epochs_acc = epochs_acc or (acc - 0.1, acc)
-    metrics = {"test_acc": acc, "test_ece": ece, "test_nll": 1 - acc, "test_ada_ece_ts": ece / 2, "val_acc": acc} | (metrics or {})
+    metrics = {"test_acc": acc, "test_ece": ece, "test_nll": 1 - acc, "test_ada_ece_ts": ece / 2, "val_acc": acc} | (
+        metrics or {}
+    )
     record = {"run_id": rid, "choices": choices, "config": config, "status": status, "n_test": 1000,
               "error": None if status == "ok" else "boom", "metrics": metrics if status == "ok" else {},
               "at_chance": at_chance, "device_type": device,
@@ -38,10 +40,14 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
         record |= {"teacher_run_id": "abcdef0123", "teacher_test_acc": 0.99}
     folder = root / "runs" / rid
     records.write_json(folder / "result.json", record)
-    records.write_csv(folder / "epochs.csv", pd.DataFrame({"epoch": range(1, len(epochs_acc) + 1), "test_acc": epochs_acc,
-                                                           "val_acc": epochs_acc}))
-    torch.save({"test_logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), "test_target": torch.tensor([0, 1, 1])},
-               folder / "logits.pt")
+    records.write_csv(
+        folder / "epochs.csv",
+        pd.DataFrame({"epoch": range(1, len(epochs_acc) + 1), "test_acc": epochs_acc, "val_acc": epochs_acc}),
+    )
+    torch.save(
+        {"test_logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), "test_target": torch.tensor([0, 1, 1])},
+        folder / "logits.pt",
+    )
     return rid
 
 
@@ -49,7 +55,8 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
 def mixed(tmp_path):
     """Three grids in one folder, as a real results folder ends up:
     A: mnist5k/simple_cnn, pooling max and softpool on seeds 0..8, avg on 0..3 (unequal seeds); softpool = max + 0.01.
-    B: cifar10/resnet20, max, softpool and avg on seeds 0..2; avg seed 2 ended at chance; softpool 0.82, max 0.80, avg 0.75.
+    B: cifar10/resnet20, max, softpool and avg on seeds 0..2; avg seed 2 ended at chance; softpool 0.82, max 0.80,
+    avg 0.75.
     C: fashion_mnist/simple_cnn, max only, seeds 0..2, seed 0 also with ood=mnist.
     And a kd student of one teacher named three ways (by settings, run id, checkpoint) on mnist5k seeds 0..2."""
     for s in range(9):
@@ -94,7 +101,9 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     avg = c.loc[[i for i in c.index if "mnist5k" in i[0] and i[1] == "pooling=avg"][0]]
     assert avg.n_pairs == 4 and avg.unpaired_seeds == "4 5 6 7 8"
     # 4 pairs cannot reach 0.05 / 4 (2/2^n < 0.0125 needs n = 8)
-    assert avg.verdict.startswith("n = 4 cannot detect a difference at α = 0.05 over 4 comparisons (needs ≥ 8 paired seeds)")
+    assert avg.verdict.startswith(
+        "n = 4 cannot detect a difference at α = 0.05 over 4 comparisons (needs ≥ 8 paired seeds)"
+    )
     cifar_avg = c.loc[[i for i in c.index if "cifar10" in i[0] and i[1] == "pooling=avg"][0]]
     assert cifar_avg.n_pairs == 2 and "cannot detect" in cifar_avg.verdict
 
@@ -162,8 +171,13 @@ def test_an_empty_results_folder_is_an_error(tmp_path, capsys):
 
 def test_every_metric_a_run_writes_has_a_kind():
     logits = torch.randn(50, 4)
-    saved = {"test_logits": logits, "test_target": torch.arange(50) % 4, "val_logits": logits, "val_target": torch.arange(50) % 4,
-             "ood_logits": torch.randn(20, 4)}
+    saved = {
+        "test_logits": logits,
+        "test_target": torch.arange(50) % 4,
+        "val_logits": logits,
+        "val_target": torch.arange(50) % 4,
+        "ood_logits": torch.randn(20, 4),
+    }
     columns = list(final_metrics(saved)) + ["train_loss", "train_acc"]
     columns += [f"best_{c}" for c in columns if c.startswith(("test_", "val_"))]
     assert [c for c in columns if kind(c) is None] == []  # every metric has its direction and scale in one table
@@ -199,6 +213,8 @@ def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
         make_run(tmp_path, pooling="max", seed=s, metrics={"test_mce": 0.10})
         make_run(tmp_path, pooling="softpool", seed=s, metrics={"test_mce": 0.088 + noise})
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--metric", "test_mce", "--no-plots"]) == 0
-    opening = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("pooling=softpool vs"))
+    opening = next(
+        line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("pooling=softpool vs")
+    )
     assert opening.startswith("pooling=softpool vs pooling=max: -1.2 points [")
     assert "a difference of 1.2 points" in opening and "0.012" not in opening

@@ -62,7 +62,13 @@ def test_run_learns_and_records_everything(data_dir, tmp_path):
     assert record["status"] == "ok" and record["run_id"] == plan.run_id
     assert record["metrics"]["test_acc"] > 0.5  # chance is 0.1 on the tiny patches
     folder = tmp_path / "runs" / record["run_id"]
-    assert {p.name for p in folder.iterdir()} == {"config.yaml", "epochs.csv", "result.json", "checkpoint.pt", "logits.pt"}
+    assert {p.name for p in folder.iterdir()} == {
+        "config.yaml",
+        "epochs.csv",
+        "result.json",
+        "checkpoint.pt",
+        "logits.pt",
+    }
     epochs = pd.read_csv(folder / "epochs.csv")
     assert list(epochs["epoch"]) == [1, 2, 3] and epochs["train_loss"].iloc[-1] < epochs["train_loss"].iloc[0]
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -87,7 +93,9 @@ def test_checkpoint_rebuilds_the_model_and_its_logits(data_dir, tmp_path):
     x, _ = next(iter(Batches(*splits.test, 1000, spec.mean, spec.std)))
     with torch.no_grad():
         assert torch.allclose(model(x), saved["test_logits"], atol=1e-4)
-    assert classification_metrics(saved["test_logits"], saved["test_target"])["acc"] == pytest.approx(record["metrics"]["test_acc"])
+    assert classification_metrics(saved["test_logits"], saved["test_target"])["acc"] == pytest.approx(
+        record["metrics"]["test_acc"]
+    )
 
 
 def test_same_seed_same_metrics(data_dir, tmp_path):
@@ -153,7 +161,9 @@ def test_cifar_with_augmentation_trains(data_dir, tmp_path):
 def test_nll_metric_matches_torch(data_dir, tmp_path):
     record = run(tiny(data_dir, tmp_path))
     saved = torch.load(tmp_path / "runs" / record["run_id"] / "logits.pt", weights_only=True)
-    assert record["metrics"]["test_nll"] == pytest.approx(F.cross_entropy(saved["test_logits"], saved["test_target"]).item(), rel=1e-5)
+    assert record["metrics"]["test_nll"] == pytest.approx(
+        F.cross_entropy(saved["test_logits"], saved["test_target"]).item(), rel=1e-5
+    )
 
 
 def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_them(data_dir, tmp_path, capsys):
@@ -183,7 +193,8 @@ def test_a_run_records_calibration_temperature_and_ood_and_metrics_recomputes_th
 
 @pytest.mark.parametrize("extra,message", [
     (["ood=cifar10"], "ood=cifar10: its images are 3×32×32, dataset=mnist's are 1×28×28"),
-    (["ood=mnist"], "ood=mnist: allowed: cifar10, cifar100, fashion_mnist, mnist5k (a dataset other than dataset=mnist)"),
+    (["ood=mnist"],
+     "ood=mnist: allowed: cifar10, cifar100, fashion_mnist, mnist5k (a dataset other than dataset=mnist)"),
     (["ts_method=grid"], "ts_method=grid: allowed: ece_grid, nll_lbfgs"),
 ])
 def test_ood_and_temperature_config_errors(data_dir, tmp_path, extra, message):
@@ -216,8 +227,13 @@ def test_the_teacher_is_trained_once_recorded_and_shared_by_its_students(data_di
     import runner.checks
     import runner.plan
     with monkeypatch.context() as patch:
-        for module, name in ((runner.plan, "plan_from_config"), (runner.plan, "checkpoint_plan"),
-                             (runner.plan, "Composer"), (runner.checks, "check_builds"), (runner.checks, "check_values")):
+        for module, name in (
+            (runner.plan, "plan_from_config"),
+            (runner.plan, "checkpoint_plan"),
+            (runner.plan, "Composer"),
+            (runner.checks, "check_builds"),
+            (runner.checks, "check_values"),
+        ):
             patch.setattr(module, name, planned_again)
         second = run(plan2)
         assert run(by_id)["status"] == "ok"

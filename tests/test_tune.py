@@ -153,21 +153,36 @@ def test_a_killed_study_continues_without_losing_or_repeating_a_trial(tmp_path, 
 # ---------------------------------------------------------------- guard rails
 
 GUARDS = [
-    ("a key the method lacks", ["loss=ce", "+tune.space.loss.gamma.low=1", "+tune.space.loss.gamma.high=3"],
-     "has no setting loss.gamma"),
+    (
+        "a key the method lacks",
+        ["loss=ce", "+tune.space.loss.gamma.low=1", "+tune.space.loss.gamma.high=3"],
+        "has no setting loss.gamma",
+    ),
     ("the seed", ["+tune.space.seed.low=0", "+tune.space.seed.high=3"], "the seed is not a setting to tune"),
-    ("the data", ["+tune.space.dataset.val_fraction.low=0.1", "+tune.space.dataset.val_fraction.high=0.2"],
-     "same dataset"),
-    ("a key outside the identity", ["+tune.space.threads.low=1", "+tune.space.threads.high=2"], "not part of the run's identity"),
+    (
+        "the data",
+        ["+tune.space.dataset.val_fraction.low=0.1", "+tune.space.dataset.val_fraction.high=0.2"],
+        "same dataset",
+    ),
+    (
+        "a key outside the identity",
+        ["+tune.space.threads.low=1", "+tune.space.threads.high=2"],
+        "not part of the run's identity",
+    ),
     ("a whole option", ["+tune.space.pooling.choices=[max,avg]"], "chosen by its config group"),
     ("a key the command fixes", ["lr=0.1"], "lr=0.1 on the command line fixes it"),
     ("low above high", ["tune.space.lr.high=0.001"], "tune.space.lr="),
     ("a log range through zero", ["tune.space.weight_decay.low=0"], "tune.space.weight_decay="),
-    ("a bound the method refuses", ["loss=focal", "tune.space.lr=null", "tune.space.weight_decay=null",
-                                    "+tune.space.loss.gamma.low=-1"], "at loss.gamma=-1.0"),
-    ("an integer key given a fraction", ["global_pool=ggem", "+tune.space.global_pool.groups.low=1",
-                                         "+tune.space.global_pool.groups.high=2.5"],
-     "integer setting"),
+    (
+        "a bound the method refuses",
+        ["loss=focal", "tune.space.lr=null", "tune.space.weight_decay=null", "+tune.space.loss.gamma.low=-1"],
+        "at loss.gamma=-1.0",
+    ),
+    (
+        "an integer key given a fraction",
+        ["global_pool=ggem", "+tune.space.global_pool.groups.low=1", "+tune.space.global_pool.groups.high=2.5"],
+        "integer setting",
+    ),
     ("a test metric", ["tune.metric=test_acc"], "leak"),
     ("no trials", ["tune.trials=0"], "tune.trials"),
     ("an unknown sampler", ["tune.sampler=grid"], "allowed: tpe, random"),
@@ -223,7 +238,15 @@ def test_a_study_run_with_another_space_is_refused_with_the_difference(tmp_path,
 
 def test_a_final_run_that_is_a_trial_runs_once_and_says_both(tmp_path, data_dir, monkeypatch):
     res = tmp_path / "res"
-    args = ["pooling=max", *TINY, "tune.trials=2", "tune.seeds=[0]", "seed=0", f"data_dir={data_dir}", f"results_dir={res}"]
+    args = [
+        "pooling=max",
+        *TINY,
+        "tune.trials=2",
+        "tune.seeds=[0]",
+        "seed=0",
+        f"data_dir={data_dir}",
+        f"results_dir={res}",
+    ]
     assert run_tune(args, monkeypatch, tmp_path) == 0
     runs = pd.read_csv(res / "runs.csv")
     assert len(runs) == 2 and runs.run_id.is_unique  # two trials; the final run is one of them

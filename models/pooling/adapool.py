@@ -32,7 +32,9 @@ BETA = ("scalar", "channel", "region")
 
 def dice_pool2d(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     """eDSCW: each window's mean weighted by softmax of the Dice–Sørensen coefficient of a_i and ā."""
-    a = windows(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, kernel_size, stride)  # (N, C, Ho, Wo, k²)
+    a = windows(
+        x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, kernel_size, stride
+    )  # (N, C, Ho, Wo, k²)
     mean = a.mean(-1, keepdim=True)
     den = a * a + mean * mean
     dsc = 2 * (a * mean).abs() / torch.where(den > 0, den, 1.0)  # in [0, 1]; 0 where a_i = ā = 0

@@ -67,7 +67,8 @@ class GeM(_Head):
 
 class GGeM(_Head):
     """Group generalized mean ("Group Generalized Mean Pooling for Vision Transformer", applied to a CNN's channel
-    groups): GeM with one exponent per group of ``C / groups`` channels, ``y_c = (mean_{h,w} max(x_c, ε)^{p_g})^{1/p_g}``
+    groups): GeM with one exponent per group of ``C / groups`` channels,
+    ``y_c = (mean_{h,w} max(x_c, ε)^{p_g})^{1/p_g}``
     for c in group g. ``groups=1`` is GeM; ``groups=C`` gives every channel its own p."""
 
     def __init__(self, channels: int, groups: Annotated[int, Ge(1)] = 8, p: float = 3.0, learnable: bool = True,

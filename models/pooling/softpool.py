@@ -121,7 +121,8 @@ class _SoftPool2d(torch.autograd.Function):
 
 
 def soft_pool2d(x: torch.Tensor, kernel_size: int = 2, stride: int | None = None, compile: bool = True) -> torch.Tensor:
-    """SoftPool over ``kernel_size`` windows every ``stride`` (default ``kernel_size``): (N, C, H, W) -> (N, C, Ho, Wo)."""
+    """SoftPool over ``kernel_size`` windows every ``stride`` (default ``kernel_size``):
+    (N, C, H, W) -> (N, C, Ho, Wo)."""
     s = kernel_size if stride is None else stride
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftPool2d.apply(x, kernel_size, s, compile)

@@ -10,6 +10,20 @@ from runner.losses.selfdistill import UniversalSelfDistillation
 from runner.losses.sparsemax import SparsemaxLoss
 from runner.losses.zloss import CrossEntropyZReg, ZLoss
 
-__all__ = ["AdaptiveFocalLoss", "CrossEntropy", "CrossEntropyZReg", "DiceMetricLoss", "DualFocalLoss", "FocalLoss",
-           "KnowledgeDistillation", "NormalizedKnowledgeDistillation", "PlackettLuceDistillation", "SelfAdjustingDiceLoss", "SparsemaxLoss",
-           "TransformedTeacherMatching", "UniversalSelfDistillation", "WeightedTransformedTeacherMatching", "ZLoss"]
+__all__ = [
+    "AdaptiveFocalLoss",
+    "CrossEntropy",
+    "CrossEntropyZReg",
+    "DiceMetricLoss",
+    "DualFocalLoss",
+    "FocalLoss",
+    "KnowledgeDistillation",
+    "NormalizedKnowledgeDistillation",
+    "PlackettLuceDistillation",
+    "SelfAdjustingDiceLoss",
+    "SparsemaxLoss",
+    "TransformedTeacherMatching",
+    "UniversalSelfDistillation",
+    "WeightedTransformedTeacherMatching",
+    "ZLoss",
+]

@@ -47,7 +47,9 @@ class DiceMetricLoss(nn.Module):
     def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1e-3, ce_weight: float = 0.0) -> None:
         super().__init__()
         if alpha < 0 or beta < 0 or smooth < 0 or not 0 <= ce_weight <= 1:
-            raise ValueError(f"need alpha, beta, smooth >= 0 and ce_weight in [0, 1], got {alpha}, {beta}, {smooth}, {ce_weight}")
+            raise ValueError(
+                f"need alpha, beta, smooth >= 0 and ce_weight in [0, 1], got {alpha}, {beta}, {smooth}, {ce_weight}"
+            )
         self.alpha, self.beta, self.smooth, self.ce_weight = alpha, beta, smooth, ce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,9 @@ class KnowledgeDistillation(_Distillation):
             raise ValueError(f"need temperature > 0 and weights >= 0, got {temperature}, {ce_weight}, {kd_weight}")
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t, s, tau = self._teacher(teacher_logits), wide(logits), self.temperature
         kd = _kl(F.log_softmax(t / tau, dim=1), F.log_softmax(s / tau, dim=1)) * tau**2
         return self.ce_weight * F.cross_entropy(s, target) + self.kd_weight * kd
@@ -70,7 +72,9 @@ class PlackettLuceDistillation(_Distillation):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t, s = self._teacher(teacher_logits), wide(logits)
         perm = pl_permutation(t, target)  # (N, K)
         s_perm = s.gather(1, perm)
@@ -88,7 +92,9 @@ class TransformedTeacherMatching(_Distillation):
             raise ValueError(f"need temperature > 0 and beta >= 0, got {temperature}, {beta}")
         self.temperature, self.beta = temperature, beta
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t, s = self._teacher(teacher_logits), wide(logits)
         kl = _kl(F.log_softmax(t / self.temperature, dim=1), F.log_softmax(s, dim=1))
         return F.cross_entropy(s, target) + self.beta * kl
@@ -100,7 +106,9 @@ class WeightedTransformedTeacherMatching(TransformedTeacherMatching):
     def __init__(self, temperature: float = 5.0, beta: float = 4.0) -> None:
         super().__init__(temperature, beta)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t, s = self._teacher(teacher_logits), wide(logits)
         powered = F.log_softmax(t, dim=1) / self.temperature  # log p_t^{1/T}
         weight = torch.logsumexp(powered, dim=1).exp()  # Σ_k p_t,k^{1/T}: the transform's normalizer
@@ -124,7 +132,9 @@ class NormalizedKnowledgeDistillation(_Distillation):
             raise ValueError(f"need temperature > 0 and gamma >= 0, got {temperature}, {gamma}")
         self.temperature, self.gamma = temperature, gamma
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t, s, tau = self._teacher(teacher_logits), wide(logits), self.temperature
         log_s = F.log_softmax(s, dim=1)
         t_y = F.softmax(t, dim=1).gather(1, target[:, None]).squeeze(1)

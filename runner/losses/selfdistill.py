@@ -55,9 +55,13 @@ class UniversalSelfDistillation(nn.Module):
             raise ValueError(f"need channels >= 1 and num_classes >= 2, got {channels}, {num_classes}")
         self.alpha, self.beta, self.mu, self.rank_by = alpha, beta, mu, rank_by
         self.weak = nn.Linear(channels, num_classes)
-        self.register_buffer("zipf", 1.0 / torch.arange(1, num_classes + 1), persistent=False)  # float32: MPS has no float64
+        self.register_buffer(
+            "zipf", 1.0 / torch.arange(1, num_classes + 1), persistent=False
+        )  # float32: MPS has no float64
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, mid_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mid_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if mid_features is None:
             raise ValueError("USKD needs mid_features= (the penultimate stage's feature map)")
         s = wide(logits)

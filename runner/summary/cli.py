@@ -21,21 +21,37 @@ from runner.summary.report import answer, overview, parse_reference, report, tun
 def main(argv: list[str] | None = None) -> int:
     from runner.summary import plots as summary_plots  # here: it imports matplotlib, which --help never needs
 
-    parser = argparse.ArgumentParser(prog="python -m runner.summary", description="what a sweep found, and whether it is real")
-    parser.add_argument("paths", nargs="*", type=Path, help="results roots, run folders or runs.csv tables (default: results)")
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.summary", description="what a sweep found, and whether it is real"
+    )
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="results roots, run folders or runs.csv tables (default: results)"
+    )
     parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)  # the old spelling of a single path
     parser.add_argument("--out", type=Path, help="where to write (default: the results root read)")
     parser.add_argument("--where", nargs="+", default=[], help="keep runs whose column has one of the values, "
                         "e.g. --where pooling=max,softpool dataset=cifar10")
-    parser.add_argument("--metric", default="test_acc", help="the metric to sort, compare and rank by (default %(default)s)")
-    parser.add_argument("--baseline", help="axis=value to compare every other value of that axis against, e.g. pooling=max")
+    parser.add_argument(
+        "--metric", default="test_acc", help="the metric to sort, compare and rank by (default %(default)s)"
+    )
+    parser.add_argument(
+        "--baseline", help="axis=value to compare every other value of that axis against, e.g. pooling=max"
+    )
     parser.add_argument("--select", choices=("last", "best_val"), default="last",
                         help="the epoch whose metrics are compared: the last (default) or the best validation accuracy")
-    parser.add_argument("--task", default="dataset,model", help="columns that define a task for ranks (default %(default)s)")
+    parser.add_argument(
+        "--task", default="dataset,model", help="columns that define a task for ranks (default %(default)s)"
+    )
     parser.add_argument("--rope", type=float, help="region of practical equivalence for a Bayesian verdict, e.g. 0.005")
-    parser.add_argument("--reference", nargs="+", default=[], help="a published number as a row: 'pooling=max:test_acc=0.9125'")
-    parser.add_argument("--format", choices=("md", "tex", "csv"), default="csv", help="also export the comparison table")
-    parser.add_argument("--include-at-chance", action="store_true", help="keep runs that ended at chance in the statistics")
+    parser.add_argument(
+        "--reference", nargs="+", default=[], help="a published number as a row: 'pooling=max:test_acc=0.9125'"
+    )
+    parser.add_argument(
+        "--format", choices=("md", "tex", "csv"), default="csv", help="also export the comparison table"
+    )
+    parser.add_argument(
+        "--include-at-chance", action="store_true", help="keep runs that ended at chance in the statistics"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument("--stage", choices=("final", "tune", "all"), default="final",
                         help="with python -m runner.tune's runs: compare the final runs (default), the trials, or all")
@@ -65,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         runs["group_label"] = group_key(runs, columns)
         ok = runs[(runs.status == "ok") & (~runs.at_chance | args.include_at_chance)].copy()
         if ok.empty:
-            raise SummaryError(f"none of the {len(runs)} runs can be aggregated: " + ", ".join(runs.status.unique())
-                               + (" (runs at chance are left out; --include-at-chance keeps them)" if runs.at_chance.any() else ""))
+            raise SummaryError(
+                f"none of the {len(runs)} runs can be aggregated: "
+                + ", ".join(runs.status.unique())
+                + (" (runs at chance are left out; --include-at-chance keeps them)" if runs.at_chance.any() else "")
+            )
         ok["group"] = ok["group_label"]
         axis = None
         if args.baseline:
@@ -107,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             records.write_csv(out / f"{name}.csv", frame)
     if not comparison.empty and args.format != "csv":
-        records.write_text(out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format))
+        records.write_text(
+            out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format)
+        )
     records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric, extra,
                                                    stage_note))
 
@@ -130,5 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if not frame.empty:
             console.print(title, highlight=False)
             console.print(frame.drop(columns=["study"], errors="ignore").to_string(index=False), highlight=False)
-    console.print(f"wrote {out / 'summary.csv'}, {out / 'report.md'}" + (f" and {len(images)} plots in {out / 'plots'}" if images else ""))
+    console.print(
+        f"wrote {out / 'summary.csv'}, {out / 'report.md'}"
+        + (f" and {len(images)} plots in {out / 'plots'}" if images else "")
+    )
     return 0

@@ -113,7 +113,9 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
             better, worse = (x, y) if hib else (y, x)
             poi.loc[a, b] = stats.probability_of_improvement(better, worse)
             if a != b:  # with a stratified bootstrap CI over the runs of each task (rliable)
-                lo, hi = stats.stratified_bootstrap_ci([better, worse], stats.probability_of_improvement, n_resamples=500)
+                lo, hi = stats.stratified_bootstrap_ci(
+                    [better, worse], stats.probability_of_improvement, n_resamples=500
+                )
                 pairs.append({"method": a, "other": b, "p_improvement": poi.loc[a, b], "ci_low": lo, "ci_high": hi})
     info["poi"], info["poi_table"] = poi, pd.DataFrame(pairs)
     return table.sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index(drop=True), info

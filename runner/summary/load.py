@@ -47,8 +47,13 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             if not {"run_id", "status", "seed"} <= set(table.columns):
                 raise SummaryError(f"{folder}: not a runs.csv written by this runner (needs run_id, status and seed)")
             rows += [r | {"folder": ""} for r in table.to_dict("records")]
-            metrics |= {c for c in table.columns if (c.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
-                        or c == "temperature") and c not in records.BOOKKEEPING and pd.api.types.is_numeric_dtype(table[c])}
+            metrics |= {
+                c
+                for c in table.columns
+                if (c.startswith(("test_", "val_", "ood_", "best_test_", "best_val_")) or c == "temperature")
+                and c not in records.BOOKKEEPING
+                and pd.api.types.is_numeric_dtype(table[c])
+            }
             if (folder.parent / "epochs.csv").is_file():
                 epochs.append(pd.read_csv(folder.parent / "epochs.csv"))
             continue
@@ -69,8 +74,10 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for c in runs.columns:  # lists (model.widths) as text, so that they can be grouped on
         if runs[c].dtype == object:
             runs[c] = runs[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-    runs["at_chance"] = [flag is True or flag == 1 if isinstance(flag, (bool, int, float)) and not pd.isna(flag)
-                         else _at_chance(r) for flag, (_, r) in zip(runs.get("at_chance", [None] * len(runs)), runs.iterrows())]
+    runs["at_chance"] = [
+        flag is True or flag == 1 if isinstance(flag, (bool, int, float)) and not pd.isna(flag) else _at_chance(r)
+        for flag, (_, r) in zip(runs.get("at_chance", [None] * len(runs)), runs.iterrows())
+    ]
     return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), sorted(metrics)
 
 
@@ -155,7 +162,9 @@ def mixed_devices(ok: pd.DataFrame) -> list[str]:
     where = [c for c in ("device_type", "autocast") if c in ok]
     out = []
     for g, group in ok.groupby("group", sort=False):
-        kinds = sorted({"/".join(_text(v) for v in row) for row in group[where].itertuples(index=False)}) if where else []
+        kinds = (
+            sorted({"/".join(_text(v) for v in row) for row in group[where].itertuples(index=False)}) if where else []
+        )
         if len(kinds) > 1:
             out.append(f"warning: {g} mixes runs on {', '.join(kinds)}; compare runs of one device type")
     return out

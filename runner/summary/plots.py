@@ -59,7 +59,11 @@ def differences(plt: Any, c: pd.DataFrame, metric: str, rope: float | None, save
     if rope:
         ax.axvspan(-rope, rope, color="tab:green", alpha=0.15, label=f"ROPE ±{rope:g}")
         ax.legend(fontsize=7)
-    ax.set_yticks(y, [f"{m} ({t + ', ' if t != 'all runs' else ''}n={n})" for m, t, n in zip(c.method, c.task, c.n_pairs)], fontsize=7)
+    ax.set_yticks(
+        y,
+        [f"{m} ({t + ', ' if t != 'all runs' else ''}n={n})" for m, t, n in zip(c.method, c.task, c.n_pairs)],
+        fontsize=7,
+    )
     ax.set(title=f"{metric}: difference to {c.baseline.iloc[0]} paired by seed, 95 % bootstrap CI", xlabel="difference")
     save(fig, "differences.png")
 
@@ -98,7 +102,9 @@ def learning_curves(plt: Any, ok: pd.DataFrame, epochs: pd.DataFrame, curve: str
             ax.plot(mean.index, mean.values, marker="o", ms=4, label=f"{g} (n={members.run_id.nunique()})")
             ax.fill_between(mean.index, mean - sd, mean + sd, alpha=0.2)
         ax.set(title=f"{ds}: {curve} per epoch (mean ± sd over seeds)", xlabel="epoch", ylabel=curve)
-        ax.set_xticks(sorted(epochs[epochs.run_id.isin(ok.run_id)].epoch.unique())[:: max(1, len(epochs.epoch.unique()) // 12)])
+        ax.set_xticks(
+            sorted(epochs[epochs.run_id.isin(ok.run_id)].epoch.unique())[:: max(1, len(epochs.epoch.unique()) // 12)]
+        )
         ax.legend(fontsize=7)
     save(fig, "learning_curves.png")
 

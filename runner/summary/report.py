@@ -36,7 +36,9 @@ def _fmt(mean: float, lo: float, hi: float, n: int) -> str:
     return f"{mean:.4f} [{lo:.4f}, {hi:.4f}] (n={n})" if np.isfinite(lo) else f"{mean:.4f} (n={n})"
 
 
-def overview(summary: pd.DataFrame, metrics: list[str], sort_by: str, references: list[tuple[str, str, float]]) -> pd.DataFrame:
+def overview(
+    summary: pd.DataFrame, metrics: list[str], sort_by: str, references: list[tuple[str, str, float]]
+) -> pd.DataFrame:
     rows: dict[str, dict[str, Any]] = {}
     for r in summary.itertuples():
         rows.setdefault(r.group, {"group": r.group})
@@ -44,7 +46,11 @@ def overview(summary: pd.DataFrame, metrics: list[str], sort_by: str, references
         if r.metric == sort_by:
             rows[r.group]["_key"] = r.mean
     for name, m, v in references:
-        rows[f"{name} (published)"] = {"group": f"{name} (published)", m: f"{v:.4f}", "_key": v if m == sort_by else np.nan}
+        rows[f"{name} (published)"] = {
+            "group": f"{name} (published)",
+            m: f"{v:.4f}",
+            "_key": v if m == sort_by else np.nan,
+        }
     table = pd.DataFrame(rows.values())
     table = table.sort_values("_key", ascending=higher_is_better(sort_by) is False, na_position="last")
     return table[["group"] + [m for m in metrics if m in table]]
@@ -74,15 +80,33 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
            extra: list[str] = (), note: str = "") -> str:
     excluded = runs[runs.status != "ok"]
     chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
-    lines = [f"# What the runs found ({metric}, {args.select} epoch)", "", answer(comparison, metric, args.baseline), "",
-             f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
-             + f". {len(ok)} enter the statistics." + (f" ({note[0].upper()}{note[1:]}.)" if note else ""), ""]
+    lines = [
+        f"# What the runs found ({metric}, {args.select} epoch)",
+        "",
+        answer(comparison, metric, args.baseline),
+        "",
+        f"{len(runs)} runs: "
+        + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
+        + f". {len(ok)} enter the statistics."
+        + (f" ({note[0].upper()}{note[1:]}.)" if note else ""),
+        "",
+    ]
     if len(excluded):
-        lines += ["Not aggregated (did not finish):", ""] + [f"- `{r.run_id}` {r.status}: {r.error}" for r in excluded.itertuples()] + [""]
+        lines += (
+            ["Not aggregated (did not finish):", ""]
+            + [f"- `{r.run_id}` {r.status}: {r.error}" for r in excluded.itertuples()]
+            + [""]
+        )
     if len(chance):
-        lines += ["Left out because they ended at chance (test accuracy within 3 standard errors of 1/K; "
-                  "`--include-at-chance` keeps them):", ""] + [f"- `{r.run_id}` {r.group_label}: test_acc {r.test_acc:.4f}"
-                                                               for r in chance.itertuples()] + [""]
+        lines += (
+            [
+                "Left out because they ended at chance (test accuracy within 3 standard errors of 1/K; "
+                "`--include-at-chance` keeps them):",
+                "",
+            ]
+            + [f"- `{r.run_id}` {r.group_label}: test_acc {r.test_acc:.4f}" for r in chance.itertuples()]
+            + [""]
+        )
     arrow = {True: "higher is better", False: "lower is better", None: ""}[higher_is_better(metric)]
     lines += [f"## Groups (mean [95 % bootstrap CI] over seeds), sorted by {metric} ({arrow})", "",
               table.to_markdown(index=False), ""]
@@ -91,23 +115,36 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
         cols = [k for k in ("task", "method", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "p_sign_flip",
                             "p_holm", "effect_dz", "p_better", "p_equivalent", "p_worse", "verdict", "unpaired_seeds")
                 if k in c]
-        lines += [f"## Against {args.baseline} ({metric}; paired by seed, exact sign-flip test, Holm over "
-                  f"{int(c.p_sign_flip.notna().sum())} comparisons)", "", c[cols].to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [
+            f"## Against {args.baseline} ({metric}; paired by seed, exact sign-flip test, Holm over "
+            f"{int(c.p_sign_flip.notna().sum())} comparisons)",
+            "",
+            c[cols].to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
     if not ranks.empty:
         fried = info.get("friedman_p", math.nan)
         if len(info["tasks_used"]) < 2 or not np.isfinite(fried):
-            test = (f"Friedman test: not possible with {len(info['tasks_used'])} task(s) and {len(info['methods'])} methods "
-                    "(it needs 2 tasks and 3 methods); the ranks of one task are the order of its means, not a finding.")
+            test = (
+                f"Friedman test: not possible with {len(info['tasks_used'])} task(s) and {len(info['methods'])} "
+                f"methods "
+                "(it needs 2 tasks and 3 methods); the ranks of one task are the order of its means, not a finding."
+            )
         else:
-            test = f"Friedman test: p = {fried:.3g}" + (" (the ranks differ; the critical-difference diagram shows which)."
-                                                        if fried < stats.ALPHA else " (no detectable difference in ranks; "
-                                                        "no critical-difference diagram is drawn).")
+            test = f"Friedman test: p = {fried:.3g}" + (
+                " (the ranks differ; the critical-difference diagram shows which)."
+                if fried < stats.ALPHA
+                else " (no detectable difference in ranks; no critical-difference diagram is drawn)."
+            )
         lines += [f"## Across {len(info['tasks_used'])} tasks ({metric}; ranks over the seeds every method has)", "",
                   ranks.to_markdown(index=False, floatfmt=".4g"), "", test]
         if info["tasks_skipped"]:
             lines += ["", f"Tasks without every method, not ranked: {', '.join(info['tasks_skipped'])}."]
         if info["seeds_dropped"]:
-            lines += ["", f"{info['seeds_dropped']} runs on seeds that not every method has were left out of the ranks."]
+            lines += [
+                "",
+                f"{info['seeds_dropped']} runs on seeds that not every method has were left out of the ranks.",
+            ]
         lines.append("")
     lines += list(extra) + ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     return "\n".join(lines)
@@ -121,7 +158,9 @@ def parse_reference(items: list[str]) -> list[tuple[str, str, float]]:
         try:
             out.append((name, metric, float(value)))
         except ValueError:
-            raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'") from None
+            raise SummaryError(
+                f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'"
+            ) from None
         if not eq or not name:
             raise SummaryError(f"--reference {item}: expected 'label:metric=value', e.g. 'pooling=max:test_acc=0.9125'")
     return out
