@@ -53,7 +53,7 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
             f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}"
         )
     if cfg.ood is not None:
-        _check_ood(cfg, ood, dataset_options)
+        _check_ood(cfg, ood, [o for o in dataset_options if o != choices.get("dataset")])
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(
             f"warmup_epochs={cfg.warmup_epochs}: longer than the run (epochs={cfg.epochs}); allowed: 0..{cfg.epochs}."
@@ -103,10 +103,10 @@ def option_targets(group: str) -> dict[str, Any]:
 
 
 def _check_ood(cfg: DictConfig, ood: DictConfig | None, options: Sequence[str]) -> None:
-    """``ood=<option>``: any dataset option the composer sees (the user's --config-dir too), other than the run's
-    own, with images of the run's shape."""
+    """``ood=<option>``: any dataset option the composer sees (the user's --config-dir too; ``options`` leaves out the
+    run's own), of another dataset than the run's, with images of the run's shape."""
     if ood is None or ood.name == cfg.dataset.name:
-        names = [o for o in options if o != cfg.ood]
+        names = [o for o in options if o != cfg.ood or ood is None]
         raise ConfigError(
             f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
             f"{did_you_mean(str(cfg.ood), names)}"

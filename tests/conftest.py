@@ -88,6 +88,12 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first: the test processes (pytest-xdist) take them while the quick ones fill the
+    gaps, instead of one long test starting last and running alone (the longest first balances the load)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 TINY = ["epochs=1", "batch_size=16", "threads=1", "dataset=mnist"]  # a run of about a second
 
 

@@ -272,7 +272,7 @@ CORRUPT = {
 
 
 def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(data_dir, tmp_path):
-    from runner.summary import main as summary_main
+    from runner.summary.cli import main as summary_main
 
     root = tmp_path / "results"
     ok = cli(*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={root}")  # learns: not at chance

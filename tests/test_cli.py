@@ -45,7 +45,7 @@ def test_config_error_exits_2_with_one_paragraph_and_writes_nothing(tmp_path, ma
         assert list(tmp_path.iterdir()) == []  # no results folder, no Hydra outputs
 
 
-def test_grid_records_every_cell_then_skips_them_and_force_reruns(data_dir, tmp_path):
+def test_grid_records_every_cell_then_skips_them_and_force_reruns(data_dir, tmp_path, main_cli):
     args = ["-m", "pooling=max,avg", "seed=0,1,2", *TINY, f"results_dir={tmp_path}"]
     env = {"DATA_DIR": str(data_dir)}  # the data folder from the environment
     first = cli(*args, env=env)
@@ -57,11 +57,11 @@ def test_grid_records_every_cell_then_skips_them_and_force_reruns(data_dir, tmp_
     assert len(pd.read_csv(tmp_path / "epochs.csv")) == 6
     assert "grid of 6 runs: 6 ok" in first.stdout
 
-    second = cli(*args, env=env)
+    second = main_cli(*args, env=env)  # the first ran as a real process; these take the same entry point
     assert second.returncode == 0 and second.stdout.count("already completed") == 6
     assert pd.read_csv(tmp_path / "runs.csv")["started_at"].tolist() == runs["started_at"].tolist()
 
-    forced = cli(*args[:3], *TINY, f"results_dir={tmp_path}", "force=true", "pooling=max", env=env)
+    forced = main_cli(*args[:3], *TINY, f"results_dir={tmp_path}", "force=true", "pooling=max", env=env)
     assert forced.returncode == 0 and "already completed" not in forced.stdout
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
 
@@ -80,7 +80,7 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, main_cli):
     assert "grid of 2 runs: 1 failed, 1 ok" in res.stdout
 
 
-def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, tmp_path):
+def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, tmp_path, main_cli):
     args = [sys.executable, "-m", "runner", *TINY, "epochs=10", f"data_dir={data_dir}", f"results_dir={tmp_path}"]
     # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) inherits SIGINT ignored,
     # and Python then keeps ignoring it; the child restores the default so that Ctrl-C is what is tested
@@ -95,7 +95,7 @@ def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, t
     assert proc.returncode == 130
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert pd.read_csv(tmp_path / "runs.csv").loc[0, "status"] == "interrupted"
-    again = cli(*args[3:])  # the same command
+    again = main_cli(*args[3:])  # the same command
     assert again.returncode == 0 and "already completed" not in again.stdout
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert len(runs) == 1 and runs.loc[0, "status"] == "ok" and runs.loc[0, "epochs_done"] == 10
@@ -131,10 +131,10 @@ POOLINGS = options("pooling")
 
 
 @pytest.mark.slow
-def test_every_pooling_option_trains(data_dir, tmp_path):
+def test_every_pooling_option_trains(data_dir, tmp_path, main_cli):
     # the tests' MNIST files (IDX, 270 training images with a class signal): every option, the real code path
-    res = cli(
-        "-m", f"pooling={POOLINGS}", *TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900
+    res = main_cli(
+        "-m", f"pooling={POOLINGS}", *TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"
     )
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -142,11 +142,16 @@ def test_every_pooling_option_trains(data_dir, tmp_path):
     assert (runs["test_acc"] > 0.3).all(), runs[["pooling", "test_acc"]]  # three epochs learn something: chance is 0.1
 
 
+# VGG-11's five stages and five poolings (to 1×1 at 32 px) at an eighth of its widths: its structure, a fiftieth of the
+# compute (test_pooling.py and test_contracts.py build the full one)
+NARROW_VGG11 = "+model.stages=[[8],[16],[32,32],[64,64],[64,64]]"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [["model=resnet20", "model.downsample=pool"], ["model=vgg11"]])
-def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_path):
-    res = cli("-m", f"pooling={POOLINGS}", *model, *TINY, "dataset=cifar10", "dataset.verify_checksums=false",
-              f"data_dir={data_dir}", f"results_dir={tmp_path}", timeout=900)
+@pytest.mark.parametrize("model", [["model=resnet20", "model.downsample=pool"], ["model=vgg11", NARROW_VGG11]])
+def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_path, main_cli):
+    res = main_cli("-m", f"pooling={POOLINGS}", *model, *TINY, "dataset=cifar10", "dataset.verify_checksums=false",
+                   f"data_dir={data_dir}", f"results_dir={tmp_path}")
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["pooling"]) == sorted(POOLINGS.split(",")) and set(runs["status"]) == {"ok"}
@@ -154,18 +159,19 @@ def test_every_pooling_option_trains_in_the_cifar_models(model, data_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tmp_path):
+def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tmp_path, main_cli):
     from test_contracts import DISTILLATION
 
     tiny = [*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
     losses = ",".join(o for o in options("loss").split(",") if o not in DISTILLATION)
-    res = cli("-m", f"loss={losses}", *tiny, timeout=900)
+    res = main_cli("-m", f"loss={losses}", *tiny)
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["loss"]) == sorted(losses.split(",")) and set(runs["status"]) == {"ok"}
     assert (runs["test_acc"] > 0.2).all(), runs[["loss", "test_acc"]]  # chance is 0.1
 
-    res = cli("-m", f"loss={','.join(DISTILLATION)}", "teacher=simple_cnn_wide", *tiny, timeout=900)
+    shorter = "teacher.overrides=['model=simple_cnn','model.widths=[64,128]','epochs=4']"  # the preset's, shorter
+    res = main_cli("-m", f"loss={','.join(DISTILLATION)}", "teacher=simple_cnn_wide", shorter, *tiny)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("training it first") == 1
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -176,7 +182,7 @@ def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tm
         and students["teacher_run_id"].nunique() == 1
     )
     teacher = runs[runs["run_id"] == students["teacher_run_id"].iloc[0]].iloc[0]
-    assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 12
+    assert teacher["model.widths"] == "[64, 128]" and teacher["epochs"] == 4
     assert (students["teacher_test_acc"] == teacher["test_acc"]).all()
 
 
@@ -184,12 +190,12 @@ NORMS = ",".join(o for o in options("norm").split(",") if o != "fixup")  # fixup
 
 
 @pytest.mark.slow
-def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path):
+def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path, main_cli):
     tiny = [*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
-    res = cli("-m", f"norm={NORMS}", *tiny, timeout=900)
+    res = main_cli("-m", f"norm={NORMS}", *tiny)
     assert res.returncode == 0, res.stderr
     for extra in (["model=resnet20", "norm=fixup"], ["norm=weight_norm", "norm@norm.block=batch"]):
-        res = cli(*extra, *tiny)
+        res = main_cli(*extra, *tiny)
         assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["norm"]) == sorted(NORMS.split(",") + ["fixup", "weight_norm"]) and set(runs["status"]) == {"ok"}

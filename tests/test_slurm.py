@@ -18,7 +18,7 @@ from conftest import ROOT, TINY, cli
 from runner import records
 
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one SLURM, started and stopped by one test process
 
 
 @pytest.fixture(scope="module")

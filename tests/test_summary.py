@@ -11,7 +11,7 @@ import torch
 
 from runner import records
 from runner.metrics import final_metrics, higher_is_better, is_rate, kind
-from runner.summary import main as summary_main
+from runner.summary.cli import main as summary_main
 
 BASE = {"global_pool": "avg", "norm": "batch", "optim": "sgd"}
 

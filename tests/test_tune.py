@@ -89,7 +89,7 @@ def test_the_same_command_again_runs_nothing(tuned, data_dir, monkeypatch, capsy
 
 
 def test_summary_compares_the_final_runs_and_reports_the_tuning(tuned):
-    from runner import summary
+    from runner.summary import cli as summary
 
     out = tuned.parent / "summary"
     assert summary.main([str(tuned), "--out", str(out), "--baseline", "pooling=max", "--target", "0.05",

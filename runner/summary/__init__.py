@@ -3,7 +3,7 @@
 The package's modules, each with one job: ``load`` reads and chooses runs, ``compare`` computes the paired
 comparisons and ranks (with runner/stats.py), ``report`` writes the words and tables, ``export`` the
 comparison table in other formats, ``plots`` one function per figure, ``tuning`` runner.tune's studies,
-and ``cli`` the command that runs them in order.
+and ``cli`` the command that runs them in order (``from runner.summary.cli import main``).
 
 Loads the runs (``load``), keeps the ones asked for (``--where``, at-chance runs out unless
 ``--include-at-chance``), groups them by every setting except the seed (typed columns, a distillation
@@ -22,6 +22,3 @@ results root it reads):
   Friedman rejects), learning curves, reliability diagrams with bin counts and ECE;
 - ``report.md``: a paragraph that answers in words, then the tables and plots.
 """
-from runner.summary.cli import main
-
-__all__ = ["main"]
