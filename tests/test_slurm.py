@@ -9,27 +9,40 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 from conftest import ROOT, TINY, cli
 
 from runner import records
 
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one SLURM, started and stopped by one test process
+pytestmark = pytest.mark.slow
+# The test processes of one suite (pytest-xdist) share one SLURM: each starts it if it is not up (under a lock; the
+# script is idempotent) and counts itself in, and the last one out stops it.
+USERS = Path(tempfile.gettempdir()) / f"runner-tests-slurm-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
 
 
 @pytest.fixture(scope="module")
 def slurm():
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("needs root and apt-get to install and start a local SLURM (scripts/slurm-local.sh); CI runs it")
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
-    if started.returncode:
-        pytest.fail(f"scripts/slurm-local.sh start failed:\n{started.stdout}\n{started.stderr}")
+    with FileLock(f"{USERS}.lock"):
+        started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+        if started.returncode:
+            pytest.fail(f"scripts/slurm-local.sh start failed:\n{started.stdout}\n{started.stderr}")
+        USERS.write_text(str(int(USERS.read_text() or 0) + 1 if USERS.exists() else 1))
     yield
-    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+    with FileLock(f"{USERS}.lock"):
+        left = int(USERS.read_text()) - 1
+        USERS.write_text(str(left))
+        if left == 0:
+            subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+            USERS.unlink()
 
 
 def slurm_args(data_dir, root) -> list[str]:
