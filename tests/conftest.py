@@ -17,6 +17,22 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+MACHINE_CORES = os.sched_getaffinity(0)  # before a test process takes its share (pytest_configure)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each test process takes its share of the cores (its affinity mask, which the processes it
+    starts inherit), as the runner's launcher=local divides them among jobs: a run with threads=0 then uses that
+    share, and two test processes never run four torch threads on two cores (each waits for the other's)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count:
+        return
+    cores = sorted(MACHINE_CORES)
+    share = set(cores[int(worker.removeprefix("gw")) % int(count)::int(count)]) or set(cores)
+    os.sched_setaffinity(0, share)
+    import torch
+
+    torch.set_num_threads(len(share))
 
 
 def make_images(n: int, size: int, channels: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,3 +176,27 @@ def main_cli(monkeypatch, capsys):
             out = capsys.readouterr()
         return subprocess.CompletedProcess(list(args), code, out.out, out.err)
     return call
+
+
+@pytest.fixture(scope="session")
+def option_plan(data_dir):
+    """``option_plan(group, option)``: the plan of one option of a group with what it needs to run (a residual model
+    for fixup, 32×32 images for VGG-11's five poolings, a teacher for a distillation loss), made once per test
+    process and shared by every test that checks options (test_config.py, test_contracts.py)."""
+    import functools
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from runner.compose import CONF_DIR
+    from runner.plan import make_plan
+
+    @functools.cache
+    def plan(group: str, option: str):
+        needs = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar10"]}  # residual, 32×32
+        extra = needs.get((group, option), [])
+        if group == "loss" and getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml")._target_),
+                                       "needs_teacher", False):
+            extra = ["teacher=resnet20"]
+        return make_plan([f"{group}={option}", *extra, f"data_dir={data_dir}", "dataset.verify_checksums=false"])
+    return plan

@@ -6,7 +6,6 @@ exists, and ``test_every_option_has_by_hand_tests`` fails until its family's tab
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from runner.compose import CONF_DIR
-from runner.plan import make_plan
 from runner.targets import TARGET_HOMES, resolve_target
 
 
@@ -23,16 +21,8 @@ def options(group: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def planned(data_dir):
-    @functools.cache
-    def plan(group: str, option: str):
-        extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar100"]}.get(
-            (group, option), []
-        )
-        if group == "loss" and option in DISTILLATION:
-            extra = ["teacher=resnet20"]
-        return make_plan([f"{group}={option}", *extra, "dataset.verify_checksums=false", f"data_dir={data_dir}"])
-    return plan
+def planned(option_plan):
+    return option_plan
 
 
 DISTILLATION = [o for o in options("loss") if getattr(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from filelock import FileLock
-from conftest import ROOT, TINY, cli
+from conftest import MACHINE_CORES, ROOT, TINY, cli
 
 from runner import records
 
@@ -32,7 +32,8 @@ def slurm():
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("needs root and apt-get to install and start a local SLURM (scripts/slurm-local.sh); CI runs it")
     with FileLock(f"{USERS}.lock"):
-        started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+        started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900,
+                                 preexec_fn=lambda: os.sched_setaffinity(0, MACHINE_CORES))  # SLURM gets every core
         if started.returncode:
             pytest.fail(f"scripts/slurm-local.sh start failed:\n{started.stdout}\n{started.stderr}")
         USERS.write_text(str(int(USERS.read_text() or 0) + 1 if USERS.exists() else 1))
