@@ -271,11 +271,11 @@ CORRUPT = {
 }
 
 
-def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(data_dir, tmp_path):
+def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(data_dir, tmp_path, main_cli):
     from runner.summary.cli import main as summary_main
 
     root = tmp_path / "results"
-    ok = cli(*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={root}")  # learns: not at chance
+    ok = main_cli(*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={root}")  # learns: not at chance
     assert ok.returncode == 0, ok.stderr
     good = next((root / "runs").iterdir()).name
     for i, (name, (file, text)) in enumerate(CORRUPT.items()):
@@ -283,7 +283,7 @@ def test_corrupt_neighbours_are_reported_and_skipped_by_runs_and_the_summary(dat
         if file != "result.json":  # a copy of the good run whose other file is broken
             write(folder / "result.json", (root / "runs" / good / "result.json").read_text().replace(good, folder.name))
         write(folder / file, text)
-    res = cli(*TINY, "epochs=3", "seed=1", f"data_dir={data_dir}", f"results_dir={root}")
+    res = main_cli(*TINY, "epochs=3", "seed=1", f"data_dir={data_dir}", f"results_dir={root}")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr  # a finish reads no neighbour
     rebuilt = subprocess.run([sys.executable, "-m", "runner.records", "rebuild", str(root)], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)

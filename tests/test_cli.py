@@ -104,10 +104,10 @@ def test_ctrl_c_leaves_no_partial_files_and_the_same_command_resumes(data_dir, t
 def test_concurrent_processes_on_one_results_root(data_dir, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "runner", *TINY, f"seed={s}", f"data_dir={data_dir}",
                                f"results_dir={tmp_path}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for s in range(3)]
+             for s in range(2)]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     runs = pd.read_csv(tmp_path / "runs.csv")
-    assert sorted(runs["seed"]) == [0, 1, 2] and runs["run_id"].is_unique
+    assert sorted(runs["seed"]) == [0, 1] and runs["run_id"].is_unique
 
 
 @pytest.mark.slow

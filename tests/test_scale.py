@@ -113,7 +113,7 @@ def test_two_workers_claim_different_gpus(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp_path):
+def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp_path, main_cli):
     args = [*TINY, f"data_dir={data_dir}", "dataset.verify_checksums=false", f"results_dir={tmp_path}", "threads=0"]
     res = cli("-m", "seed=0,1,2,3", "launcher=local", "hydra.launcher.n_jobs=2", *args)
     assert res.returncode == 0, res.stderr
@@ -121,7 +121,7 @@ def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp
     assert sorted(runs["seed"]) == [0, 1, 2, 3] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
     threads = {records.read_result(tmp_path / "runs" / r)["config"]["threads"] for r in runs["run_id"]}
     assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
-    res = cli("-m", "seed=0,1,2,3", *args)  # the launcher is not part of what a run is: all four are done
+    res = main_cli("-m", "seed=0,1,2,3", *args)  # the launcher is not part of what a run is: all four are done
     assert res.returncode == 0 and res.stdout.count("skip ") == 4, res.stdout
 
 
@@ -139,11 +139,11 @@ def test_two_students_of_one_untrained_teacher_in_parallel_train_it_once(data_di
     assert res.stdout.count(f"run {teacher['run_id'].iloc[0]} (") == 1  # trained once; the other student waited
 
 
-def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir, tmp_path):
+def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir, tmp_path, main_cli):
     """SIGKILL at a random moment after the second epoch, the same command again: the run continues from the
     last saved epoch and ends with the weights and metrics of an uninterrupted run, bit for bit (CPU)."""
     args = [*TINY, "epochs=6", f"data_dir={data_dir}"]
-    whole = cli(*args, f"results_dir={tmp_path / 'whole'}")
+    whole = main_cli(*args, f"results_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     cmd = [sys.executable, "-m", "runner", *args, f"results_dir={tmp_path / 'cut'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -154,7 +154,7 @@ def test_a_run_killed_mid_way_resumes_from_its_last_epoch_bit_identical(data_dir
     time.sleep(random.Random(0).uniform(0.0, 0.4))
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
-    again = cli(*args, f"results_dir={tmp_path / 'cut'}")
+    again = main_cli(*args, f"results_dir={tmp_path / 'cut'}")  # the same command, through the same entry point
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout and "after epoch" in again.stdout
     (a,), (b,) = (list((tmp_path / r / "runs").iterdir()) for r in ("whole", "cut"))
@@ -189,7 +189,7 @@ def test_usable_cores_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
 def test_submitit_local_requeues_a_signalled_job_which_resumes(data_dir, tmp_path):
     # submitit's preemption signal (USR2) to the job process: it checkpoints, exits to be requeued, and the
     # restarted job continues the run from its last saved epoch
-    args = [sys.executable, "-m", "runner", "-m", "seed=8", *TINY, "epochs=40", f"data_dir={data_dir}",
+    args = [sys.executable, "-m", "runner", "-m", "seed=8", *TINY, "epochs=20", f"data_dir={data_dir}",
             f"results_dir={tmp_path}", "launcher=submitit_local"]
     sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job, deadline = None, time.time() + 300
@@ -210,4 +210,4 @@ def test_submitit_local_requeues_a_signalled_job_which_resumes(data_dir, tmp_pat
     assert sweep.returncode == 0, out
     (folder,) = (tmp_path / "runs").glob("*/")
     record = records.read_result(folder)
-    assert record["status"] == "ok" and record["epochs_done"] == 40 and record.get("resumed_from_epoch", 0) >= 2, out
+    assert record["status"] == "ok" and record["epochs_done"] == 20 and record.get("resumed_from_epoch", 0) >= 2, out
