@@ -27,8 +27,8 @@ def pytest_configure(config):
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count:
         return
-    cores = sorted(MACHINE_CORES)
-    share = set(cores[int(worker.removeprefix("gw")) % int(count)::int(count)]) or set(cores)
+    cores, index, n = sorted(MACHINE_CORES), int(worker.removeprefix("gw")), int(count)
+    share = set(cores[index::n]) if n <= len(cores) else {cores[index % len(cores)]}  # more processes: they share
     os.sched_setaffinity(0, share)
     import torch
 
