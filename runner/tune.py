@@ -26,133 +26,28 @@ from typing import Any, Sequence
 import numpy as np
 import optuna
 import pandas as pd
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from runner import launch, records, space
 from runner.compose import Composer, unset_nulls
-from runner.metrics import higher_is_better, metric_names
 from runner.monitor import GridProgress
 from runner.plan import RunPlan, literal, plan_from_config
 from runner.progress import error, say
 from runner.prune import trial_setting
-from runner.schema import NOT_IDENTITY, ConfigError, _num, check_dataclass_ranges, did_you_mean
+from runner.schema import NOT_IDENTITY, ConfigError
+from runner.study import (FINISHED, Method, chosen, journal, open_studies, sampler, startup_trials,
+                          tune_settings)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what happened to each trial, once
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # each counts in the budget
 
-
-def tuning_targets() -> tuple[str, ...]:
-    """What a study may choose by: every validation metric a run writes (each epoch's row and its best epoch's) that
-    has a direction; derived from the metrics themselves, so a new metric is a target without a list to edit."""
-    return tuple(f"{p}val_{m}" for p in ("", "best_") for m in metric_names() if higher_is_better(m) is not None)
-
-
-@dataclass
-class TuneConfig:
-    """conf/tune/default.yaml, typed (its comments say what each key does)."""
-    trials: int = _num(8, ge=1)
-    seeds: list[int] = field(default_factory=lambda: [100])
-    metric: str = "val_acc"
-    direction: str | None = None
-    sampler: str = "tpe"
-    sampler_seed: int = _num(0, ge=0)
-    startup_trials: int | None = _num(None, ge=1)
-    pruner: str = "none"
-    parallel: int = _num(1, ge=1)
-    space: Any = None
-
-
-@dataclass
-class Method:
-    """One method of the comparison: a grid cell without its seed, and its study."""
-    cell: tuple[str, ...]
-    label: str
-    plan: RunPlan  # the plan of the method's first cell
-    settings: TuneConfig
-    space: dict[str, BaseDistribution]
-    seeds: list[int] = field(default_factory=list)  # the final runs' seeds
-    study_name: str = ""
-    study: Any = None
-
-    @property
-    def root(self) -> Path:
-        return self.plan.root
 
 
 def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
-
-
-def tune_settings(node: Any) -> TuneConfig:
-    if node is None:
-        raise ConfigError(
-            "tune: no tune settings; python -m runner.tune needs tune=default (or another option of conf/tune/)."
-        )
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(TuneConfig), node)
-    except Exception as e:  # OmegaConf's validation: the key and value it could not take
-        key = getattr(e, "full_key", "") or ""
-        keys = [f.name for f in dataclasses.fields(TuneConfig)]
-        raise ConfigError(f"tune.{key}: {' '.join(str(e).splitlines()[0].split())}.{did_you_mean(key, keys)}") from None
-    check_dataclass_ranges(typed, TuneConfig, "tune.")
-    settings = TuneConfig(**OmegaConf.to_container(typed))
-    if not settings.seeds or any(s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
-        raise ConfigError(
-            f"tune.seeds={settings.seeds}: allowed: a list of distinct seeds >= 0, e.g. [100] or [100,101]."
-        )
-    targets = tuning_targets()
-    if settings.metric not in targets:
-        why = " (choosing on the test split would leak it into the comparison)" if "test_" in settings.metric else ""
-        raise ConfigError(f"tune.metric={settings.metric}: allowed: a validation metric{why}: {', '.join(targets)}."
-                          f"{did_you_mean(settings.metric, targets)}")
-    for key, allowed in (("direction", (None, "maximize", "minimize")), ("sampler", ("tpe", "random")),
-                         ("pruner", ("none", "median"))):
-        if getattr(settings, key) not in allowed:
-            raise ConfigError(f"tune.{key}={getattr(settings, key)}: allowed: {', '.join(map(str, allowed))}.")
-    if settings.direction is None:
-        settings.direction = "maximize" if higher_is_better(settings.metric) else "minimize"
-    return settings
-
-
-def startup_trials(s: TuneConfig) -> int:
-    return s.startup_trials or min(10, max(2, s.trials // 3))
-
-
-def sampler(s: TuneConfig, number: int) -> optuna.samplers.BaseSampler:
-    """A sampler seeded by the study's seed and the trial's number: a study proposes the same trials however often
-    the command was stopped and run again (a sampler's own random state would restart at each run)."""
-    seed = int(np.random.SeedSequence([s.sampler_seed, number]).generate_state(1)[0])
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(s), constant_liar=s.parallel > 1)
-
-
-def study_settings(m: Method) -> dict[str, Any]:
-    """What a study is: stored with it, and compared with the command's on every later run."""
-    s = m.settings
-    return {"space": {k: space.describe(d) for k, d in m.space.items()},
-            "metric": s.metric, "direction": s.direction, "seeds": list(s.seeds), "sampler": s.sampler,
-            "sampler_seed": s.sampler_seed, "startup_trials": startup_trials(s), "pruner": s.pruner}
-
-
-def _diff(stored: dict[str, Any], given: dict[str, Any]) -> str:
-    lines = []
-    for k in sorted(set(stored) | set(given)):
-        if k == "space":
-            for key in sorted(set(stored.get(k, {})) | set(given.get(k, {}))):
-                a, b = stored.get(k, {}).get(key), given.get(k, {}).get(key)
-                if a != b:
-                    lines.append(f"  tune.space.{key}: stored {json.dumps(a)}, command {json.dumps(b)}")
-        elif stored.get(k) != given.get(k):
-            lines.append(f"  tune.{k}: stored {json.dumps(stored.get(k))}, command {json.dumps(given.get(k))}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the command's methods
@@ -225,55 +120,6 @@ def _method_hash(plan: RunPlan) -> str:
 
 def trial_cell(m: Method, seed: int, params: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
     return [*m.cell, f"seed={seed}", *(f"{k}={literal(v)}" for k, v in sorted(params.items())), *extra]
-
-
-# ---------------------------------------------------------------- studies
-
-def journal(root: Path) -> Path:
-    return root / "tune" / "journal.log"
-
-
-def open_studies(methods: list[Method]) -> list[FileLock]:
-    """Create or load each method's study and hold its lock; a ConfigError when another process tunes it or when
-    its stored settings differ from the command's (shown key by key: a study never mixes two spaces)."""
-    locks: list[FileLock] = []
-    storages: dict[Path, JournalStorage] = {}
-    try:
-        for m in methods:
-            (m.root / "tune").mkdir(parents=True, exist_ok=True)
-            name = hashlib.sha1(m.study_name.encode()).hexdigest()[:12]
-            lock = FileLock(str(m.root / "tune" / f"{name}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise ConfigError(f"study {m.study_name}: another python -m runner.tune is tuning it in {m.root}; "
-                                  "wait for it to finish, or tune other methods.") from None
-            locks.append(lock)
-            path = journal(m.root)
-            if path not in storages:
-                storages[path] = JournalStorage(JournalFileBackend(str(path)))
-            if m.study_name in optuna.study.get_all_study_names(storages[path]):  # loading writes nothing
-                m.study = optuna.load_study(study_name=m.study_name, storage=storages[path])
-            else:
-                m.study = optuna.create_study(study_name=m.study_name, storage=storages[path],
-                                              direction=m.settings.direction)
-            given, stored = study_settings(m), m.study.user_attrs.get("settings")
-            if stored is not None and stored != given:
-                raise ConfigError(
-                    f"study {m.study_name} in {path} was run with other settings than this command's "
-                    f"(its {len(m.study.trials)} trials would mix two searches):\n{_diff(stored, given)}\n"
-                    "Run it with its stored settings, or give another results_dir for a new study."
-                )
-            if stored is None:
-                m.study.set_user_attr("settings", given)
-                m.study.set_user_attr("label", m.label)
-            if m.study.user_attrs.get("budget") != m.settings.trials:
-                m.study.set_user_attr("budget", m.settings.trials)
-    except BaseException:
-        for lock in locks:
-            lock.release()
-        raise
-    return locks
 
 
 def plan_cells(cells: Sequence[Sequence[str]], job: "Job") -> list[RunPlan]:
@@ -387,17 +233,6 @@ def run_trials(job: Job) -> bool:
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def chosen(m: Method) -> FrozenTrial | None:
-    """The best finished trial within the budget (the earliest on ties), or None when none completed."""
-    trials = [
-        t for t in m.study.get_trials(deepcopy=False) if t.number < m.settings.trials and t.state == TrialState.COMPLETE
-    ]
-    if not trials:
-        return None
-    sign = 1 if m.settings.direction == "maximize" else -1
-    return max(trials, key=lambda t: (sign * t.value, -t.number))
 
 
 def run_finals(job: Job) -> int:

@@ -353,7 +353,7 @@ def test_a_new_metric_is_a_tuning_target_without_a_list_to_edit(monkeypatch):
     # a metric that classification_metrics writes and METRIC_KINDS gives a direction is a target at once;
     # one without a direction is not (there is nothing to maximize)
     from runner import metrics
-    from runner.tune import tune_settings, tuning_targets
+    from runner.study import tune_settings, tuning_targets
 
     written = metrics.classification_metrics
     monkeypatch.setattr(metrics, "classification_metrics", lambda *a, **k: written(*a, **k) | {"top5": 1.0, "odd": 0.0})
