@@ -48,9 +48,9 @@ def bootstrap_ci(d: np.ndarray, confidence: float = 0.95, n_resamples: int = 999
 
 def sign_flip_p(d: np.ndarray) -> float:
     """Two-sided p-value of the exact sign-flip permutation test of mean(d) = 0 (all 2^n sign patterns for
-    n <= 12, 9999 random ones above); nan for no pairs."""
+    n <= 12, 9999 random ones above); nan for fewer than 2 pairs (one pair has no other sign pattern to compare)."""
     d = np.asarray(d, dtype=float)
-    if len(d) == 0:
+    if len(d) < 2:
         return math.nan
     if np.all(d == 0):
         return 1.0
@@ -140,6 +140,8 @@ def verdict(result: Paired, p_holm: float, higher_is_better: bool | None, compar
     def amount(x: float) -> str:
         return f"{abs(x) * scale:.2g}{unit}"
 
+    if result.n < 2:  # no spread, no test: a row that says so, not a verdict
+        return f"not comparable ({result.n} shared seed{'' if result.n == 1 else 's'})"
     need = pairs_needed(alpha, comparisons)
     advice = seeds_for(result.mean, result.sd, alpha, comparisons=comparisons)
     more = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -218,3 +219,54 @@ def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
     )
     assert opening.startswith("pooling=softpool vs pooling=max: -1.2 points [")
     assert "a difference of 1.2 points" in opening and "0.012" not in opening
+
+
+def _tables(out):
+    return {name: pd.read_csv(out / f"{name}.csv") for name in ("summary", "comparison")}
+
+
+def test_a_run_read_twice_counts_once(tmp_path):
+    # the same root twice, a root and one of its own run folders, two roots that share runs: one table keyed by run id,
+    # the same statistics as the root alone (each copy once paired with every copy made n = 12 from 3 seeds)
+    root = tmp_path / "R"
+    for s in range(3):
+        make_run(root, pooling="max", seed=s, acc=0.90 + 0.002 * s)
+        make_run(root, pooling="softpool", seed=s, acc=0.904 + 0.001 * s)
+    other = tmp_path / "R2"  # a colleague's folder: a copy of two of the runs, and one run of its own
+    for folder in sorted((root / "runs").iterdir())[:2]:
+        shutil.copytree(folder, other / "runs" / folder.name)
+    make_run(other, pooling="avg", seed=0)
+    args = ["--baseline", "pooling=max", "--no-plots", "--where", "pooling=max,softpool", "--out"]
+    assert summary_main([str(root), *args, str(tmp_path / "once")]) == 0
+    once = _tables(tmp_path / "once")
+    assert set(once["comparison"].n_pairs) == {3}
+    one_run = next((root / "runs").iterdir())
+    for i, inputs in enumerate(([root, root], [root, one_run], [root, other])):
+        assert summary_main([*map(str, inputs), *args, str(tmp_path / f"twice{i}")]) == 0
+        twice = _tables(tmp_path / f"twice{i}")
+        for name in once:
+            pd.testing.assert_frame_equal(twice[name], once[name])
+
+
+def test_two_different_records_under_one_run_id_exit_2_naming_both(tmp_path, capsys):
+    root, other = tmp_path / "R", tmp_path / "R2"
+    rid = make_run(root, seed=0, acc=0.90)
+    make_run(root, pooling="softpool", seed=0)
+    make_run(other, seed=0, acc=0.95)  # the same settings, so the same run id, with another result
+    assert summary_main([str(root), str(other), "--no-plots"]) == 2
+    err = capsys.readouterr().out
+    assert f"run {rid} is recorded twice with different results" in err
+    assert str(root / "runs" / rid) in err and str(other / "runs" / rid) in err
+
+
+def test_a_method_sharing_one_seed_with_the_baseline_is_a_row_that_says_so(tmp_path):
+    # at-chance and diverged runs drop out, so one shared seed happens: it is no comparison, and no crash
+    for s in range(3):
+        make_run(tmp_path, pooling="max", seed=s, acc=0.90 + 0.001 * s)
+    for s in (2, 3):
+        make_run(tmp_path, pooling="softpool", seed=s, acc=0.93)
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    c = pd.read_csv(tmp_path / "comparison.csv")
+    row = c[c.metric == "test_acc"].iloc[0]
+    assert row.n_pairs == 1 and row.verdict == "not comparable (1 shared seed)" and math.isnan(row.p_sign_flip)
+    assert "not comparable (1 shared seed)" in (tmp_path / "report.md").read_text()

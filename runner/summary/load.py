@@ -38,15 +38,51 @@ def run_folders(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two rows read under one run id are the same record (a copy, or a folder and its runs.csv row): every
+    field both have a value for agrees (numbers to 1e-9, as a table's text rounds them)."""
+    for k in set(a) & set(b) - {"folder", "at_chance", "log"}:
+        x, y = a[k], b[k]
+        if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (x, y)):
+            continue
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            if not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif _text(x) != _text(y):
+            return False
+    return True
+
+
+def _keep_once(rows: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    """Each run once, whichever inputs held it (a root given twice, overlapping folders, a folder and its table):
+    identical records merge (the one with a run folder is kept, for its logits); two different records under one
+    run id are an error naming both."""
+    kept: dict[str, tuple[dict[str, Any], str]] = {}
+    for row, source in rows:
+        rid = str(row.get("run_id"))
+        if rid not in kept:
+            kept[rid] = (row, source)
+            continue
+        other, other_source = kept[rid]
+        if not _same(row, other):
+            raise SummaryError(f"run {rid} is recorded twice with different results: {other_source} and {source}. "
+                               "Give only one of them (or rerun it in one folder).")
+        if not other.get("folder") and row.get("folder"):
+            kept[rid] = (row, source)
+    return [row for row, _ in kept.values()]
+
+
 def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(runs, epochs, metric columns): one row per readable run (a corrupt one is reported and skipped)."""
-    rows, epochs, metrics = [], [], set()
+    """(runs, epochs, metric columns): one row per run id, however many inputs hold it (a corrupt one is reported
+    and skipped; two different records under one id are a SummaryError)."""
+    rows: list[tuple[dict[str, Any], str]] = []
+    epochs, metrics, seen = [], set(), set()
     for folder in folders:
         if folder.suffix == ".csv":  # a runs.csv table (a colleague's, or docs/examples): its rows as they are
             table = pd.read_csv(folder)
             if not {"run_id", "status", "seed"} <= set(table.columns):
                 raise SummaryError(f"{folder}: not a runs.csv written by this runner (needs run_id, status and seed)")
-            rows += [r | {"folder": ""} for r in table.to_dict("records")]
+            rows += [(r | {"folder": ""}, f"{folder} (row of {r.get('run_id')})") for r in table.to_dict("records")]
             metrics |= {
                 c
                 for c in table.columns
@@ -57,6 +93,9 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             if (folder.parent / "epochs.csv").is_file():
                 epochs.append(pd.read_csv(folder.parent / "epochs.csv"))
             continue
+        if folder.resolve() in seen:  # one run folder reached twice (a root given twice, or a root and its run)
+            continue
+        seen.add(folder.resolve())
         record = records.read_result(folder)
         if record is None:
             continue
@@ -64,13 +103,13 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         metrics |= {k for k, v in row.items() if (k.startswith(("test_", "val_", "ood_", "best_test_", "best_val_"))
                                                    or k == "temperature") and k not in records.BOOKKEEPING
                     and isinstance(v, (int, float, type(None)))}
-        rows.append(row)
+        rows.append((row, str(folder)))
         frame = records.read_epochs(folder)
         if frame is not None:
             epochs.append(frame.assign(run_id=record["run_id"]))
     if not rows:
         raise SummaryError("no runs found: run a sweep first, e.g. python -m runner -m pooling=max,avg seed=0,1,2")
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame(_keep_once(rows))
     for c in runs.columns:  # lists (model.widths) as text, so that they can be grouped on
         if runs[c].dtype == object:
             runs[c] = runs[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
@@ -78,7 +117,10 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         flag is True or flag == 1 if isinstance(flag, (bool, int, float)) and not pd.isna(flag) else _at_chance(r)
         for flag, (_, r) in zip(runs.get("at_chance", [None] * len(runs)), runs.iterrows())
     ]
-    return runs, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame(), sorted(metrics)
+    epochs_all = pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()
+    if not epochs_all.empty and {"run_id", "epoch"} <= set(epochs_all.columns):  # each run's epochs once, too
+        epochs_all = epochs_all.drop_duplicates(["run_id", "epoch"], keep="first").reset_index(drop=True)
+    return runs, epochs_all, sorted(metrics)
 
 
 def _at_chance(row: pd.Series) -> bool:
