@@ -10,9 +10,9 @@ Loads the runs (``load``), keeps the ones asked for (``--where``, at-chance runs
 run by its teacher's run id however the teacher was named), and writes into ``--out`` (default: the
 results root it reads):
 
-- ``summary.csv``: per group and metric, n, mean, sd and a bootstrap CI over seeds;
+- ``summary.csv``: per group and metric, n, mean, sd and a t-interval over seeds;
 - ``comparison.csv`` (with ``--baseline axis=value``): each other method of that axis against the
-  baseline within each task, paired by seed: mean difference, BCa bootstrap CI, exact sign-flip p-value,
+  baseline within each task, paired by seed: mean difference, t-interval, exact sign-flip p-value,
   Holm over the report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with
   ``--rope``, the Bayesian probabilities of better / equivalent / worse;
 - ``ranks.csv``: ranks per task over common seeds, mean rank, Borda count, IQM and probability of

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage_note:
         console.print(stage_note, highlight=False)
     console.print(answer(comparison, metric, args.baseline), highlight=False)
-    t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % bootstrap CI])")
+    t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % t-interval])")
     for c in table.columns:
         t.add_column(c, justify="left" if c == "group" else "right")
     for r in table.itertuples(index=False):

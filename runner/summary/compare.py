@@ -122,13 +122,13 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
 
 
 def summarize(ok: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """summary.csv: per group and metric, n, mean, sd and the bootstrap CI of the mean over seeds."""
+    """summary.csv: per group and metric, n, mean, sd and the t-interval of the mean over seeds."""
     out = []
     for g, group in ok.groupby("group", sort=False):
         for m in metrics:
             v = group[m].to_numpy(dtype=float)
             v = v[np.isfinite(v)]
-            lo, hi = stats.bootstrap_ci(v)
+            lo, hi = stats.t_interval(v)
             out.append({"group": g, "metric": m, "higher_is_better": higher_is_better(m), "n": len(v),
                         "mean": float(v.mean()) if len(v) else np.nan,
                         "sd": float(v.std(ddof=1)) if len(v) > 1 else np.nan, "ci_low": lo, "ci_high": hi})

@@ -64,7 +64,7 @@ def differences(plt: Any, c: pd.DataFrame, metric: str, rope: float | None, save
         [f"{m} ({t + ', ' if t != 'all runs' else ''}n={n})" for m, t, n in zip(c.method, c.task, c.n_pairs)],
         fontsize=7,
     )
-    ax.set(title=f"{metric}: difference to {c.baseline.iloc[0]} paired by seed, 95 % bootstrap CI", xlabel="difference")
+    ax.set(title=f"{metric}: difference to {c.baseline.iloc[0]} paired by seed, 95 % t-interval", xlabel="difference")
     save(fig, "differences.png")
 
 

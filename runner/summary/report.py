@@ -108,7 +108,7 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
             + [""]
         )
     arrow = {True: "higher is better", False: "lower is better", None: ""}[higher_is_better(metric)]
-    lines += [f"## Groups (mean [95 % bootstrap CI] over seeds), sorted by {metric} ({arrow})", "",
+    lines += [f"## Groups (mean [95 % t-interval] over seeds), sorted by {metric} ({arrow})", "",
               table.to_markdown(index=False), ""]
     if not comparison.empty:
         c = comparison[comparison.metric == metric]
