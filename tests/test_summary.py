@@ -270,3 +270,23 @@ def test_a_method_sharing_one_seed_with_the_baseline_is_a_row_that_says_so(tmp_p
     row = c[c.metric == "test_acc"].iloc[0]
     assert row.n_pairs == 1 and row.verdict == "not comparable (1 shared seed)" and math.isnan(row.p_sign_flip)
     assert "not comparable (1 shared seed)" in (tmp_path / "report.md").read_text()
+
+
+def test_a_group_that_mixes_thread_counts_is_warned_about(tmp_path, capsys):
+    # the thread count is not part of the run id (where it ran), but it changes floating-point sums
+    for seed, threads in enumerate([1, 1, 2]):
+        rid = make_run(tmp_path, seed=seed)
+        record = records.read_result(tmp_path / "runs" / rid)
+        records.write_json(tmp_path / "runs" / rid / "result.json", record | {"threads": threads})
+    assert summary_main([str(tmp_path), "--no-plots"]) == 0
+    assert "mixes runs on 1, 2 torch threads" in capsys.readouterr().out
+
+
+def test_a_metric_without_a_direction_gets_no_verdict(tmp_path):
+    # the fitted temperature is a measurement, not a quality: it is summarized but never called better or worse
+    for s in range(8):
+        make_run(tmp_path, pooling="max", seed=s, metrics={"temperature": 1.0 + 0.01 * s})
+        make_run(tmp_path, pooling="softpool", seed=s, metrics={"temperature": 2.0 + 0.01 * s})
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    assert "temperature" not in set(pd.read_csv(tmp_path / "comparison.csv").metric)
+    assert "temperature" in set(pd.read_csv(tmp_path / "summary.csv").metric)

@@ -30,8 +30,8 @@ def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: 
             pairs = base.merge(other, on="seed", suffixes=("_base", ""))
             unpaired = sorted(set(base.seed) ^ set(other.seed))
             for m in metrics:
-                if m not in pairs or f"{m}_base" not in pairs:
-                    continue
+                if m not in pairs or f"{m}_base" not in pairs or higher_is_better(m) is None:
+                    continue  # a measurement with no direction (the fitted temperature) has no better or worse
                 r = stats.paired((pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float))
                 row = {"task": task, "method": method, "baseline": baseline, "metric": m,
                        "higher_is_better": higher_is_better(m), "n_pairs": r.n, "diff_mean": r.mean,

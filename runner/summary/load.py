@@ -199,8 +199,8 @@ def method_columns(axis: str, columns: list[str]) -> list[str]:
 
 
 def mixed_devices(ok: pd.DataFrame) -> list[str]:
-    """A warning per group whose seeds ran on different device types or autocast settings: their numbers
-    differ for that reason alone (the run id holds both, so such runs are different experiments)."""
+    """A warning per group whose seeds ran on different device types or autocast settings (the run id holds both,
+    so such runs are different experiments), or on different thread counts: their numbers differ for that alone."""
     where = [c for c in ("device_type", "autocast") if c in ok]
     out = []
     for g, group in ok.groupby("group", sort=False):
@@ -209,4 +209,8 @@ def mixed_devices(ok: pd.DataFrame) -> list[str]:
         )
         if len(kinds) > 1:
             out.append(f"warning: {g} mixes runs on {', '.join(kinds)}; compare runs of one device type")
+        threads = sorted({int(t) for t in group.get("threads", pd.Series(dtype=float)).dropna()})
+        if len(threads) > 1:  # not part of the id, yet it changes the order of floating-point sums, so the numbers
+            out.append(f"warning: {g} mixes runs on {', '.join(map(str, threads))} torch threads; the same run on "
+                       "another thread count can differ in the last digits (give threads= to compare like with like)")
     return out
