@@ -204,7 +204,10 @@ def test_the_critical_difference_diagram_is_drawn_when_friedman_rejects(tmp_path
                 make_run(tmp_path, dataset=dataset, pooling=pooling, seed=seed, acc=acc + 0.001 * seed)
     assert summary_main([str(tmp_path), "--baseline", "pooling=max"]) == 0
     assert (tmp_path / "plots" / "critical_difference.png").exists()
-    assert f"Friedman test: p = {math.exp(-4):.3g} (the ranks differ" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert f"Friedman test: p = {math.exp(-4):.3g} (the ranks differ" in report
+    # but with 4 tasks the exact Wilcoxon test cannot go below 2/2^4 = 0.125, so no pair is promised
+    assert "no pair of methods does after Wilcoxon–Holm over 4 tasks" in report and "shows which" not in report
 
 
 def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
@@ -290,3 +293,15 @@ def test_a_metric_without_a_direction_gets_no_verdict(tmp_path):
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
     assert "temperature" not in set(pd.read_csv(tmp_path / "comparison.csv").metric)
     assert "temperature" in set(pd.read_csv(tmp_path / "summary.csv").metric)
+
+
+def test_the_report_names_pairs_only_when_the_post_hoc_test_finds_them(tmp_path):
+    # 8 tasks, 3 methods ranked the same way in each: Friedman χ² = 12/(8·3·4)·(8² + 16² + 24²) − 3·8·4 = 16, and
+    # each Wilcoxon pair has the exact two-sided p = 2/2^8 = 0.0078, 0.023 after Holm over 3: pairs do differ
+    for task in range(8):
+        for pooling, acc in (("max", 0.90), ("avg", 0.85), ("softpool", 0.95)):
+            for seed in range(2):
+                make_run(tmp_path, dataset=f"d{task}", pooling=pooling, seed=seed, acc=acc + 0.001 * seed + 0.01 * task)
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert f"Friedman test: p = {math.exp(-8):.3g} (the ranks differ; the critical-difference diagram shows" in report

@@ -131,11 +131,16 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
                 "(it needs 2 tasks and 3 methods); the ranks of one task are the order of its means, not a finding."
             )
         else:
-            test = f"Friedman test: p = {fried:.3g}" + (
-                " (the ranks differ; the critical-difference diagram shows which)."
-                if fried < stats.ALPHA
-                else " (no detectable difference in ranks; no critical-difference diagram is drawn)."
-            )
+            posthoc = info.get("posthoc")
+            pairs = posthoc.to_numpy(dtype=float)[~np.eye(len(posthoc), dtype=bool)] if posthoc is not None else []
+            if not fried < stats.ALPHA:
+                verdict = " (no detectable difference in ranks; no critical-difference diagram is drawn)."
+            elif np.any(np.asarray(pairs) < stats.ALPHA):
+                verdict = " (the ranks differ; the critical-difference diagram shows which pairs do, by Wilcoxon–Holm)."
+            else:  # Friedman rejects, yet no pair does at this number of tasks: no promise of which
+                verdict = (f" (the ranks differ, but no pair of methods does after Wilcoxon–Holm over "
+                           f"{len(info['tasks_used'])} tasks: the critical-difference diagram joins them all).")
+            test = f"Friedman test: p = {fried:.3g}" + verdict
         lines += [f"## Across {len(info['tasks_used'])} tasks ({metric}; ranks over the seeds every method has)", "",
                   ranks.to_markdown(index=False, floatfmt=".4g"), "", test]
         if info["tasks_skipped"]:
