@@ -142,11 +142,11 @@ def verdict(result: Paired, p_holm: float, higher_is_better: bool | None, compar
     more = (
         f"; about {advice} seeds would detect a difference of {amount(result.mean)} with 80 % power" if advice else ""
     )
-    if result.n < need:
+    if result.n < need:  # no data could give a verdict at this n: not a finding about the methods
         return (
-            f"n = {result.n} cannot detect a difference at α = {alpha:g}"
+            f"too few seeds to decide: with {result.n} seeds this test cannot go below p = {smallest_p(result.n):.3g}"
             + (f" over {comparisons} comparisons" if comparisons > 1 else "")
-            + f" (needs ≥ {need} paired seeds){more}"
+            + f" at α = {alpha:g}; {need} are needed{more}"
         )
     if higher_is_better is None or not p_holm < alpha:
         return f"no detectable difference (p = {p_holm:.2g}){more}"

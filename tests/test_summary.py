@@ -103,10 +103,11 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     assert avg.n_pairs == 4 and avg.unpaired_seeds == "4 5 6 7 8"
     # 4 pairs cannot reach 0.05 / 4 (2/2^n < 0.0125 needs n = 8)
     assert avg.verdict.startswith(
-        "n = 4 cannot detect a difference at α = 0.05 over 4 comparisons (needs ≥ 8 paired seeds)"
+        "too few seeds to decide: with 4 seeds this test cannot go below p = 0.125 over 4 comparisons at α = 0.05; "
+        "8 are needed"
     )
     cifar_avg = c.loc[[i for i in c.index if "cifar10" in i[0] and i[1] == "pooling=avg"][0]]
-    assert cifar_avg.n_pairs == 2 and "cannot detect" in cifar_avg.verdict
+    assert cifar_avg.n_pairs == 2 and cifar_avg.verdict.startswith("too few seeds to decide")
 
     ranks = pd.read_csv(out / "ranks.csv").set_index("method")
     # only mnist5k/simple_cnn/ce and cifar10/resnet20/ce have all three poolings; means over the common seeds:
@@ -123,7 +124,7 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     assert f"Friedman test: p = {math.exp(-2):.3g}" in report and "no critical-difference diagram is drawn" in report
     assert "Left out because they ended at chance" in report and "Tasks without every method, not ranked" in report
     first = report.split("\n")[2]
-    assert first.startswith("pooling=") and "better" in first and "cannot detect" in first
+    assert first.startswith("pooling=") and "better" in first and "too few seeds to decide" in first
 
 
 def test_plots_and_the_critical_difference_diagram_only_when_friedman_rejects(mixed):

@@ -24,7 +24,7 @@ def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
     sentences = []
     for r in c.itertuples():
         ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")
-        n = "" if r.verdict.startswith("n = ") else f"n = {r.n_pairs}, "
+        n = "" if r.verdict.startswith(("too few seeds", "not comparable")) else f"n = {r.n_pairs}, "
         where = "" if r.task == "all runs" else f" on {r.task}"
         sentences.append(f"{r.method} vs {baseline}{where}: {r.diff_mean * scale:+.2g}{unit}{ci}, {n}{r.verdict}.")
     return " ".join(sentences)
