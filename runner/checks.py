@@ -106,7 +106,7 @@ def _check_ood(cfg: DictConfig, ood: DictConfig | None, options: Sequence[str]) 
     """``ood=<option>``: any dataset option the composer sees (the user's --config-dir too; ``options`` leaves out the
     run's own), of another dataset than the run's, with images of the run's shape."""
     if ood is None or ood.name == cfg.dataset.name:
-        names = [o for o in options if o != cfg.ood or ood is None]
+        names = [o for o in options if o != cfg.ood]
         raise ConfigError(
             f"ood={cfg.ood}: allowed: {', '.join(names)} (a dataset other than dataset={cfg.dataset.name})."
             f"{did_you_mean(str(cfg.ood), names)}"

@@ -178,25 +178,30 @@ def main_cli(monkeypatch, capsys):
     return call
 
 
-@pytest.fixture(scope="session")
-def option_plan(data_dir):
-    """``option_plan(group, option)``: the plan of one option of a group with what it needs to run (a residual model
-    for fixup, 32×32 images for VGG-11's five poolings, a teacher for a distillation loss), made once per test
-    process and shared by every test that checks options (test_config.py, test_contracts.py)."""
-    import functools
-
+def option_needs(group: str, option: str) -> list[str]:
+    """What an option needs beside it to plan: a residual model for fixup, 32×32 images for VGG-11's five poolings,
+    a teacher for a loss whose class declares it distills."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from runner.compose import CONF_DIR
+
+    if group == "loss" and getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml")._target_),
+                                   "needs_teacher", False):
+        return ["teacher=resnet20"]
+    return {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar10"]}.get((group, option), [])
+
+
+@pytest.fixture(scope="session")
+def option_plan(data_dir):
+    """``option_plan(group, option)``: the plan of one option of a group with what it needs (``option_needs``), made
+    once per test process and shared by every test that checks options (test_config.py, test_contracts.py)."""
+    import functools
+
     from runner.plan import make_plan
 
     @functools.cache
     def plan(group: str, option: str):
-        needs = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar10"]}  # residual, 32×32
-        extra = needs.get((group, option), [])
-        if group == "loss" and getattr(get_class(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml")._target_),
-                                       "needs_teacher", False):
-            extra = ["teacher=resnet20"]
+        extra = option_needs(group, option)
         return make_plan([f"{group}={option}", *extra, f"data_dir={data_dir}", "dataset.verify_checksums=false"])
     return plan

@@ -16,8 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY, cli
-from test_contracts import DISTILLATION
+from conftest import ROOT, TINY, cli, option_needs
 
 from runner.compose import CONF_DIR
 from runner.plan import make_plan
@@ -248,10 +247,7 @@ def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, arg
 @pytest.mark.parametrize("group", FAMILIES)
 def test_every_option_refuses_an_unknown_setting_and_a_foreign_target(group):
     for option in options(group):
-        extra = {("norm", "fixup"): ["model=resnet20"], ("model", "vgg11"): ["dataset=cifar10", "download=true"]}
-        base = [f"{group}={option}", *extra.get((group, option), [])]
-        if group == "loss" and option in DISTILLATION:  # what the loss's class declares
-            base.append("teacher=resnet20")
+        base = [f"{group}={option}", *option_needs(group, option)]  # refused while typing, before any data
         with pytest.raises(ConfigError, match=f"{group}.not_a_setting: not a setting of {group}"):
             make_plan([*base, f"+{group}.not_a_setting=1"])
         with pytest.raises(ConfigError, match=f"{group}._target_=os.system: not allowed"):
