@@ -149,6 +149,25 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
+def per_image(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics that are a mean over test images, image by image: ``acc`` (1 when the top class is right),
+    ``nll`` and ``brier``. The summary reads them from saved logits to count the test set's own sampling."""
+    logits = logits.detach().double().cpu()
+    target = target.cpu()
+    log_p = F.log_softmax(logits, dim=1)
+    probs = log_p.exp()
+    onehot = F.one_hot(target, logits.shape[1]).double()
+    return {"acc": (probs.argmax(dim=1) == target).double(), "nll": -log_p.gather(1, target[:, None])[:, 0],
+            "brier": ((probs - onehot) ** 2).sum(dim=1)}
+
+
+def per_image_column(column: str) -> str | None:
+    """The ``per_image`` score behind a runs.csv column (``test_acc`` -> ``acc``), or None: only the final test
+    metrics before temperature scaling are means of these scores over the saved test logits."""
+    name = column.removeprefix("test_")
+    return name if column.startswith("test_") and name in ("acc", "nll", "brier") else None
+
+
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
     """Every per-run metric of ``softmax(logits)`` against integer ``target``; rates are fractions in [0, 1].
 
@@ -156,16 +175,13 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_bins: i
     """
     logits = logits.detach().double().cpu()
     target = target.cpu()
-    log_p = F.log_softmax(logits, dim=1)
-    probs = log_p.exp()
-    conf, pred = probs.max(dim=1)
-    hit = (pred == target).double()
-    onehot = F.one_hot(target, logits.shape[1]).double()
+    probs = F.softmax(logits, dim=1)
+    conf, _ = probs.max(dim=1)
+    images = per_image(logits, target)
+    hit = images["acc"]
     conf_np, hit_np = conf.numpy(), hit.numpy()
     return {
-        "acc": hit.mean().item(),
-        "nll": F.nll_loss(log_p, target).item(),
-        "brier": ((probs - onehot) ** 2).sum(dim=1).mean().item(),
+        **{name: score.mean().item() for name, score in images.items()},
         **calibration_errors(conf_np, hit_np, n_bins),
         "classwise_ece": classwise_ece(probs.numpy(), target.numpy(), n_bins),
         "msp_auroc": _auroc(hit_np, conf_np),

@@ -9,6 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from scipy import stats as sps
 
 from runner import records
 from runner.metrics import final_metrics, higher_is_better, is_rate, kind
@@ -18,7 +19,8 @@ BASE = {"global_pool": "avg", "norm": "batch", "optim": "sgd"}
 
 
 def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss="ce", seed=0, acc=0.9, ece=0.05,
-             status="ok", teacher=None, ood=None, at_chance=False, epochs_acc=None, device="cpu", metrics=None):
+             status="ok", teacher=None, ood=None, at_chance=False, epochs_acc=None, device="cpu", metrics=None,
+             logits=None):
     """A run folder as the runner writes it: result.json, epochs.csv and logits.pt; its id from its settings."""
     teacher_choice, teacher_cfg = {"settings": ("resnet20", {"overrides": ["model=resnet20"], "run_id": None}),
                                    "run": ("run", {"overrides": [], "run_id": "abcdef0123"}),
@@ -45,10 +47,8 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
         folder / "epochs.csv",
         pd.DataFrame({"epoch": range(1, len(epochs_acc) + 1), "test_acc": epochs_acc, "val_acc": epochs_acc}),
     )
-    torch.save(
-        {"test_logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), "test_target": torch.tensor([0, 1, 1])},
-        folder / "logits.pt",
-    )
+    logits = logits or (torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]))
+    torch.save({"test_logits": logits[0], "test_target": logits[1]}, folder / "logits.pt")
     return rid
 
 
@@ -96,9 +96,12 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     c = c[c.metric == "test_acc"].set_index(["task", "method"])
     assert len(c) == 4  # softpool and avg on mnist5k and on cifar10; fashion_mnist and kd have no other pooling
     sp = c.loc[[i for i in c.index if "mnist5k" in i[0] and i[1] == "pooling=softpool"][0]]
-    # 9 pairs, every difference +0.01: exact sign-flip p = 2/2^9, Holm over 4 comparisons: the smallest p × 4
-    assert sp.n_pairs == 9 and sp.diff_mean == pytest.approx(0.01) and sp.p_sign_flip == pytest.approx(2 / 512)
-    assert sp.p_holm == pytest.approx(4 * 2 / 512) and sp.verdict == "better"
+    # 9 pairs, every difference +0.01: exact sign test p = 2/2^9; no spread, so the t-test's p is 0 and the rule's
+    # is the sign test's; Holm over 4 comparisons: the smallest p × 4. These runs have no logits: this test set only
+    assert sp.n_pairs == 9 and sp.diff_mean == pytest.approx(0.01) and sp.p_sign == pytest.approx(2 / 512)
+    assert sp.seeds_favour_method == 9 and sp.seeds_favour_baseline == 0 and sp.p_rule == pytest.approx(2 / 512)
+    assert sp.p_holm == pytest.approx(4 * 2 / 512) and sp.verdict == "better on this test set (p = 0.016)"
+    assert math.isnan(sp.test_set_sd) and math.isnan(sp.diff_ci_low_test)
     avg = c.loc[[i for i in c.index if "mnist5k" in i[0] and i[1] == "pooling=avg"][0]]
     assert avg.n_pairs == 4 and avg.unpaired_seeds == "4 5 6 7 8"
     # 4 pairs cannot reach 0.05 / 4 (2/2^n < 0.0125 needs n = 8)
@@ -221,7 +224,7 @@ def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
     opening = next(
         line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("pooling=softpool vs")
     )
-    assert opening.startswith("pooling=softpool vs pooling=max: -1.2 points [")
+    assert opening.startswith("pooling=softpool vs pooling=max: 4/4 seeds favour pooling=softpool; mean -1.2 points [")
     assert "a difference of 1.2 points" in opening and "0.012" not in opening
 
 
@@ -272,7 +275,7 @@ def test_a_method_sharing_one_seed_with_the_baseline_is_a_row_that_says_so(tmp_p
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
     c = pd.read_csv(tmp_path / "comparison.csv")
     row = c[c.metric == "test_acc"].iloc[0]
-    assert row.n_pairs == 1 and row.verdict == "not comparable (1 shared seed)" and math.isnan(row.p_sign_flip)
+    assert row.n_pairs == 1 and row.verdict == "not comparable (1 shared seed)" and math.isnan(row.p_rule)
     assert "not comparable (1 shared seed)" in (tmp_path / "report.md").read_text()
 
 
@@ -306,3 +309,76 @@ def test_the_report_names_pairs_only_when_the_post_hoc_test_finds_them(tmp_path)
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
     report = (tmp_path / "report.md").read_text()
     assert f"Friedman test: p = {math.exp(-8):.3g} (the ranks differ; the critical-difference diagram shows" in report
+
+
+def _logits(correct):
+    """Two-class logits whose top class is the target (0) exactly where ``correct`` is true."""
+    correct = torch.as_tensor(correct, dtype=torch.bool)
+    logits = torch.where(correct[:, None], torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0]))
+    return logits, torch.zeros(len(correct), dtype=torch.long)
+
+
+def test_a_difference_made_by_a_few_test_images_is_not_a_verdict(tmp_path):
+    # 6 seeds on 200 test images: max is right on images 0..179; avg is right on the same images except 176..179,
+    # and also on 180..187. So avg wins 8 images and loses 4, the same ones on every seed: +0.02 on every seed.
+    # Seeds alone (this test set): 6/6 seeds, no spread, p = 2/64 -> "better". But 8 against 4 images is what one
+    # test set of 200 gives by chance: the test set's variance of the mean is var(e_j)/N (every seed makes the same
+    # per-image differences e_j: 8 ones, 4 minus ones, 188 zeros), and the t-test with it does not reject.
+    base = torch.arange(200) < 180
+    avg = base.clone()
+    avg[176:180], avg[180:188] = False, True
+    for s in range(6):
+        make_run(tmp_path, pooling="max", seed=s, acc=0.90, logits=_logits(base))
+        make_run(tmp_path, pooling="avg", seed=s, acc=0.92, logits=_logits(avg))
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    row = pd.read_csv(tmp_path / "comparison.csv").query("metric == 'test_acc'").iloc[0]
+    var_e = (12 - 200 * 0.02 ** 2) / 199  # Σ(e − ē)² / (N − 1)
+    sd = math.sqrt(var_e / 200)
+    assert row.test_set_sd == pytest.approx(sd) and row.diff_ci_low == row.diff_ci_high == pytest.approx(0.02)
+    half = sps.t.ppf(0.975, 5) * sd
+    assert (row.diff_ci_low_test, row.diff_ci_high_test) == pytest.approx((0.02 - half, 0.02 + half))
+    assert row.p_sign == pytest.approx(2 / 64) and row.p_rule == pytest.approx(2 * sps.t.sf(0.02 / sd, 5))
+    assert row.verdict.startswith(f"no detectable difference (p = {row.p_rule:.2g}); no number of seeds gives 80 % "
+                                  "power for a difference of 2 points on this test set: its own sampling error")
+    opening = (tmp_path / "report.md").read_text().splitlines()[2]
+    assert opening.startswith("pooling=avg vs pooling=max: 6/6 seeds favour pooling=avg; mean +2 points [")
+    assert "over seeds and test set (seeds alone [+2, +2])" in opening
+    # a run whose logits are not those of its recorded result does not lend them: this test set only
+    make_run(tmp_path, pooling="avg", seed=0, acc=0.92, logits=_logits(base))
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    row = pd.read_csv(tmp_path / "comparison.csv").query("metric == 'test_acc'").iloc[0]
+    assert math.isnan(row.test_set_sd) and row.verdict.startswith("better on this test set")
+
+
+def test_one_task_is_no_contest_and_leaves_no_cross_task_tables_or_figures(mixed):
+    # the mixed folder ranks 2 tasks; the same folder kept to one task has nothing to rank, and the earlier
+    # summary's ranks, probabilities of improvement and their figure do not stay behind to be read as this one's
+    assert summary_main([str(mixed), "--baseline", "pooling=max"]) == 0
+    assert (mixed / "ranks.csv").exists() and (mixed / "plots" / "probability_of_improvement.png").exists()
+    assert summary_main([str(mixed), "--baseline", "pooling=max", "--where", "dataset=mnist5k"]) == 0
+    assert not (mixed / "ranks.csv").exists() and not (mixed / "probability_of_improvement.csv").exists()
+    assert not (mixed / "plots" / "probability_of_improvement.png").exists()
+    report = (mixed / "report.md").read_text()
+    assert "Across tasks: 1 task(s) with every method; ranks, IQM, probability of improvement and Swiss scores " \
+           "need at least 2" in report and "Borda" not in report
+
+
+def test_the_bayesian_rule_decides_only_when_asked_and_the_sentence_says_which_rule(tmp_path, capsys):
+    # 3 seeds, softpool 1 point above max on each with a little spread: the declared rule cannot decide at 3 seeds,
+    # while the Bayesian posterior (normal noise assumed) is sure; the sentence gives both and says why they differ
+    for s, noise in enumerate((0.001, -0.001, 0.0)):
+        make_run(tmp_path, pooling="max", seed=s, acc=0.90)
+        make_run(tmp_path, pooling="softpool", seed=s, acc=0.91 + noise)
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--rope", "0.002", "--no-plots"]) == 0
+    opening = (tmp_path / "report.md").read_text().splitlines()[2]
+    assert "too few seeds to decide" in opening and "Bayesian: P(better) = 1.00" in opening
+    assert "assumes normal seed noise, which the declared rule does not; --decide rope makes it the rule" in opening
+    args = [str(tmp_path), "--baseline", "pooling=max", "--rope", "0.002", "--decide", "rope", "--no-plots"]
+    assert summary_main(args) == 0
+    row = pd.read_csv(tmp_path / "comparison.csv").query("metric == 'test_acc'").iloc[0]
+    assert row.verdict.startswith("better (P(better) = 1.00 ≥ 0.95, ROPE ±0.2 points)")
+    # asking for the Bayesian rule without a ROPE is a usage error that writes nothing
+    (tmp_path / "report.md").unlink()
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--decide", "rope"]) == 2
+    assert "--decide rope: give the region of practical equivalence with --rope" in capsys.readouterr().out
+    assert not (tmp_path / "report.md").exists()

@@ -12,11 +12,12 @@ results root it reads):
 
 - ``summary.csv``: per group and metric, n, mean, sd and a t-interval over seeds;
 - ``comparison.csv`` (with ``--baseline axis=value``): each other method of that axis against the
-  baseline within each task, paired by seed: mean difference, t-interval, exact sign-flip p-value,
-  Holm over the report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with
-  ``--rope``, the Bayesian probabilities of better / equivalent / worse;
-- ``ranks.csv``: ranks per task over common seeds, mean rank, Borda count, IQM and probability of
-  improvement with stratified bootstrap CIs (``probability_of_improvement.csv``), the Friedman test and
+  baseline within each task, paired by seed: seeds favouring each side, mean difference, t-intervals
+  over seeds and over seeds and the test set, the rule's p-value (sign test and t-test), Holm over the
+  report's comparisons, effect size d_z, the verdict (runner/stats.py) and, with ``--rope``, the
+  Bayesian probabilities of better / equivalent / worse;
+- ``ranks.csv`` (with at least 2 tasks): ranks per task over common seeds, mean rank, Borda count, IQM and
+  probability of improvement with stratified bootstrap CIs (``probability_of_improvement.csv``), the Friedman test and
   Wilcoxon–Holm post-hoc p-values;
 - ``plots/``: paired differences, probability of improvement, critical-difference diagram (only when
   Friedman rejects), learning curves, reliability diagrams with bin counts and ECE;

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         "--task", default="dataset,model", help="columns that define a task for ranks (default %(default)s)"
     )
     parser.add_argument("--rope", type=float, help="region of practical equivalence for a Bayesian verdict, e.g. 0.005")
+    parser.add_argument("--decide", choices=("test", "rope"), default="test",
+                        help="the rule that says better or worse: the sign test and t-test (default) or the Bayesian "
+                        "correlated t-test with --rope")
     parser.add_argument(
         "--reference", nargs="+", default=[], help="a published number as a row: 'pooling=max:test_acc=0.9125'"
     )
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.rope is not None and not args.rope >= 0:
             raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")
+        if args.decide == "rope" and args.rope is None:
+            raise SummaryError("--decide rope: give the region of practical equivalence with --rope, e.g. --rope 0.005")
         runs, epochs, metrics = load(run_folders(paths))
         runs = select(runs, parse_where(args.where, runs.columns))
         runs, stage_note = summary_tune.by_stage(runs, args.stage)
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
              if m in ok]
     compared = [m for m in metrics if m in ok and (m.startswith("best_") == (args.select == "best_val"))]
     summary = summarize(ok, compared)
-    comparison = compare(ok, columns, compared, args.baseline, metric, args.rope) if args.baseline else pd.DataFrame()
+    comparison = (compare(ok, columns, compared, args.baseline, metric, args.rope, args.decide) if args.baseline
+                  else pd.DataFrame())
     axis = axis or next((a for a in AXES if a in columns), None)
     ranks, info = rank(ok, columns, metric, axis, args.task.split(",")) if axis else (pd.DataFrame(), {})
     table = overview(summary, shown, metric, references)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if stage_note:
         console.print(stage_note, highlight=False)
-    console.print(answer(comparison, metric, args.baseline), highlight=False)
+    console.print(answer(comparison, metric, args.baseline, args.decide), highlight=False)
     t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % t-interval])")
     for c in table.columns:
         t.add_column(c, justify="left" if c == "group" else "right")

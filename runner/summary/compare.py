@@ -1,23 +1,62 @@
 """The statistics of a summary: per-group summaries, paired comparisons against a baseline, ranks across tasks."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from runner import stats
-from runner.metrics import higher_is_better, is_rate
+from runner import records, stats
+from runner.metrics import higher_is_better, is_rate, per_image, per_image_column
 from runner.summary.load import SummaryError, _text, group_key, method_columns
 
 
+class PerImage:
+    """Each run's per-image test scores (``metrics.per_image``), read once from its saved logits and kept only when
+    their mean is the run's recorded metric: a run without logits (read from a table) or whose logits are not those
+    of its recorded result has none, and its comparisons speak of this test set only."""
+
+    def __init__(self, ok: pd.DataFrame):
+        self.rows = ok.set_index("run_id")
+        self.cache: dict[str, dict[str, np.ndarray] | None] = {}
+
+    def scores(self, run_id: str) -> dict[str, np.ndarray] | None:
+        if run_id not in self.cache:
+            folder = self.rows.at[run_id, "folder"] if "folder" in self.rows else None
+            saved = records.read_logits(Path(folder)) if isinstance(folder, str) and folder else None
+            self.cache[run_id] = None if saved is None else {
+                "target": saved["test_target"].numpy(),
+                **{k: v.numpy() for k, v in per_image(saved["test_logits"], saved["test_target"]).items()}}
+        return self.cache[run_id]
+
+    def differences(self, method_ids: list[str], base_ids: list[str], column: str) -> np.ndarray | None:
+        """seeds × images: the method's per-image score minus the baseline's, seed by seed; None unless every
+        pair has scores on the same images in the same order."""
+        name = per_image_column(column)
+        if name is None:
+            return None
+        rows = []
+        for a, b in zip(method_ids, base_ids):
+            sa, sb = self.scores(a), self.scores(b)
+            if sa is None or sb is None or not np.array_equal(sa["target"], sb["target"]):
+                return None
+            for rid, s in ((a, sa), (b, sb)):
+                recorded = float(self.rows.at[rid, column])
+                if not abs(float(s[name].mean()) - recorded) <= 1e-6 * max(1.0, abs(recorded)):
+                    return None
+            rows.append(sa[name] - sb[name])
+        return np.array(rows)
+
+
 def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: str, main_metric: str,
-            rope: float | None) -> pd.DataFrame:
+            rope: float | None, decide: str = "test") -> pd.DataFrame:
     """comparison.csv: every method of the baseline's axis against the baseline, per task, paired by seed."""
     axis, _, value = baseline.partition("=")
     methods = method_columns(axis, columns)
     context = [c for c in columns if c not in methods]
     ok = ok.assign(_method=group_key(ok, methods), _task=group_key(ok, context))
+    images = PerImage(ok)
     rows = []
     for task, group in ok.groupby("_task", sort=False):
         base = group[group[axis].map(_text) == value]
@@ -27,22 +66,28 @@ def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: 
             raise SummaryError(f"--baseline {baseline} matches several methods in {task}: "
                                f"{', '.join(sorted(base['_method'].unique()))}; add --where to keep one")
         for method, other in group[group[axis].map(_text) != value].groupby("_method", sort=False):
-            pairs = base.merge(other, on="seed", suffixes=("_base", ""))
+            pairs = base.merge(other, on="seed", suffixes=("_base", "")).sort_values("seed")
             unpaired = sorted(set(base.seed) ^ set(other.seed))
             for m in metrics:
                 if m not in pairs or f"{m}_base" not in pairs or higher_is_better(m) is None:
                     continue  # a measurement with no direction (the fitted temperature) has no better or worse
-                r = stats.paired((pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float))
+                d = (pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float)
+                x = images.differences(list(pairs.run_id), list(pairs.run_id_base), m) if len(d) > 1 else None
+                r = stats.paired(d, stats.var_from_test_set(x) if x is not None else np.nan)
+                sign = 1 if higher_is_better(m) else -1
                 row = {"task": task, "method": method, "baseline": baseline, "metric": m,
-                       "higher_is_better": higher_is_better(m), "n_pairs": r.n, "diff_mean": r.mean,
-                       "diff_ci_low": r.ci_low, "diff_ci_high": r.ci_high, "p_sign_flip": r.p, "effect_dz": r.effect,
-                       "diff_sd": r.sd, "unpaired_seeds": " ".join(map(str, unpaired))}
-                if rope is not None:
-                    left, eq, right = stats.bayes_correlated_t(
-                        (pairs[m] - pairs[f"{m}_base"]).to_numpy(dtype=float), rope)
-                    better_is_right = higher_is_better(m) is not False
-                    row |= {"p_better": right if better_is_right else left, "p_equivalent": eq,
-                            "p_worse": left if better_is_right else right}
+                       "higher_is_better": higher_is_better(m), "n_pairs": r.n,
+                       "seeds_favour_method": r.favour if sign > 0 else r.against,
+                       "seeds_favour_baseline": r.against if sign > 0 else r.favour,
+                       "diff_median": float(np.median(d)) if len(d) else np.nan,
+                       "diff_mean": r.mean, "diff_ci_low": r.ci_low, "diff_ci_high": r.ci_high,
+                       "test_set_sd": np.sqrt(r.test_var), "diff_ci_low_test": r.ci_low_test,
+                       "diff_ci_high_test": r.ci_high_test, "p_sign": r.p_sign, "p_rule": r.p,
+                       "effect_dz": r.effect, "diff_sd": r.sd, "unpaired_seeds": " ".join(map(str, unpaired))}
+                if rope is not None:  # the Bayesian rule's posterior, with the test set's variance where known
+                    left, eq, right = stats.bayes_correlated_t(d, rope, extra_var=r.test_var)
+                    row |= {"p_better": right if sign > 0 else left, "p_equivalent": eq,
+                            "p_worse": left if sign > 0 else right}
                 rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -51,13 +96,18 @@ def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: 
     table["verdict"] = ""
     for m, idx in table.groupby("metric").groups.items():
         sub = table.loc[idx]
-        table.loc[idx, "p_holm"] = stats.holm(sub["p_sign_flip"])
-        comparisons = int(sub["p_sign_flip"].notna().sum()) or 1
+        table.loc[idx, "p_holm"] = stats.holm(sub["p_rule"])
+        comparisons = int(sub["p_rule"].notna().sum()) or 1
         percent = is_rate(m)
         for i in idx:
             r = table.loc[i]
-            result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign_flip,
-                                  r.effect_dz, r.diff_sd)
+            if decide == "rope":
+                table.loc[i, "verdict"] = stats.rope_verdict(r.p_better, r.p_equivalent, r.p_worse, rope,
+                                                             scale=100 if percent else 1,
+                                                             unit=" points" if percent else "")
+                continue
+            result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign, r.p_rule,
+                                  r.effect_dz, r.diff_sd, 0, 0, r.test_set_sd ** 2)
             table.loc[i, "verdict"] = stats.verdict(result, r.p_holm, higher_is_better(m), comparisons,
                                                     scale=100 if percent else 1, unit=" points" if percent else "")
     return table
@@ -87,7 +137,7 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
         info["tasks_used"].append(task)
         for name, g in group.groupby("_method"):
             scores[name][task] = g[g.seed.isin(common)].sort_values("seed")[metric].to_numpy(dtype=float)
-    if not info["tasks_used"]:
+    if len(info["tasks_used"]) < 2:  # ranks, Borda, IQM and Swiss scores of a one-round contest say nothing
         return pd.DataFrame(), info
     used = info["tasks_used"]
     hib = higher_is_better(metric) is not False
@@ -103,7 +153,7 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
     swiss, swiss_se = stats.swiss_expected_scores(matrix if hib else -matrix, n_sims=2000)
     table["swiss_score"], table["swiss_score_se"] = swiss, swiss_se  # expected wins of a Swiss contest over the tasks
     info["friedman_p"] = stats.friedman_p(matrix if hib else -matrix)
-    info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names) if len(used) >= 2 else None
+    info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names)
     info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))
     poi = pd.DataFrame(index=names, columns=names, dtype=float)
     pairs = []

@@ -12,6 +12,9 @@ import pandas as pd
 from runner import records, stats
 from runner.metrics import calibration_errors, reliability, top_label
 
+FIGURES = ("differences", "probability_of_improvement", "critical_difference", "learning_curves", "tuning_curves",
+           "reliability")  # the files draw() may write, so that a figure this summary does not draw is not left stale
+
 
 def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info: dict[str, Any], metric: str,
          rope: float | None, folder: Path, curves: pd.DataFrame | None = None) -> list[Path]:
@@ -31,6 +34,8 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
         plt.close(fig)
         written.append(path)
 
+    for name in FIGURES:  # a figure from an earlier summary of other runs would read as this one's
+        (folder / f"{name}.png").unlink(missing_ok=True)
     if not comparison.empty:
         differences(plt, comparison[comparison.metric == metric].reset_index(drop=True), metric, rope, save)
     if info.get("poi") is not None and len(info["poi"]) > 1:
@@ -53,8 +58,13 @@ def differences(plt: Any, c: pd.DataFrame, metric: str, rope: float | None, save
     """What the verdict is about: each method's paired difference to the baseline and its CI."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(c) + 1.6))
     y = np.arange(len(c))
+    if "diff_ci_low_test" in c and np.isfinite(c.diff_ci_low_test).any():  # the wider interval: seeds and test set
+        wide = np.vstack([c.diff_mean - c.diff_ci_low_test, c.diff_ci_high_test - c.diff_mean])
+        ax.errorbar(c.diff_mean, y, xerr=np.nan_to_num(wide), fmt="none", capsize=6, color="tab:gray", alpha=0.6,
+                    label="seeds + test set")
     err = np.vstack([c.diff_mean - c.diff_ci_low, c.diff_ci_high - c.diff_mean])
-    ax.errorbar(c.diff_mean, y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
+    ax.errorbar(c.diff_mean, y, xerr=np.nan_to_num(err), fmt="o", capsize=4, label="seeds (this test set)")
+    ax.legend(fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
     if rope:
         ax.axvspan(-rope, rope, color="tab:green", alpha=0.15, label=f"ROPE ±{rope:g}")

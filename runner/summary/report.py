@@ -14,19 +14,45 @@ from runner.metrics import higher_is_better, is_rate
 from runner.summary.load import SummaryError
 
 
-def answer(comparison: pd.DataFrame, metric: str, baseline: str | None) -> str:
-    """The report's opening paragraph: each comparison of the main metric in one sentence."""
+def answer(comparison: pd.DataFrame, metric: str, baseline: str | None, decide: str = "test") -> str:
+    """The report's opening paragraph: each comparison of the main metric in one sentence that agrees with every
+    number beside it: how many seeds favour which, the mean difference with its interval (over seeds and the test
+    set where the per-image predictions give it, else over seeds on this test set), the declared rule's verdict,
+    and the other rule's probabilities where a ROPE was given."""
     if comparison.empty:
         return (f"No comparison was asked for: add --baseline axis=value (e.g. --baseline pooling=max) to compare "
                 f"methods on {metric}.")
     c = comparison[comparison.metric == metric]
     scale, unit = (100, " points") if is_rate(metric) else (1, "")
+
+    def interval(lo: float, hi: float) -> str:
+        return f"[{lo * scale:+.2g}, {hi * scale:+.2g}]"
+
     sentences = []
     for r in c.itertuples():
-        ci = (f" [{r.diff_ci_low * scale:+.2g}, {r.diff_ci_high * scale:+.2g}]" if np.isfinite(r.diff_ci_low) else "")
-        n = "" if r.verdict.startswith(("too few seeds", "not comparable")) else f"n = {r.n_pairs}, "
         where = "" if r.task == "all runs" else f" on {r.task}"
-        sentences.append(f"{r.method} vs {baseline}{where}: {r.diff_mean * scale:+.2g}{unit}{ci}, {n}{r.verdict}.")
+        if r.n_pairs < 2:
+            sentences.append(f"{r.method} vs {baseline}{where}: {r.verdict}.")
+            continue
+        k, j = r.seeds_favour_method, r.seeds_favour_baseline
+        seeds = (f"{max(k, j)}/{r.n_pairs} seeds favour {r.method if k > j else baseline}" if k != j
+                 else f"the seeds split {k}–{j}" + (f" ({r.n_pairs - k - j} tied)" if r.n_pairs > k + j else ""))
+        if np.isfinite(r.diff_ci_low_test):
+            ci = (f"{interval(r.diff_ci_low_test, r.diff_ci_high_test)} over seeds and test set (seeds alone "
+                  f"{interval(r.diff_ci_low, r.diff_ci_high)})")
+        else:
+            ci = f"{interval(r.diff_ci_low, r.diff_ci_high)} over seeds, on this test set"
+        sentence = f"{r.method} vs {baseline}{where}: {seeds}; mean {r.diff_mean * scale:+.2g}{unit} {ci}; {r.verdict}"
+        if decide == "rope":
+            sentence += f"; the sign test and t-test give p = {r.p_holm:.2g} after Holm"
+        elif "p_better" in c and np.isfinite(r.p_better):
+            bayes = {"better": r.p_better, "equivalent": r.p_equivalent, "worse": r.p_worse}
+            sentence += ("; Bayesian: " + ", ".join(f"P({k}) = {v:.2f}" for k, v in bayes.items()))
+            decided = [k for k, v in bayes.items() if v >= stats.BAYES_DECIDES]
+            if decided and not r.verdict.startswith(decided[0]):
+                sentence += (f" (its P({decided[0]}) ≥ {stats.BAYES_DECIDES:g} assumes normal seed noise, which the "
+                             f"declared rule does not; --decide rope makes it the rule)")
+        sentences.append(sentence + ".")
     return " ".join(sentences)
 
 
@@ -83,7 +109,7 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
     lines = [
         f"# What the runs found ({metric}, {args.select} epoch)",
         "",
-        answer(comparison, metric, args.baseline),
+        answer(comparison, metric, args.baseline, args.decide),
         "",
         f"{len(runs)} runs: "
         + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
@@ -112,19 +138,31 @@ def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison
               table.to_markdown(index=False), ""]
     if not comparison.empty:
         c = comparison[comparison.metric == metric]
-        cols = [k for k in ("task", "method", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "p_sign_flip",
-                            "p_holm", "effect_dz", "p_better", "p_equivalent", "p_worse", "verdict", "unpaired_seeds")
-                if k in c]
+        cols = [k for k in ("task", "method", "n_pairs", "seeds_favour_method", "seeds_favour_baseline",
+                            "diff_median", "diff_mean", "diff_ci_low", "diff_ci_high", "test_set_sd",
+                            "diff_ci_low_test", "diff_ci_high_test",
+                            "p_sign", "p_rule", "p_holm", "effect_dz", "p_better", "p_equivalent", "p_worse",
+                            "verdict", "unpaired_seeds") if k in c]
+        rule = ("Bayesian correlated t-test, deciding at P ≥ 0.95 (--decide rope)" if args.decide == "rope" else
+                "better or worse when the exact sign test and the t-test of the mean both reject (p_rule, the larger "
+                f"of the two), Holm over {int(c.p_rule.notna().sum())} comparison(s)")
         lines += [
-            f"## Against {args.baseline} ({metric}; paired by seed, exact sign-flip test, Holm over "
-            f"{int(c.p_sign_flip.notna().sum())} comparisons)",
+            f"## Against {args.baseline} ({metric}; paired by seed; {rule})",
+            "",
+            "`diff_ci_low`/`diff_ci_high`: the 95 % t-interval of the mean difference over seeds, on this test set; "
+            "`diff_ci_low_test`/`diff_ci_high_test`: the same with the test set's own sampling (sd `test_set_sd`, "
+            "from the per-image predictions: blank where a run's logits are missing or the metric is not a mean "
+            "over images).",
             "",
             c[cols].to_markdown(index=False, floatfmt=".4g"),
             "",
         ]
+    if ranks.empty and info.get("methods") and len(info["methods"]) > 1:
+        lines += [f"Across tasks: {len(info['tasks_used'])} task(s) with every method; ranks, IQM, probability of "
+                  f"improvement and Swiss scores need at least 2 (--task says what a task is).", ""]
     if not ranks.empty:
         fried = info.get("friedman_p", math.nan)
-        if len(info["tasks_used"]) < 2 or not np.isfinite(fried):
+        if not np.isfinite(fried):
             test = (
                 f"Friedman test: not possible with {len(info['tasks_used'])} task(s) and {len(info['methods'])} "
                 f"methods "
