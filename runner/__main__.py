@@ -62,6 +62,13 @@ def main() -> int:
         from runner.plan import make_plans  # here, so that --cfg and --help stay fast
 
         plans = make_plans(args.overrides, args.multirun, **where)
+        baseline = plans[0].cfg.get("baseline") if plans else None
+        if baseline:  # before any run: can the seeds this grid gives decide the comparisons it makes?
+            from runner.design import design
+
+            planned = design([(p.overrides, int(p.cfg.seed)) for p in plans], baseline)
+            if planned is not None:
+                say(planned.sentence())
     except ConfigError as e:
         error(f"error: {e}")
         return 2

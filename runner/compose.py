@@ -41,9 +41,17 @@ OPTIONAL_GROUPS = ("teacher", "experiment", "launcher", "tune")  # unset by defa
 
 def unset_nulls(overrides: Sequence[str]) -> list[str]:
     """``teacher=null`` (likewise experiment, launcher) as Hydra spells it, ``~teacher``: Hydra's command line has
-    no null for a config group, and config.yaml documents null as these groups' default."""
-    return [f"~{o.split('=', 1)[0]}" if re.fullmatch(rf"({'|'.join(OPTIONAL_GROUPS)})=(null|none|None)", o) else o
-            for o in overrides]
+    no null for a config group, and config.yaml documents null as these groups' default. And ``baseline=pooling=max``
+    quoted for Hydra's grammar, which takes one ``=`` unquoted."""
+    out = []
+    for o in overrides:
+        if re.fullmatch(rf"({'|'.join(OPTIONAL_GROUPS)})=(null|none|None)", o):
+            o = f"~{o.split('=', 1)[0]}"
+        elif re.fullmatch(r"\+?baseline=[^'\"=]+=[^'\"]*", o):
+            key, value = o.split("=", 1)
+            o = f"{key}='{value}'"
+        out.append(o)
+    return out
 
 
 def one_paragraph(text: str) -> str:

@@ -31,7 +31,7 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
                 "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir",
-                "checkpoint_every", "keep_resume", "tune", "trial", "logger")
+                "checkpoint_every", "keep_resume", "tune", "trial", "logger", "baseline")
 
 
 class ConfigError(Exception):
@@ -95,6 +95,7 @@ class RunConfig:
     teacher: Any = None  # conf/teacher/: the distillation teacher, a run of this runner
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
+    baseline: str | None = None  # axis=value the summary compares against: the plan says if the seeds can decide
     ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
     logger: LoggerConfig = field(
         default_factory=LoggerConfig

@@ -45,6 +45,12 @@ class TuneConfig:
     pruner: str = "none"
     parallel: int = _num(1, ge=1)
     space: Any = None
+    exploratory: bool = False  # run finals that cannot decide (too few seeds for the rule); the report says so
+    finals: str = "fixed"  # fixed: the grid's seeds | sequential: add seeds in rounds until each comparison is decided
+    max_seeds: int | None = _num(None, ge=2)  # sequential: the most final seeds per method
+    step: int = _num(2, ge=1)  # sequential: seeds added per round after the first look
+    decide_on: str = "test_acc"  # sequential: the metric the comparisons are decided on (the summary's default)
+    rope: float | None = _num(None, ge=0)  # sequential: also stop as equivalent within ±rope
 
 
 @dataclass
@@ -87,9 +93,13 @@ def tune_settings(node: Any) -> TuneConfig:
         raise ConfigError(f"tune.metric={settings.metric}: allowed: a validation metric{why}: {', '.join(targets)}."
                           f"{did_you_mean(settings.metric, targets)}")
     for key, allowed in (("direction", (None, "maximize", "minimize")), ("sampler", ("tpe", "random")),
-                         ("pruner", ("none", "median"))):
+                         ("pruner", ("none", "median")), ("finals", ("fixed", "sequential"))):
         if getattr(settings, key) not in allowed:
             raise ConfigError(f"tune.{key}={getattr(settings, key)}: allowed: {', '.join(map(str, allowed))}.")
+    if higher_is_better(settings.decide_on) is None or not settings.decide_on.startswith("test_"):
+        allowed = [f"test_{m}" for m in metric_names() if higher_is_better(m) is not None]
+        raise ConfigError(f"tune.decide_on={settings.decide_on}: allowed: a test metric with a direction: "
+                          f"{', '.join(allowed)}.{did_you_mean(settings.decide_on, allowed)}")
     if settings.direction is None:
         settings.direction = "maximize" if higher_is_better(settings.metric) else "minimize"
     return settings

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from scipy import stats as sps
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -23,7 +25,7 @@ from test_contracts import DISTILLATION
 from runner import records, tune
 from runner.compose import CONF_DIR, option_yaml
 
-GRID = ["-m", "pooling=max,avg", *TINY, "tune.trials=3", "seed=0,1"]
+GRID = ["-m", "pooling=max,avg", *TINY, "tune.trials=3", "seed=0,1", "tune.exploratory=true"]  # 2 seeds: no verdict
 
 
 def studies(res: Path) -> dict[str, optuna.Study]:
@@ -236,21 +238,15 @@ def test_a_study_run_with_another_space_is_refused_with_the_difference(tmp_path,
     assert len(studies(res)[study.study_name].trials) == 2
 
 
-def test_a_final_run_that_is_a_trial_runs_once_and_says_both(tmp_path, data_dir, monkeypatch):
+def test_a_final_seed_that_is_a_tuning_seed_exits_2_before_any_run(tmp_path, data_dir, monkeypatch, capsys):
+    # the final run at seed 0 would be the very trial run (seed 0) that chose the setting: refused, nothing written
     res = tmp_path / "res"
-    args = [
-        "pooling=max",
-        *TINY,
-        "tune.trials=2",
-        "tune.seeds=[0]",
-        "seed=0",
-        f"data_dir={data_dir}",
-        f"results_dir={res}",
-    ]
-    assert run_tune(args, monkeypatch, tmp_path) == 0
-    runs = pd.read_csv(res / "runs.csv")
-    assert len(runs) == 2 and runs.run_id.is_unique  # two trials; the final run is one of them
-    assert sorted(runs.stage) == ["tune", "tune+final"]
+    args = ["pooling=max", *TINY, "tune.trials=2", "tune.seeds=[0,7]", "seed=0,1", f"data_dir={data_dir}",
+            f"results_dir={res}"]
+    assert run_tune(["-m", *args], monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "seed=0: a final seed of pooling=max" in err and "tune.seeds=[0, 7]" in err
+    assert not res.exists()
 
 
 # ---------------------------------------------------------------- pruning
@@ -319,7 +315,8 @@ def test_an_experiment_file_and_the_shell_change_the_space(tmp_path, data_dir):
 def test_launcher_local_runs_the_trials_of_a_round_in_parallel(tmp_path, data_dir):
     res = tmp_path / "res"
     args = [sys.executable, "-m", "runner.tune", "-m", "pooling=max,avg", *TINY, "epochs=2", "tune.trials=1",
-            "launcher=local", "hydra.launcher.n_jobs=2", f"data_dir={data_dir}", f"results_dir={res}"]
+            "tune.exploratory=true", "launcher=local", "hydra.launcher.n_jobs=2", f"data_dir={data_dir}",
+            f"results_dir={res}"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = pd.read_csv(res / "runs.csv")
@@ -365,3 +362,86 @@ def test_a_new_metric_is_a_tuning_target_without_a_list_to_edit(monkeypatch):
         assert tune_settings({"metric": "val_top5"}).direction == "maximize"
     finally:
         metrics.metric_names.cache_clear()
+
+
+def test_the_report_says_when_a_search_had_not_converged_and_where_its_trend_points():
+    import itertools
+
+    from runner.summary import tuning as summary_tune
+
+    # focal's gamma on [1, 5] over 6 trials: each trial lower and better than the one before, the best the last
+    # (trial 5 of 0–5). Chosen gamma 2 is 25 % into its range, not at an edge; but ρ = −1 with the best at the lowest
+    # gamma explored: the trend points past the low end. Exact p of |ρ| = 1 with 6 trials: 2/6! = 2/720.
+    values = [0.80, 0.81, 0.82, 0.83, 0.84, 0.85]
+    trials = pd.DataFrame({"study": "s", "method": "loss=focal", "trial": range(6), "state": "complete",
+                           "value": values, "metric": "val_acc", "direction": "maximize", "budget": 6,
+                           "in_budget": True, "chosen": [False] * 5 + [True], "epochs_reported": 0, "started": "",
+                           "finished": "", "duration_s": 1.0, "loss.gamma": [4.5, 4.0, 3.5, 3.0, 2.5, 2.0]})
+    spaces = pd.DataFrame({"study": "s", "setting": ["loss.gamma"], "low": [1.0], "high": [5.0], "log": [False]})
+    finals = pd.DataFrame({"study": ["s", "s;other", "other"], "stage": "final", "val_acc": [0.83, 0.84, 0.5]})
+    chosen, sens = summary_tune.tuning(trials, ["s"], spaces, finals)
+    row = chosen.iloc[0]
+    assert not row.converged and row.last_improvement == 5
+    assert row.selection_optimism == pytest.approx(0.85 - 0.835) and row.final_seeds == 2
+    assert sens.iloc[0].spearman_rho == pytest.approx(-1.0) and sens.iloc[0].p_exact == pytest.approx(2 / 720)
+    assert row.at_range_edge == "loss.gamma (trend past low: ρ = -1.00, p = 0.0028)"
+    line = summary_tune.opening(chosen)[0]
+    assert line.startswith("loss=focal: not converged: the best trial came at 5 of 6 (the last fifth of the budget); "
+                           "raise tune.trials; selection optimism +1.5 points")
+    # the best in the first trials: converged, and no trend flag when the best is not at the end it points to
+    early = trials.assign(value=[0.85, 0.80, 0.81, 0.82, 0.83, 0.84], chosen=[True] + [False] * 5)
+    chosen, _ = summary_tune.tuning(early, ["s"], spaces, finals)
+    assert chosen.iloc[0].converged and chosen.iloc[0].at_range_edge == ""
+    # the exact p against every pairing counted by hand (5 trials, one tie)
+    x, y = np.array([1.0, 2.0, 2.0, 4.0, 5.0]), np.array([0.3, 0.1, 0.4, 0.2, 0.5])
+    rho, p = summary_tune.spearman_exact(x, y)
+    ref = sps.spearmanr(x, y).statistic
+    perms = [sps.spearmanr(x, np.array(q)).statistic for q in itertools.permutations(y)]
+    assert rho == pytest.approx(ref) and p == pytest.approx(np.mean(np.abs(perms) >= abs(ref) - 1e-12))
+
+
+# ---------------------------------------------------------------- planning the final seeds
+
+def test_finals_too_few_to_decide_are_refused_before_any_trial(tmp_path, data_dir, monkeypatch, capsys):
+    res = tmp_path / "res"
+    args = ["-m", "pooling=max,avg,softpool", *TINY, "tune.trials=1", "seed=0,1,2,3,4", f"data_dir={data_dir}",
+            f"results_dir={res}"]
+    assert run_tune(args, monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    # 2 comparisons: Holm needs 2/2^n < 0.025, so 7 seeds; 5 can never decide, whatever the runs show
+    assert "plan: 2 comparisons against pooling=max (the grid's first" in err and "on 5 paired seeds" in err
+    assert "it needs 7 paired seeds" in err and "tune.finals=sequential" in err and "tune.exploratory=true" in err
+    assert not res.exists()
+    assert run_tune([*args, "tune.finals=sequential", "tune.max_seeds=6"], monkeypatch, tmp_path) == 2
+    assert "tune.max_seeds=6: sequential finals over 2 comparison(s) need at least 7 seeds" in capsys.readouterr().err
+
+
+def test_sequential_finals_add_seeds_until_decided_and_replay_after_a_kill(tmp_path, data_dir, monkeypatch):
+    # one comparison: looks at 6 and 7 seeds (step 1, at most 7), tuning seed 3 skipped: final seeds 0,1,2,4,5,6,7
+    res = tmp_path / "res"
+    args = ["-m", "pooling=max,avg", *TINY, "tune.trials=1", "tune.seeds=[3]", "tune.finals=sequential",
+            "tune.max_seeds=7", "tune.step=1", "baseline=pooling=max", f"data_dir={data_dir}", f"results_dir={res}"]
+    assert run_tune(args, monkeypatch, tmp_path) in (0, 1)
+    saved = json.loads((res / "tune" / "sequential.json").read_text())
+    assert saved["looks"] == [6, 7] and saved["comparisons"] == 1 and saved["metric"] == "test_acc"
+    (row,) = saved["rows"]
+    assert row["method"] == "pooling=avg" and row["baseline"] == "pooling=max"
+    assert (row["decision"], row["seeds"]) in {("better", 6), ("worse", 6), ("better", 7), ("worse", 7),
+                                               ("undecided", 7)}
+    runs = pd.read_csv(res / "runs.csv")
+    finals = runs[runs.stage == "final"]
+    n = 6 if row["decision"] != "undecided" and row["seeds"] == 6 else 7
+    for pooling in ("max", "avg"):
+        assert sorted(finals[finals.pooling == pooling].seed) == [0, 1, 2, 4, 5, 6, 7][:n]
+    # killed after its runs: the same command replays the looks on the runs it has and decides the same
+    before = len(runs)
+    assert run_tune(args, monkeypatch, tmp_path) in (0, 1)
+    assert json.loads((res / "tune" / "sequential.json").read_text()) == saved
+    assert len(pd.read_csv(res / "runs.csv")) == before
+    # the summary reports the sequential decision, not a fixed-n verdict its stopping would invalidate
+    from runner.summary.cli import main as summary_main
+
+    assert summary_main([str(res), "--baseline", "pooling=max", "--no-plots"]) == 0
+    c = pd.read_csv(res / "comparison.csv").query("metric == 'test_acc'").iloc[0]
+    assert c.verdict.startswith(f"{row['decision']} at {row['seeds']} seeds") and "(sequential: looks at 6, 7" in \
+        c.verdict

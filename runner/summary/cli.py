@@ -111,13 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(ok, compared)
     comparison = (compare(ok, columns, compared, args.baseline, metric, args.rope, args.decide) if args.baseline
                   else pd.DataFrame())
+    roots = [p for p in paths if (p / "runs").is_dir()]
+    if args.stage == "final" and args.decide == "test":  # a sequential study's own decisions, where it made them
+        comparison = summary_tune.sequential_verdicts(comparison, summary_tune.read_sequential(roots))
     axis = axis or next((a for a in AXES if a in columns), None)
     ranks, info = rank(ok, columns, metric, axis, args.task.split(",")) if axis else (pd.DataFrame(), {})
     table = overview(summary, shown, metric, references)
     trials = summary_tune.read_trials([p for p in paths if (p / "runs").is_dir()])
     studies = {s for v in runs.get("study", pd.Series(dtype=object)).dropna() for s in str(v).split(";")}
     spaces = summary_tune.read_spaces([p for p in paths if (p / "runs").is_dir()])
-    chosen, sensitivity = summary_tune.tuning(trials, studies, spaces) if studies else (pd.DataFrame(), pd.DataFrame())
+    chosen, sensitivity = (summary_tune.tuning(trials, studies, spaces, runs[runs.status == "ok"]) if studies
+                           else (pd.DataFrame(), pd.DataFrame()))
     curves = summary_tune.best_so_far(trials[trials.study.isin(studies)]) if not chosen.empty else None
     speed = summary_tune.time_to_target(ok, epochs, args.target) if args.target is not None else pd.DataFrame()
     extra = tuning_lines(chosen, sensitivity, speed)
@@ -136,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format)
         )
     records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric, extra,
-                                                   stage_note))
+                                                   stage_note, chosen))
 
     if stage_note:
         console.print(stage_note, highlight=False)
     console.print(answer(comparison, metric, args.baseline, args.decide), highlight=False)
+    for line in summary_tune.opening(chosen):
+        console.print(f"tuning {line}", highlight=False)
     t = Table(title=f"{len(ok)} runs in {ok.group.nunique()} groups, by {metric} (mean [95 % t-interval])")
     for c in table.columns:
         t.add_column(c, justify="left" if c == "group" else "right")

@@ -12,6 +12,7 @@ import pandas as pd
 from runner import stats
 from runner.metrics import higher_is_better, is_rate
 from runner.summary.load import SummaryError
+from runner.summary.tuning import opening
 
 
 def answer(comparison: pd.DataFrame, metric: str, baseline: str | None, decide: str = "test") -> str:
@@ -29,6 +30,12 @@ def answer(comparison: pd.DataFrame, metric: str, baseline: str | None, decide: 
         return f"[{lo * scale:+.2g}, {hi * scale:+.2g}]"
 
     sentences = []
+    if decide == "test" and len(c) and c.verdict.str.startswith(("too few seeds", "not comparable")).all():
+        fewest = int(c.n_pairs.max())
+        need = stats.pairs_needed(stats.ALPHA, max(1, int(c.p_rule.notna().sum())))
+        sentences.append(f"Exploratory: no comparison here can be decided; with {fewest} paired seeds the rule's "
+                         f"smallest p is {stats.smallest_p(fewest):.3g} and {need} are needed, so the numbers below "
+                         "describe these runs and decide nothing.")
     for r in c.itertuples():
         where = "" if r.task == "all runs" else f" on {r.task}"
         if r.n_pairs < 2:
@@ -88,9 +95,13 @@ def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.Data
     if not chosen.empty:
         lines += ["## Tuning (python -m runner.tune): the same budget for every method, chosen on validation data", "",
                   "Each method's chosen setting is its best trial on the validation metric; `last_improvement` is the "
-                  "trial at which its best-so-far last rose (near the budget: the search may not have converged); "
+                  "trial at which its best-so-far last rose, and `converged` is false when that was in the last fifth "
+                  "of the budget; `selection_optimism` is the chosen validation score minus the mean of the final "
+                  "seeds at that setting (positive: the best of noisy trials looked better than the setting is); "
                   "`at_range_edge` names a setting chosen within 5 % of a bound of its range (on the log scale for a "
-                  "log range): widen that range before trusting the choice.", "",
+                  "log range), and one whose trend over the trials points past the end of the explored range "
+                  "(|Spearman ρ| ≥ 0.8, exact p, with the best trial at that end): widen that range before trusting "
+                  "the choice.", "",
                   chosen.drop(columns=["study"]).to_markdown(index=False, floatfmt=".4g"), ""]
     if not sensitivity.empty:
         lines += ["### Sensitivity: Spearman's rank correlation of the validation metric with each tuned setting", "",
@@ -103,13 +114,15 @@ def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.Data
 
 def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
            info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str,
-           extra: list[str] = (), note: str = "") -> str:
+           extra: list[str] = (), note: str = "", chosen: pd.DataFrame | None = None) -> str:
+    chosen = pd.DataFrame() if chosen is None else chosen
     excluded = runs[runs.status != "ok"]
     chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
     lines = [
         f"# What the runs found ({metric}, {args.select} epoch)",
         "",
-        answer(comparison, metric, args.baseline, args.decide),
+        " ".join([answer(comparison, metric, args.baseline, args.decide)]
+                 + ([f"Tuning (the same budget per method): {' '.join(opening(chosen))}"] if not chosen.empty else [])),
         "",
         f"{len(runs)} runs: "
         + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
