@@ -30,6 +30,11 @@ recorded, and a full rebuild from 1,000 run folders for reference.
 Section ``threads``: one epoch of the default run with torch on every usable core (the default) and on one
 thread, on an idle machine and with another process spinning on one core (a shared machine).
 
+Section ``seeds``: not a timing. Sequential finals (``tune.finals=sequential``, looks at 6, 8, …, 20 seeds) against
+the fixed design of equal power: over 2,000 simulated studies per effect (normal seed noise, effect d_z in seed
+standard deviations), the share decided and the mean seeds used, and the fewest fixed seeds whose power (the same
+rule, ``stats.rule_power``) is as high.
+
 Timed things alternate for ``--rounds`` rounds and each keeps its fastest time, since a shared
 machine's noise only ever adds time. The figures are merged into results/bench.json.
 """
@@ -419,8 +424,27 @@ def threads_section(rounds: int) -> dict[str, float]:
     }
 
 
-SECTIONS = {"loop": loop_section, "pool": pool_section, "norm": norm_section, "sweep": sweep_section,
-            "plan": plan_section, "records": records_section, "threads": threads_section}
+def seeds_section(rounds: int) -> dict[str, float]:
+    import numpy as np
+
+    from runner import stats
+
+    at, out = stats.looks(6, 20, 2), {}
+    for effect in (0.75, 1.0, 1.5, 2.0):
+        d = np.random.default_rng(0).normal(effect, 1.0, (2000, 20))
+        runs = [stats.sequential(x, at) for x in d]
+        power = float(np.mean([v == "better" for v, _ in runs]))
+        used = float(np.mean([n for _, n in runs]))
+        fixed = next((n for n in range(6, 41) if stats.rule_power(n, effect, 1.0) >= power), 41)
+        print(f"seeds, effect {effect} sd: sequential power {power:.3f} with {used:.1f} seeds on average; "
+              f"a fixed design needs {fixed} for that power ({used / fixed:.2f} of it)")
+        out |= {f"seeds_dz{effect}_sequential_power": power, f"seeds_dz{effect}_sequential_mean": used,
+                f"seeds_dz{effect}_fixed_equal_power": fixed}
+    return out
+
+
+SECTIONS = {"seeds": seeds_section, "loop": loop_section, "pool": pool_section, "norm": norm_section,
+            "sweep": sweep_section, "plan": plan_section, "records": records_section, "threads": threads_section}
 
 
 def main() -> None:
