@@ -72,8 +72,13 @@ def main() -> int:
     except ConfigError as e:
         error(f"error: {e}")
         return 2
-    from runner.records import completed  # here, as make_plans
+    from runner.records import completed, repair_tables  # here, as make_plans
 
+    for root in dict.fromkeys(p.root for p in plans):  # a finish cut off between a run's record and its rows
+        repaired = repair_tables(root, [p.run_id for p in plans if p.root == root])
+        if repaired:
+            say(f"added the missing rows of {len(repaired)} finished run(s) to {root}/runs.csv and epochs.csv "
+                f"({', '.join(repaired)}: their finish was cut off before its rows were written)")
     pending = []
     for p in plans:
         done = None if p.cfg.force else completed(p.folder)

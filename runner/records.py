@@ -15,7 +15,7 @@ import sys
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 from filelock import FileLock, Timeout
@@ -356,6 +356,27 @@ def update_tables(root: Path, record: Mapping[str, Any], replace: bool = False, 
                 f.write(rows.reindex(columns=columns).to_csv(index=False, header=False).encode())
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def repair_tables(root: Path, run_ids: Iterable[str]) -> list[str]:
+    """The finished runs among ``run_ids`` whose rows are missing from runs.csv or epochs.csv (a finish cut off
+    between its record and its rows), after rebuilding the tables so that they have them; [] when none is missing.
+    Each table's run_id column is read once, so the check costs one read of each table whatever the grid's size."""
+    done = {rid for rid in run_ids if completed(root / "runs" / rid)}
+    if not done:
+        return []
+
+    def listed(path: Path) -> set[str]:
+        try:
+            return set(pd.read_csv(path, usecols=["run_id"], dtype=str)["run_id"])
+        except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return set()
+
+    missing = done - listed(root / "runs.csv")
+    missing |= {rid for rid in done - listed(root / "epochs.csv") if read_epochs(root / "runs" / rid) is not None}
+    if missing:
+        rebuild_tables(root)
+    return sorted(missing)
 
 
 def _columns_to_append(path: Path, rows: pd.DataFrame) -> list[str] | None:

@@ -152,6 +152,11 @@ class Job:
 def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
     """Run the plans that have not completed, through Hydra's launcher of the command (basic, joblib, submitit)."""
     unique = {p.run_id: p for p in reversed(plans)}
+    for root in dict.fromkeys(p.root for p in unique.values()):  # a finish cut off between record and rows
+        repaired = records.repair_tables(root, [p.run_id for p in unique.values() if p.root == root])
+        if repaired:
+            say(f"added the missing rows of {len(repaired)} finished run(s) to {root}/runs.csv and epochs.csv "
+                f"({', '.join(repaired)})")
     pending = [p for p in unique.values() if not records.completed(p.folder)]
     if not pending:
         return

@@ -237,3 +237,51 @@ def test_every_setting_that_changes_the_run_id_is_a_runs_csv_column():
         mixup_alpha: float = 0.0
 
     assert run_columns(Extended)[-1] == "mixup_alpha" and "results_dir" not in run_columns(Extended)
+
+
+class Killed(BaseException):
+    """A kill at one step of a finish (raised by a hook in place of the process dying there)."""
+
+
+@pytest.mark.parametrize("step", ["after the record", "after the runs.csv row"])
+def test_a_finish_killed_at_any_step_is_completed_by_the_next_command(tmp_path, monkeypatch, step):
+    # one finished run in the tables; the second run's finish dies after its record, or after its runs.csv row and
+    # before its epochs.csv rows; the next command's check adds what is missing, once, and says which runs
+    fake_run(tmp_path, hexid("first"), 0)
+    records.rebuild_tables(tmp_path)
+    fake_run(tmp_path, hexid("second"), 1)
+    record = records.read_result(tmp_path / "runs" / hexid("second"))
+    with monkeypatch.context() as m:
+        if step == "after the record":
+            m.setattr(records, "_columns_to_append", lambda *a: (_ for _ in ()).throw(Killed()))
+        else:
+            fsync = records.os.fsync
+
+            def die_after_the_runs_row(fd):  # the runs.csv append has reached the file; epochs.csv's has not begun
+                fsync(fd)
+                if records.os.readlink(f"/proc/self/fd/{fd}").endswith("runs.csv"):
+                    raise Killed()
+            m.setattr(records.os, "fsync", die_after_the_runs_row)
+        with pytest.raises(Killed):
+            records.update_tables(tmp_path, record, write=True)
+    runs = pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str})
+    assert (hexid("second") in set(runs.run_id)) == (step == "after the runs.csv row")
+    assert records.repair_tables(tmp_path, [hexid("first"), hexid("second")]) == [hexid("second")]
+    runs = pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str})
+    epochs = pd.read_csv(tmp_path / "epochs.csv", dtype={"run_id": str})
+    assert sorted(runs.run_id) == sorted([hexid("first"), hexid("second")]) and len(epochs) == 6
+    assert records.repair_tables(tmp_path, [hexid("first"), hexid("second")]) == []  # nothing twice
+
+
+def test_the_command_after_a_cut_finish_adds_the_missing_rows_and_says_so(main_cli, tmp_path, data_dir):
+    from conftest import TINY
+
+    args = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path / 'res'}"]
+    assert main_cli(*args).returncode == 0
+    runs = pd.read_csv(tmp_path / "res" / "runs.csv", dtype={"run_id": str})
+    rid = runs.run_id.iloc[0]
+    runs.iloc[:0].to_csv(tmp_path / "res" / "runs.csv", index=False)  # as a kill between record and rows leaves it
+    done = main_cli(*args)
+    assert done.returncode == 0 and f"skip {rid}" in done.stdout
+    assert f"added the missing rows of 1 finished run(s) to {tmp_path / 'res'}/runs.csv" in done.stdout
+    assert pd.read_csv(tmp_path / "res" / "runs.csv", dtype={"run_id": str}).run_id.tolist() == [rid]
