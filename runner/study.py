@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,17 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from runner import space
 from runner.metrics import higher_is_better, metric_names
 from runner.plan import RunPlan
+from runner.progress import say
 from runner.schema import ConfigError, _num, check_dataclass_ranges, did_you_mean
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # each counts in the budget
+UNSAMPLED = "unsampled"  # a trial cut off before all its settings were recorded: set aside, not in the budget
 
 
 def tuning_targets() -> tuple[str, ...]:
@@ -142,7 +146,72 @@ def _diff(stored: dict[str, Any], given: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- studies
 
 def journal(root: Path) -> Path:
-    return root / "tune" / "journal.log"
+    """The studies' journal, as an absolute path: Optuna's lock is a symlink to it, and a relative target would
+    point nowhere from the lock's folder, so that its stale-lock breaker could never see the lock's age."""
+    return (root / "tune" / "journal.log").absolute()
+
+
+def _entry(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict) and "op_code" in json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def repair_journal(path: Path) -> None:
+    """Before a study is read: a journal whose last line was cut (a kill or a full disk in the middle of an append)
+    is cut back to its last whole entry, the cut bytes kept beside it in ``journal.log.cut-<time>``, with a line
+    that says so; Optuna would otherwise fail on it at every later start and glue the next entry onto it. A foreign
+    line before the end (a hand edit) is a ConfigError naming it: which entries it hid cannot be known. Under the
+    journal's own lock, so that no tuner appends meanwhile."""
+    if not path.is_file():
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        whole, tail = lines[:-1], lines[-1]
+        bad = [i for i, line in enumerate(whole) if not _entry(line)]
+        if bad and bad[0] < len(whole) - 1:
+            raise ConfigError(f"{path}: line {bad[0] + 1} is not an entry of Optuna's journal "
+                              f"({whole[bad[0]][:60]!r}); the file was edited. Restore it from a copy, or give "
+                              "another results_dir for new studies.")
+        keep = len(whole) - len(bad)
+        if keep == len(whole) and not tail:
+            return
+        good = sum(len(line) + 1 for line in whole[:keep])
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (path.parent / f"{path.name}.cut-{stamp}").write_bytes(data[good:])
+        os.truncate(path, good)
+        say(f"{path}: its last entry was cut off (a kill or a full disk during an append); the {len(data) - good} "
+            f"cut bytes are kept in {path.name}.cut-{stamp} and the studies go on from the entry before")
+    finally:
+        lock.release()
+
+
+def counted(trials: list[FrozenTrial], budget: int) -> list[FrozenTrial]:
+    """The trials that count in a budget: in number order, less those set aside as cut off before their settings
+    were recorded (they never ran at a setting of their own); the first ``budget``."""
+    return [t for t in sorted(trials, key=lambda t: t.number) if not t.user_attrs.get(UNSAMPLED)][:budget]
+
+
+def check_trial(m: Method, t: FrozenTrial) -> None:
+    """A trial's settings, read back from the journal, as the study's space declares them (names and ranges) before
+    they become a run's overrides: a ConfigError for anything else (an edited or foreign journal)."""
+    bad = []
+    for k, v in t.params.items():
+        dist = m.space.get(k)
+        try:
+            ok = dist is not None and dist._contains(dist.to_internal_repr(v))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(f"{k}={v!r}")
+    if bad:
+        raise ConfigError(f"{journal(m.root)}: trial {t.number} of study {m.study_name} has settings outside its "
+                          f"space ({', '.join(bad)}; the space: {', '.join(sorted(m.space))}); the journal was edited "
+                          "or is not this study's. Restore it, or give another results_dir.")
 
 
 def open_studies(methods: list[Method]) -> list[FileLock]:
@@ -163,6 +232,7 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
             locks.append(lock)
             path = journal(m.root)
             if path not in storages:
+                repair_journal(path)
                 storages[path] = JournalStorage(JournalFileBackend(str(path)))
             if m.study_name in optuna.study.get_all_study_names(storages[path]):  # loading writes nothing
                 m.study = optuna.load_study(study_name=m.study_name, storage=storages[path])
@@ -190,9 +260,8 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
 
 def chosen(m: Method) -> FrozenTrial | None:
     """The best finished trial within the budget (the earliest on ties), or None when none completed."""
-    trials = [
-        t for t in m.study.get_trials(deepcopy=False) if t.number < m.settings.trials and t.state == TrialState.COMPLETE
-    ]
+    trials = [t for t in counted(m.study.get_trials(deepcopy=False), m.settings.trials)
+              if t.state == TrialState.COMPLETE]
     if not trials:
         return None
     sign = 1 if m.settings.direction == "maximize" else -1

@@ -41,8 +41,8 @@ from runner.plan import RunPlan, literal, plan_from_config
 from runner.progress import error, say
 from runner.prune import trial_setting
 from runner.schema import NOT_IDENTITY, ConfigError
-from runner.study import (FINISHED, Method, chosen, journal, open_studies, sampler, startup_trials,
-                          tune_settings)
+from runner.study import (FINISHED, UNSAMPLED, Method, check_trial, chosen, counted, journal, open_studies, sampler,
+                          startup_trials, tune_settings)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what happened to each trial, once
 
@@ -213,12 +213,21 @@ def run_trials(job: Job) -> bool:
     while True:
         batch: list[tuple[Method, FrozenTrial]] = []
         for m in job.methods:
-            trials = m.study.get_trials(deepcopy=False)
-            todo = [t for t in trials if t.state == TrialState.RUNNING]
-            for _ in range(max(0, min(m.settings.parallel - len(todo), m.settings.trials - len(trials)))):
-                m.study.sampler = sampler(m.settings, len(m.study.get_trials(deepcopy=False)))
+            for t in m.study.get_trials(deepcopy=False):
+                if t.state == TrialState.RUNNING and set(t.params) != set(m.space):  # cut off while being sampled
+                    m.study._storage.set_trial_user_attr(t._trial_id, UNSAMPLED, True)
+                    m.study.tell(t.number, state=TrialState.FAIL)
+                    say(f"tune {m.label}: trial {t.number} was cut off before its settings were recorded; it is set "
+                        "aside (not in the budget) and another is sampled in its place")
+            live = [t for t in m.study.get_trials(deepcopy=False) if not t.user_attrs.get(UNSAMPLED)]
+            todo = [t for t in live if t.state == TrialState.RUNNING]
+            for _ in range(max(0, min(m.settings.parallel - len(todo), m.settings.trials - len(live)))):
+                m.study.sampler = sampler(m.settings, len(live))  # the proposal the cut-off trial would have had
                 asked = m.study.ask(m.space)
                 todo.append(m.study.trials[asked.number])
+                live.append(todo[-1])
+            for t in todo:
+                check_trial(m, t)
             batch += [(m, t) for t in todo]
         if not batch:
             return True
@@ -235,7 +244,7 @@ def run_trials(job: Job) -> bool:
                 continue
             m.study.tell(t.number, value, state=state)  # value is None for a pruned or failed trial
             told += 1
-            done = sum(tr.state in FINISHED for tr in m.study.get_trials(deepcopy=False))
+            done = sum(tr.state in FINISHED for tr in counted(m.study.get_trials(deepcopy=False), m.settings.trials))
             best = chosen(m)
             shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()))
             result = f"{m.settings.metric} {value:.4f}" if value is not None else f"{state.name.lower()} ({why})"
@@ -262,6 +271,7 @@ def run_finals(job: Job) -> int:
             )
             status = 1
             continue
+        check_trial(m, best)
         shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(best.params.items()))
         say(f"tune {m.label}: chosen trial {best.number} ({shown}, {m.settings.metric} {best.value:.4f}); final runs "
             f"on seed {','.join(map(str, m.seeds))}")
@@ -341,6 +351,8 @@ def run_sequential(job: Job, planned: Design) -> int:
     if missing:
         error(f"tune: {', '.join(missing)} completed no trial, so no comparison can be run; see the trials' errors")
         return 1
+    for key, b in best.items():
+        check_trial(by_key[key], b)
     pool = seed_pool(job.methods[0].seeds, s.seeds, s.max_seeds)
     at = stats.looks(planned.needed, s.max_seeds, s.step)
     alpha = stats.ALPHA / len(planned.pairs)
@@ -408,9 +420,9 @@ def write_trials(job: Job) -> None:
                 {"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
                 for key, spec in (settings.get("space") or {}).items()
             ]
-            finished = [
-                t for t in study.get_trials(deepcopy=False) if t.number < budget and t.state == TrialState.COMPLETE
-            ]
+            budgeted = {t.number for t in counted(study.get_trials(deepcopy=False), budget)}
+            finished = [t for t in study.get_trials(deepcopy=False)
+                        if t.number in budgeted and t.state == TrialState.COMPLETE]
             sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
             best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
             for t in study.get_trials(deepcopy=False):
@@ -424,7 +436,7 @@ def write_trials(job: Job) -> None:
                         "metric": settings.get("metric"),
                         "direction": study.direction.name.lower(),
                         "budget": budget,
-                        "in_budget": t.number < budget,
+                        "in_budget": t.number in budgeted,
                         "chosen": t.number == best,
                         "epochs_reported": len(t.intermediate_values),
                         "started": t.datetime_start,
@@ -486,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         if methods[0].settings.finals == "sequential":
             return run_sequential(job, planned)
         return run_finals(job)
+    except ConfigError as e:  # an edited journal met while tuning: nothing of it becomes a run
+        error(f"error: {e}")
+        return 2
     except KeyboardInterrupt:
         error(
             "interrupted: every finished trial is in the study; the same command continues each study where it stopped"

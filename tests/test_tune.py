@@ -445,3 +445,60 @@ def test_sequential_finals_add_seeds_until_decided_and_replay_after_a_kill(tmp_p
     c = pd.read_csv(res / "comparison.csv").query("metric == 'test_acc'").iloc[0]
     assert c.verdict.startswith(f"{row['decision']} at {row['seeds']} seeds") and "(sequential: looks at 6, 7" in \
         c.verdict
+
+
+# ---------------------------------------------------------------- the journal under kills and edits
+
+def _one(res, data_dir, trials):
+    return ["pooling=max", *TINY, f"tune.trials={trials}", f"data_dir={data_dir}", f"results_dir={res}"]
+
+
+def test_a_journal_cut_mid_entry_is_repaired_and_the_study_goes_on(tmp_path, data_dir, monkeypatch, capsys):
+    res = tmp_path / "res"
+    assert run_tune(_one(res, data_dir, 1), monkeypatch, tmp_path) == 0
+    path = res / "tune" / "journal.log"
+    whole = path.read_bytes()
+    with open(path, "ab") as f:  # a kill (or a full disk) in the middle of the next append
+        f.write(b'{"op_code":5,"worker_id":"x","trial_id":1,"par')
+    assert run_tune(_one(res, data_dir, 2), monkeypatch, tmp_path) == 0
+    assert "its last entry was cut off" in capsys.readouterr().out
+    (cut,) = (res / "tune").glob("journal.log.cut-*")
+    assert cut.read_bytes() == b'{"op_code":5,"worker_id":"x","trial_id":1,"par'
+    assert path.read_bytes().startswith(whole)  # nothing recorded before the cut is lost
+    assert len(list(studies(res).values())[0].trials) == 2
+    # a foreign line before the end is not guessed at: exit 2, the line named, the file left as it is
+    text = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(text[:2] + [b"# a note"] + text[2:]))
+    assert run_tune(_one(res, data_dir, 2), monkeypatch, tmp_path) == 2
+    assert "journal.log: line 3 is not an entry of Optuna's journal" in capsys.readouterr().err
+
+
+def test_a_trial_cut_off_before_its_settings_is_set_aside_never_run_at_defaults(tmp_path, data_dir, monkeypatch,
+                                                                              capsys):
+    res = tmp_path / "res"
+    assert run_tune(_one(res, data_dir, 1), monkeypatch, tmp_path) == 0
+    (study,) = studies(res).values()
+    study.ask()  # created, then killed before the sampler recorded lr and weight_decay
+    assert run_tune(_one(res, data_dir, 2), monkeypatch, tmp_path) == 0
+    assert "trial 1 was cut off before its settings were recorded; it is set aside" in capsys.readouterr().out
+    trials = pd.read_csv(res / "tune" / "trials.csv")
+    counted = trials[trials.in_budget]
+    assert counted.trial.tolist() == [0, 2] and (counted.state == "complete").all()
+    assert counted.lr.notna().all() and not trials[trials.trial == 1].in_budget.iloc[0]
+    runs = pd.read_csv(res / "runs.csv")  # every run at a tuned trial's setting: none at the default lr
+    assert set(runs.lr.round(12)) <= set(counted.lr.round(12)) and 0.05 not in set(runs.lr)
+
+
+def test_a_journal_setting_outside_the_space_never_becomes_an_override(tmp_path, data_dir, monkeypatch, capsys):
+    from optuna.distributions import FloatDistribution
+
+    res = tmp_path / "res"
+    assert run_tune(_one(res, data_dir, 1), monkeypatch, tmp_path) == 0
+    (study,) = studies(res).values()
+    # an edited entry: lr = 15, far outside its declared range [0.005, 0.5]
+    study.ask({"lr": FloatDistribution(10.0, 20.0, log=True), "weight_decay": FloatDistribution(1e-6, 1e-2, log=True)})
+    before = len(pd.read_csv(res / "runs.csv"))
+    assert run_tune(_one(res, data_dir, 2), monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "trial 1 of study" in err and "has settings outside its space (lr=" in err
+    assert len(pd.read_csv(res / "runs.csv")) == before  # nothing ran
