@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import difflib
 import functools
 import inspect
@@ -145,6 +146,9 @@ def check_range(key: str, value: Any, bounds: Mapping[str, float]) -> None:
         return
     values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
     for v in values:
+        if isinstance(v, float) and not math.isfinite(v):  # inf passes every one-sided bound: refused here
+            allowed = " and ".join(f"{_OPS[op][0]} {lim}" for op, lim in bounds.items())
+            raise ConfigError(f"{key}={_show(value)}: not a finite number; allowed: a finite number {allowed}.")
         if isinstance(v, (int, float)) and not all(_OPS[op][1](v, lim) for op, lim in bounds.items()):
             allowed = " and ".join(f"{_OPS[op][0]} {lim}" for op, lim in bounds.items())
             raise ConfigError(f"{key}={_show(value)}: out of range; allowed: {allowed}.")

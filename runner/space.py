@@ -8,6 +8,8 @@ Each key becomes an Optuna distribution, typed by the value the key has in the r
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -117,6 +119,9 @@ def distribution(
         low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (low, high)):
             raise ValueError(f"low and high must be numbers, got {low!r} and {high!r}")
+        if not all(math.isfinite(v) for v in (low, high)) or (step is not None and (
+                isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step))):
+            raise ValueError(f"low, high and step must be finite numbers, got {low!r}, {high!r} and {step!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
             raise ValueError(f"{key} is {value!r}, not a number: give its values as choices: [...]")
         if isinstance(value, int):

@@ -384,3 +384,17 @@ def test_the_bayesian_rule_decides_only_when_asked_and_the_sentence_says_which_r
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--decide", "rope"]) == 2
     assert "--decide rope: give the region of practical equivalence with --rope" in capsys.readouterr().out
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_careless_where_metric_or_out_gets_one_line_and_exit_2(tmp_path, capsys):
+    for s in range(2):
+        make_run(tmp_path, pooling="max", seed=s)
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--where", "pooling=nope"], "--where pooling=nope: no run has that pooling; values: max"),
+             (["--metric", "run_id"], "--metric run_id: not recorded. Allowed: "),
+             (["--out", str(tmp_path / "afile")], f"--out {tmp_path / 'afile'}: a file; allowed: a folder")]
+    for extra, message in cases:
+        assert summary_main([str(tmp_path), "--no-plots", *extra]) == 2
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out
+        assert not (tmp_path / "report.md").exists()

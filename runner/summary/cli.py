@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                        if (paths[0] / "runs").is_dir() or not (paths[0] / "result.json").exists()
                                        else paths[0].parent.parent)
     try:
+        if out.exists() and not out.is_dir():
+            raise SummaryError(f"--out {out}: a file; allowed: a folder (it is created if missing)")
         if args.rope is not None and not args.rope >= 0:
             raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")
         if args.decide == "rope" and args.rope is None:
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SummaryError(f"--target {args.target}: allowed: a validation accuracy in (0, 1], e.g. 0.95")
         references = parse_reference(args.reference)
         metric = args.metric if args.select == "last" else f"best_{args.metric}"
-        if metric not in runs:
+        if metric not in runs or metric not in metrics:
             allowed = sorted(m for m in metrics if not m.startswith("best_"))
             raise SummaryError(f"--metric {args.metric}: not recorded" + (" at the best validation epoch" if args.select
                                == "best_val" else "") + f". Allowed: {', '.join(allowed)}")

@@ -145,8 +145,14 @@ def parse_where(items: list[str], columns: Iterable[str]) -> dict[str, list[str]
 
 
 def select(runs: pd.DataFrame, where: dict[str, list[str]]) -> pd.DataFrame:
+    """The runs whose columns have one of the given values; a SummaryError naming the values a column has when
+    none of its runs matches (a typo would otherwise read as "no runs")."""
     for key, values in where.items():
-        runs = runs[runs[key].map(_text).isin(values)]
+        kept = runs[runs[key].map(_text).isin(values)]
+        if kept.empty and len(runs):
+            have = sorted(set(runs[key].map(_text)))
+            raise SummaryError(f"--where {key}={','.join(values)}: no run has that {key}; values: {', '.join(have)}")
+        runs = kept
     return runs
 
 
