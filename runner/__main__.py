@@ -18,10 +18,33 @@ from runner.progress import error, say
 from runner.schema import ConfigError
 
 
+def await_others(plans: list) -> None:
+    """Wait for the cells of this grid that another process is training (a SLURM array or a second shell sharing
+    the grid): each one's run lock is an flock, held while it trains and dropped by the OS if that process dies, so
+    taking it in turn waits exactly as long as the other needs. Their outcomes are then this grid's too."""
+    from filelock import Timeout
+
+    from runner.records import DONE, read_epochs, read_result, run_lock
+
+    for p in plans:
+        if (read_result(p.folder) or {}).get("status") in DONE:
+            continue
+        lock = run_lock(p.root, p.run_id)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            epochs = read_epochs(p.folder)
+            at = f", at epoch {len(epochs)} of {p.cfg.epochs}" if epochs is not None else ""
+            say(f"waiting for {p.run_id} ({p.label}): another process is training it{at}")
+            lock.acquire()
+        lock.release()
+
+
 def report(plans: list) -> int:
     """Print what a grid did and return the exit status: 0 when every cell finished (ok or diverged)."""
     from runner.records import DONE, read_result  # here, as below: records imports pandas, which --help never needs
 
+    await_others(plans)
     statuses = [(read_result(p.folder) or {}).get("status", "not recorded") for p in plans]
     counts: dict[str, int] = {}
     for s in statuses:

@@ -109,6 +109,21 @@ def test_concurrent_processes_on_one_results_root(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_processes_sharing_one_grid_all_exit_0_when_every_cell_succeeded(data_dir, tmp_path):
+    # three shells (or a SLURM array) start the same 4-cell grid at once: each cell is trained once, and a process
+    # that meets a cell another is training waits for it and reports its outcome, instead of "1 running", exit 1
+    args = [sys.executable, "-m", "runner", "-m", "seed=0,1,2,3", *TINY, "epochs=2", f"data_dir={data_dir}",
+            f"results_dir={tmp_path}"]
+    procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all("grid of 4 runs: 4 ok" in out for out in outs), outs
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2, 3] and runs["run_id"].is_unique
+
+
+@pytest.mark.slow
 def test_default_run_reaches_097_on_mnist5k(tmp_path):
     """The README's `make run`: the default config on the embedded digits."""
     start = time.perf_counter()
