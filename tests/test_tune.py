@@ -391,8 +391,8 @@ def test_the_report_says_when_a_search_had_not_converged_and_where_its_trend_poi
     assert sens.iloc[0].spearman_rho == pytest.approx(-1.0) and sens.iloc[0].p_exact == pytest.approx(2 / 720)
     assert row.at_range_edge == "loss.gamma (trend past low: ρ = -1.00, p = 0.0028)"
     line = summary_tune.opening(chosen)[0]
-    assert line.startswith("loss=focal: not converged: the best trial came at 5 of 6 (the last fifth of the budget); "
-                           "raise tune.trials; selection optimism +1.5 points")
+    assert line.startswith("loss=focal: not converged: the best came at trial 5 of trials 0–5 (the last fifth of the "
+                           "budget); raise tune.trials; selection optimism +1.5 points")
     # the best in the first trials: converged, and no trend flag when the best is not at the end it points to
     early = trials.assign(value=[0.85, 0.80, 0.81, 0.82, 0.83, 0.84], chosen=[True] + [False] * 5)
     chosen, _ = summary_tune.tuning(early, ["s"], spaces, finals)

@@ -231,9 +231,9 @@ def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None, spaces: p
             finals["study"].fillna("").astype(str).str.split(";").map(lambda v: study in v)]
         row["selection_optimism"], row["final_seeds"] = _optimism(mine, row["metric"], row["chosen_value"], maximize)
         row |= {p: pick[p].iloc[0] for p in params if len(pick) and pd.notna(pick[p].iloc[0])}
-        edges = []
-        if spaces is not None and not spaces.empty and len(pick):
-            edges.append(range_edges(row, spaces[spaces["study"] == study]))
+        at_bound = (range_edges(row, spaces[spaces["study"] == study])
+                    if spaces is not None and not spaces.empty and len(pick) else "")
+        edges = [at_bound]
         done = t[t["state"] == "complete"]
         for p in params:
             x = done[[p, "value"]].dropna()
@@ -246,7 +246,7 @@ def tuning(trials: pd.DataFrame, studies: Iterable[str] | None = None, spaces: p
             end = x[p].max() if toward > 0 else x[p].min()
             past = "high" if toward > 0 else "low"
             trend = abs(rho) >= TREND and bool((at_best == float(end)).any())
-            if trend:
+            if trend and f"{p} ({past})" not in at_bound:  # a choice at the bound it points past is said once
                 edges.append(f"{p} (trend past {past}: ρ = {rho:+.2f}, p = {pval:.2g})")
             sens_rows.append({"method": row["method"], "setting": p, "trials": len(x), "spearman_rho": rho,
                               "p_exact": pval, "value_range": float(x["value"].max() - x["value"].min()),
@@ -265,9 +265,9 @@ def opening(chosen: pd.DataFrame) -> list[str]:
         if r.chosen_trial is None or pd.isna(r.chosen_trial):
             out.append(f"{r.method}: no trial completed, no chosen setting.")
             continue
-        state = (f"converged (best trial {int(r.chosen_trial)} of {r.budget})" if r.converged else
-                 f"not converged: the best trial came at {int(r.last_improvement)} of {r.budget} (the last fifth of "
-                 "the budget); raise tune.trials")
+        state = (f"converged (best at trial {int(r.chosen_trial)} of trials 0–{r.budget - 1})" if r.converged else
+                 f"not converged: the best came at trial {int(r.last_improvement)} of trials 0–{r.budget - 1} (the "
+                 "last fifth of the budget); raise tune.trials")
         scale, unit = (100, " points") if is_rate(r.metric) else (1, "")
         opt = (f"; selection optimism {r.selection_optimism * scale:+.2g}{unit} (chosen {r.metric} "
                f"{r.chosen_value:.4g} against the mean of its {int(r.final_seeds)} final seeds)"
