@@ -6,9 +6,13 @@ once and the run goes on. A resumed run continues its tracker run (MLflow: the r
 """
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from runner.progress import error
@@ -61,40 +65,86 @@ class TensorBoard(Tracker):
         self.writer.close()
 
 
+class Unreachable(Exception):
+    """A tracking server that did not answer the probe: the command goes on untracked, said once."""
+
+
+_probed: dict[str, bool] = {}
+
+
+def _probe(uri: str, timeout: float = 2.0) -> None:
+    """One short TCP connect to an http(s) tracking server per process, instead of MLflow's minutes of retries for
+    every call of every run; an Unreachable the first time it fails, and for every later run of the process."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    if uri not in _probed:
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            _probed[uri] = True
+        except OSError:
+            _probed[uri] = False
+    if not _probed[uri]:
+        raise Unreachable(f"the tracking server {uri} did not answer within {timeout:g} s")
+
+
 class MLflow(Tracker):
+    """The default store is SQLite in results_dir: its URI is built by SQLAlchemy (a ``?`` or ``#`` in the path stays
+    part of the path), and every call on it is made under a file lock beside it, so that runs which start together
+    create and migrate the store once and never write it at the same moment (SQLite's own locking makes parallel
+    first starts fail half-migrated)."""
+
     def __init__(self, cfg: DictConfig, run_id: str, label: str) -> None:
         import mlflow  # here: needs mlflow (tracking extras)
+        from sqlalchemy.engine import URL
 
         self.mlflow = mlflow
-        uri = cfg.logger.uri or f"sqlite:///{(Path(cfg.results_dir) / 'mlflow.db').resolve()}"
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(cfg.logger.experiment)
-        experiment = found.experiment_id if found else self.client.create_experiment(cfg.logger.experiment)
-        earlier = self.client.search_runs([experiment], filter_string=f"tags.runner_run_id = '{run_id}'", max_results=1)
-        if earlier:  # a resumed (or forced) run continues its MLflow run
-            self.run = earlier[0].info.run_id
-            self.client.update_run(self.run, status="RUNNING")
-        else:
-            self.run = self.client.create_run(experiment, run_name=run_id,
-                                              tags={"runner_run_id": run_id, "label": label}).info.run_id
-            params = _flat(OmegaConf.to_container(cfg, resolve=True))
-            self.client.log_batch(self.run, params=[mlflow.entities.Param(k, str(v)[:500]) for k, v in params.items()
-                                                    if v is not None])
+        db = (Path(cfg.results_dir) / "mlflow.db").resolve()
+        uri = cfg.logger.uri or URL.create("sqlite", database=str(db)).render_as_string(hide_password=False)
+        _probe(uri)
+        self.lock = FileLock(f"{db}.lock") if not cfg.logger.uri else contextlib.nullcontext()
+        # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#' an
+        # empty folder named with the escapes, outside results_dir. Removed again below if it was made here.
+        stray = Path(uri.removeprefix("sqlite:///")).parent
+        with self.lock:
+            made = not cfg.logger.uri and stray != db.parent and not stray.exists()
+            self.client = mlflow.MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(cfg.logger.experiment)
+            experiment = found.experiment_id if found else self.client.create_experiment(
+                cfg.logger.experiment, artifact_location=None if cfg.logger.uri else str(db.parent / "mlruns"))
+            earlier = self.client.search_runs([experiment], filter_string=f"tags.runner_run_id = '{run_id}'",
+                                              max_results=1)
+            if earlier:  # a resumed (or forced) run continues its MLflow run
+                self.run = earlier[0].info.run_id
+                self.client.update_run(self.run, status="RUNNING")
+            else:
+                self.run = self.client.create_run(experiment, run_name=run_id,
+                                                  tags={"runner_run_id": run_id, "label": label}).info.run_id
+                params = _flat(OmegaConf.to_container(cfg, resolve=True))
+                self.client.log_batch(self.run, params=[mlflow.entities.Param(k, str(v)[:500])
+                                                        for k, v in params.items() if v is not None])
+            if made:
+                with contextlib.suppress(OSError):
+                    stray.rmdir()
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         step = int(row["epoch"])
         metrics = [self.mlflow.entities.Metric(k, v, 0, step) for k, v in _numbers(row).items() if k != "epoch"]
-        self.client.log_batch(self.run, metrics=metrics)
+        with self.lock:
+            self.client.log_batch(self.run, metrics=metrics)
 
     def finish(self, record: Mapping[str, Any]) -> None:
         final = [self.mlflow.entities.Metric(k, v, 0, int(record.get("epochs_done") or 0))
                  for k, v in _numbers(record.get("metrics") or {}).items()]
-        self.client.log_batch(self.run, metrics=final)
         status = {"ok": "FINISHED", "interrupted": "KILLED"}.get(record.get("status"), "FAILED")
-        self.client.set_terminated(self.run, status=status)
+        with self.lock:
+            self.client.log_batch(self.run, metrics=final)
+            self.client.set_terminated(self.run, status=status)
 
 
 KINDS = {"none": Tracker, "tensorboard": TensorBoard, "mlflow": MLflow}
+_said: set[str] = set()
 
 
 class Safe(Tracker):
@@ -128,6 +178,11 @@ def open_tracker(cfg: DictConfig, run_id: str, label: str) -> Tracker:
         return Tracker()
     try:
         return Safe(KINDS[kind](cfg, run_id, label), kind)
+    except Unreachable as e:  # said once per process: every later run of a grid is untracked without a wait
+        if str(e) not in _said:
+            _said.add(str(e))
+            error(f"logger={kind}: {e}; the runs of this command go on untracked")
+        return Tracker()
     except Exception as e:
         error(
             f"logger={kind}: could not start ({type(e).__name__}: {' '.join(str(e).split())[:300]}); the run goes on "

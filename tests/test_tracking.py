@@ -47,3 +47,57 @@ def test_tensorboard_event_files_hold_every_epoch(data_dir, tmp_path):
         assert [s.step for s in scalars] == list(epochs.epoch)
         assert [s.value for s in scalars] == pytest.approx(list(epochs[metric]), rel=1e-6)  # stored as float32
     assert any("config" in tag for tag in events.Tags()["tensors"])  # the config, as text
+
+
+def _tracked_run(root: str, seed: int, barrier) -> None:
+    barrier.wait(60)  # every process starts its tracker at the same moment, on a store that does not exist yet
+    record = run(make_plan([*TINY, f"seed={seed}", f"data_dir={root}/data", f"results_dir='{root}/a?b#c'",
+                            "logger=mlflow"]))
+    raise SystemExit(0 if record["status"] == "ok" else 1)
+
+
+@pytest.mark.slow
+def test_runs_that_start_together_are_each_tracked_in_a_store_inside_results_dir(data_dir, tmp_path):
+    # 8 processes at once on a fresh folder whose name holds '?' and '#': all of them are MLflow runs with their metrics
+    # (before: 0 of 6, a half-migrated store, and a store outside results_dir built from the '?' by string formatting)
+    n = 8
+    mlflow = pytest.importorskip("mlflow")
+    import multiprocessing as mp
+    import shutil
+
+    from sqlalchemy.engine import URL
+
+    shutil.copytree(data_dir, tmp_path / "data")
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_tracked_run, args=(str(tmp_path), s, barrier)) for s in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0] * n
+    root = tmp_path / "a?b#c"
+    assert (root / "mlflow.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["a?b#c", "data"]
+    client = mlflow.MlflowClient(tracking_uri=URL.create("sqlite", database=str(root / "mlflow.db"))
+                                 .render_as_string(hide_password=False))
+    experiment = client.get_experiment_by_name("runner").experiment_id
+    runs = client.search_runs([experiment], max_results=100)
+    table = pd.read_csv(root / "runs.csv")
+    assert len(runs) == n and {r.info.run_name for r in runs} == set(table.run_id)
+    assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in runs)
+
+
+def test_an_unreachable_tracking_server_costs_one_probe_said_once(data_dir, tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for seed in (0, 1):
+        record = run(make_plan([*TINY, f"seed={seed}", f"data_dir={data_dir}", f"results_dir={tmp_path}",
+                                "logger=mlflow", f"logger.uri=http://127.0.0.1:{port}"]))
+        assert record["status"] == "ok"
+    err = capsys.readouterr().err
+    assert err.count(f"the tracking server http://127.0.0.1:{port} did not answer") == 1
+    assert "go on untracked" in err
