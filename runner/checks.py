@@ -6,6 +6,8 @@ data that cannot be had. A bug in a layer is not a user mistake: it raises with 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import os
@@ -33,6 +35,11 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
     """Types aside (runner/targets.py), everything about the values that needs neither data nor a model build."""
     check_dataclass_ranges(cfg, RunConfig)
     check_dataclass_ranges(cfg.dataset, DatasetConfig, "dataset.")
+    known = [f.name for f in dataclasses.fields(DatasetConfig)]
+    unknown = sorted(set(cfg.dataset.keys()) - set(known))
+    if unknown:  # `+dataset.foo=1` would otherwise train, and a typo make a second copy of an identical run
+        raise ConfigError(f"dataset.{unknown[0]}: not a setting of a dataset. Allowed: {', '.join(known)}."
+                          f"{did_you_mean(str(unknown[0]), known)}")
     ds = cfg.dataset
     if ds.name not in SPECS:
         raise ConfigError(

@@ -398,3 +398,16 @@ def test_a_careless_where_metric_or_out_gets_one_line_and_exit_2(tmp_path, capsy
         out = capsys.readouterr().out
         assert message in out and "Traceback" not in out
         assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty; a runs.csv has a header row"),
+    (b"run_id,status,seed,test_acc\n\xe9t\xe9,ok,0,0.5\n", "not UTF-8 text"),
+    (b"a,b\n1,2,3,4\n\"unclosed\n", "not a CSV table"),
+])
+def test_a_table_written_by_anyone_gets_one_line_and_exit_2(tmp_path, capsys, content, message):
+    (tmp_path / "runs.csv").write_bytes(content)
+    assert summary_main([str(tmp_path / "runs.csv"), "--no-plots"]) == 2
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'runs.csv'}: {message}" in out and "Traceback" not in out
+    assert not (tmp_path / "report.md").exists()

@@ -72,6 +72,18 @@ def _keep_once(rows: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
     return [row for row, _ in kept.values()]
 
 
+def _table(path: Path) -> pd.DataFrame:
+    """A CSV table written by anyone: UTF-8 with one header row, or a SummaryError that says what it is instead."""
+    try:
+        return pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SummaryError(f"{path}: not UTF-8 text (byte {e.start}); this runner writes its tables in UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise SummaryError(f"{path}: empty; a runs.csv has a header row and a row per run") from None
+    except (pd.errors.ParserError, OSError, ValueError) as e:
+        raise SummaryError(f"{path}: not a CSV table ({' '.join(str(e).split())[:120]})") from None
+
+
 def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(runs, epochs, metric columns): one row per run id, however many inputs hold it (a corrupt one is reported
     and skipped; two different records under one id are a SummaryError)."""
@@ -79,7 +91,7 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     epochs, metrics, seen = [], set(), set()
     for folder in folders:
         if folder.suffix == ".csv":  # a runs.csv table (a colleague's, or docs/examples): its rows as they are
-            table = pd.read_csv(folder)
+            table = _table(folder)
             if not {"run_id", "status", "seed"} <= set(table.columns):
                 raise SummaryError(f"{folder}: not a runs.csv written by this runner (needs run_id, status and seed)")
             rows += [(r | {"folder": ""}, f"{folder} (row of {r.get('run_id')})") for r in table.to_dict("records")]
@@ -91,7 +103,13 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 and pd.api.types.is_numeric_dtype(table[c])
             }
             if (folder.parent / "epochs.csv").is_file():
-                epochs.append(pd.read_csv(folder.parent / "epochs.csv"))
+                try:
+                    frame = _table(folder.parent / "epochs.csv")
+                except SummaryError as e:  # the curves are a figure, not the statistics: said, and left out
+                    records.report_corrupt(folder.parent / "epochs.csv", str(e))
+                    frame = None
+                if frame is not None and {"run_id", "epoch"} <= set(frame.columns):
+                    epochs.append(frame)
             continue
         if folder.resolve() in seen:  # one run folder reached twice (a root given twice, or a root and its run)
             continue

@@ -75,8 +75,13 @@ def read_trials(roots: Iterable[Path]) -> pd.DataFrame:
 
 
 def read_spaces(roots: Iterable[Path]) -> pd.DataFrame:
-    """Every root's tune/spaces.csv (each study's ranges)."""
-    return _read_tables(roots, "spaces.csv", {"study", "setting"})
+    """Every root's tune/spaces.csv (each study's ranges); a bound that is not a number is left out (as a `choices`
+    setting is, which has none)."""
+    spaces = _read_tables(roots, "spaces.csv", {"study", "setting"})
+    for bound in ("low", "high"):
+        if bound in spaces:
+            spaces[bound] = pd.to_numeric(spaces[bound], errors="coerce")
+    return spaces
 
 
 def read_sequential(roots: Iterable[Path]) -> list[dict]:
@@ -136,7 +141,7 @@ def range_edges(chosen: dict, ranges: pd.DataFrame) -> str:
     if "low" not in ranges:
         return ""
     edges = []
-    for r in ranges[ranges["low"].notna()].itertuples():  # a `choices` setting has no bounds
+    for r in ranges[ranges["low"].notna() & ranges["high"].notna()].itertuples():  # `choices` have no bounds
         value = chosen.get(r.setting)
         if not isinstance(value, (int, float, np.number)):
             continue
