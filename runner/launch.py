@@ -29,7 +29,7 @@ CELLS: list[list[str]] | None = None
 
 
 def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def job(cfg: DictConfig) -> None:

@@ -7,14 +7,25 @@ most every ``QUIET_S`` seconds, so a long epoch never looks like a hung job.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader has gone (``python -m runner … | head -1``). Rich's default exits the process, which a run
+        would record as an interruption; here the output goes to /dev/null and the run goes on (its record and
+        tables hold what it would have said)."""
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+
+
+console = _Console(soft_wrap=True, highlight=False)
+err_console = _Console(stderr=True, soft_wrap=True, highlight=False)
 QUIET_S = 30.0
 _prefix = ""
 

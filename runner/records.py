@@ -13,6 +13,7 @@ import csv
 import json
 import sys
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -244,6 +245,37 @@ def stage_columns(entries: list[Mapping[str, Any]]) -> dict[str, Any]:
             "study": ";".join(dict.fromkeys(e["study"] for e in entries)),
             "trial": ";".join(dict.fromkeys(str(e["trial"]) for e in entries)),
             "tuned": ",".join(sorted({k for e in entries for k in e.get("params", {})}))}
+
+
+PREVIOUS = ".previous"  # in a run folder: a complete result that force=true is replacing, until the new one is
+
+
+def set_aside(folder: Path) -> None:
+    """Move a complete run's files into ``<folder>/.previous`` before a forced rerun (nothing is deleted yet)."""
+    keep = folder / PREVIOUS
+    if keep.exists():  # an earlier set-aside that was never restored or dropped: the older complete result wins
+        return
+    keep.mkdir()
+    for name in ("result.json", "checkpoint.pt", "logits.pt", "epochs.csv", "config.yaml"):
+        if (folder / name).exists():
+            os.replace(folder / name, keep / name)
+
+
+def restore_previous(folder: Path) -> bool:
+    """Put back a result set aside by ``set_aside`` (the forced rerun did not complete); False when there is none."""
+    keep = folder / PREVIOUS
+    if not keep.is_dir():
+        return False
+    for name in ("checkpoint.pt", "logits.pt", "epochs.csv", "config.yaml", "result.json"):  # the record last
+        if (keep / name).exists():
+            os.replace(keep / name, folder / name)
+    shutil.rmtree(keep, ignore_errors=True)
+    return True
+
+
+def drop_previous(folder: Path) -> None:
+    """The forced rerun is complete: the result it replaced goes."""
+    shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
 
 
 def completed(folder: Path) -> dict[str, Any] | None:

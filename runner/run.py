@@ -104,6 +104,14 @@ def run(plan: RunPlan) -> dict[str, Any]:
         say(f"skip {plan.run_id} ({plan.label}): running in another process")
         return {"run_id": plan.run_id, "status": "busy"}
     try:
+        if records.restore_previous(plan.folder):  # a forced rerun that was killed: its earlier result comes back
+            records.rebuild_tables(plan.root)
+            say(f"{plan.run_id}: a forced rerun of it was killed; its earlier complete result is restored")
+            done = records.completed(plan.folder)
+            if done and not plan.cfg.force:
+                say(f"skip {plan.run_id} ({plan.label}): already completed, status={done['status']} "
+                    "(force=true reruns it)")
+                return done
         return _execute(plan)
     finally:
         lock.release()
@@ -181,6 +189,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads or usable_cores())  # never more threads than the cores this process may use
     resume = None if cfg.force else read_resume(folder, plan)
     recorded_before = (folder / "result.json").exists()  # then its rows may be in the tables: they are rebuilt
+    if cfg.force and records.completed(folder):  # kept aside until the new result is complete
+        records.set_aside(folder)
     for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", RESUME)):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -254,20 +264,29 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     except Pruned as e:
         record |= {"status": "pruned", "error": str(e)}
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, SIGTERM, or submitit exiting to requeue a preempted job
-        why = (
-            "KeyboardInterrupt"
-            if isinstance(e, KeyboardInterrupt)
-            else "stopped to be requeued (preempted or timed out)"
-        )
+        if isinstance(e, SystemExit):
+            why = "stopped to be requeued by submitit (preempted or timed out)"
+        else:
+            why = {"SIGTERM": "SIGTERM (scancel, a time limit or kill)"}.get(str(e), "SIGINT (Ctrl-C)")
         record |= {"status": "interrupted", "error": why}
+        if records.restore_previous(folder):  # force=true: the earlier complete result stays
+            say(f"interrupted {rid} ({why}): its earlier result is kept; force=true replaces it only with a "
+                "complete run")
+            raise
         _finish(record, rows, folder, recorded_before)
         tracker.finish(record)
-        say(f"interrupted {rid}: recorded as interrupted; the same command runs it again")
+        say(f"interrupted {rid}: recorded as interrupted ({why}); the same command runs it again")
         raise
     except Exception as e:  # a bug, bad data or a numerical failure in this cell: record it, let the grid go on
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+        if records.restore_previous(folder):
+            tracker.finish(record)
+            say(f"failed {rid} ({record['error']}): its earlier result is kept (force=true replaces it only with a "
+                "complete run)")
+            return records.read_result(folder) or record
     _finish(record, rows, folder, recorded_before)
+    records.drop_previous(folder)  # the new result is complete: the one it replaces goes
     tracker.finish(record)
     if record["status"] in records.DONE and not cfg.keep_resume:
         (folder / RESUME).unlink(missing_ok=True)

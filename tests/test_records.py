@@ -285,3 +285,45 @@ def test_the_command_after_a_cut_finish_adds_the_missing_rows_and_says_so(main_c
     assert done.returncode == 0 and f"skip {rid}" in done.stdout
     assert f"added the missing rows of 1 finished run(s) to {tmp_path / 'res'}/runs.csv" in done.stdout
     assert pd.read_csv(tmp_path / "res" / "runs.csv", dtype={"run_id": str}).run_id.tolist() == [rid]
+
+
+def test_a_forced_rerun_replaces_a_result_only_once_it_is_complete(main_cli, tmp_path, data_dir, monkeypatch):
+    import runner.run as run_module
+    from conftest import TINY
+
+    args = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    assert main_cli(*args).returncode == 0
+    rid = pd.read_csv(tmp_path / "runs.csv", dtype={"run_id": str}).run_id.iloc[0]
+    folder = tmp_path / "runs" / rid
+    before = {name: (folder / name).read_bytes() for name in ("result.json", "checkpoint.pt", "logits.pt")}
+    table = (tmp_path / "runs.csv").read_bytes()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt()  # Ctrl-C during the forced rerun's training
+    monkeypatch.setattr(run_module, "fit", interrupted)
+    done = main_cli(*args, "force=true")
+    assert done.returncode == 130 and "its earlier result is kept" in done.stdout
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert (tmp_path / "runs.csv").read_bytes() == table and not (folder / records.PREVIOUS).exists()
+    # killed (no chance to restore) after the old result was set aside: the next command puts it back
+    records.set_aside(folder)
+    records.write_json(folder / "result.json", {"run_id": rid, "status": "running"})
+    monkeypatch.undo()
+    done = main_cli(*args)
+    assert done.returncode == 0 and "its earlier complete result is restored" in done.stdout
+    assert f"skip {rid}" in done.stdout and (folder / "result.json").read_bytes() == before["result.json"]
+
+
+def test_a_closed_stdout_is_not_an_interruption(tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY
+
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *TINY, "epochs=3", f"data_dir={data_dir}",
+                             f"results_dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.readline()  # `| head -1`: one line read, then the pipe is closed
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    row = pd.read_csv(tmp_path / "runs.csv").iloc[0]
+    assert row.status == "ok" and row.epochs_done == 3
