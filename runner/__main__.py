@@ -40,6 +40,38 @@ def await_others(plans: list) -> None:
         lock.release()
 
 
+def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], where: dict) -> int:
+    """``sequential.max_seeds``: the grid's methods on seeds added in rounds until each comparison is decided
+    (runner/sequential.py); each round's runs go through the command's launcher like any grid's."""
+    from runner import sequential
+    from runner.design import method_key
+    from runner.monitor import GridProgress
+    from runner.plan import make_plans
+    from runner.records import completed
+
+    cells = {method_key(p.overrides): [o for o in p.overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
+             for p in plans}
+
+    def plans_for(keys, seeds):
+        out = {}
+        for key in keys:
+            for p in make_plans([*cells[key], f"seed={','.join(map(str, seeds))}"], True, **where):
+                out[(key, int(p.cfg.seed))] = p
+        return out
+
+    def run_them(todo):
+        pending = [p for p in todo if not completed(p.folder)]
+        if pending:
+            with GridProgress(pending):
+                launch.hand_off(pending, pending, argv, exact=True)
+
+    try:
+        return sequential.run_rounds(planned, rounds, plans_for, run_them, plans[0].root)
+    except KeyboardInterrupt:
+        error("interrupted: the same command continues the rounds where they stopped")
+        return 130
+
+
 def report(plans: list) -> int:
     """Print what a grid did and return the exit status: 0 when every cell finished (ok or diverged)."""
     from runner.records import DONE, read_result  # here, as below: records imports pandas, which --help never needs
@@ -86,15 +118,27 @@ def main() -> int:
 
         plans = make_plans(args.overrides, args.multirun, **where)
         baseline = plans[0].cfg.get("baseline") if plans else None
+        rounds = None
         if baseline:  # before any run: can the seeds this grid gives decide the comparisons it makes?
+            from runner import sequential
             from runner.design import design
 
             planned = design([(p.overrides, int(p.cfg.seed)) for p in plans], baseline)
-            if planned is not None:
+            seq = plans[0].cfg.sequential
+            if seq.max_seeds:
+                rounds = sequential.Rounds(seq.max_seeds, seq.step, seq.decide_on, seq.rope,
+                                           tuple(sorted({int(p.cfg.seed) for p in plans})))
+                sequential.check(planned, rounds)
+            elif planned is not None:
                 say(planned.sentence())
+        elif plans and plans[0].cfg.sequential.max_seeds:
+            raise ConfigError("sequential.max_seeds: seeds are added until the comparisons against a baseline are "
+                              "decided; give the baseline too, e.g. baseline=pooling=max.")
     except ConfigError as e:
         error(f"error: {e}")
         return 2
+    if rounds is not None:
+        return add_seeds(plans, planned, rounds, argv, where)
     from runner.records import completed, repair_tables  # here, as make_plans
 
     for root in dict.fromkeys(p.root for p in plans):  # a finish cut off between a run's record and its rows

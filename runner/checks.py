@@ -27,7 +27,8 @@ from models import declared
 from runner import build
 from runner.compose import CONF_DIR, option_yaml
 from runner.metrics import TS_METHODS
-from runner.schema import ConfigError, DatasetConfig, RunConfig, check_dataclass_ranges, did_you_mean
+from runner.schema import (ConfigError, DatasetConfig, RunConfig, SequentialConfig, check_dataclass_ranges,
+                           did_you_mean)
 from runner.targets import TARGET_HOMES, resolve_target
 
 def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictConfig | None = None,
@@ -35,6 +36,7 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
     """Types aside (runner/targets.py), everything about the values that needs neither data nor a model build."""
     check_dataclass_ranges(cfg, RunConfig)
     check_dataclass_ranges(cfg.dataset, DatasetConfig, "dataset.")
+    check_dataclass_ranges(cfg.sequential, SequentialConfig, "sequential.")
     known = [f.name for f in dataclasses.fields(DatasetConfig)]
     unknown = sorted(set(cfg.dataset.keys()) - set(known))
     if unknown:  # `+dataset.foo=1` would otherwise train, and a typo make a second copy of an identical run

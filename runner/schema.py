@@ -32,7 +32,7 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
                 "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir",
-                "checkpoint_every", "keep_resume", "tune", "trial", "logger", "baseline")
+                "checkpoint_every", "keep_resume", "tune", "trial", "logger", "baseline", "sequential")
 
 
 class ConfigError(Exception):
@@ -57,6 +57,15 @@ class DatasetConfig:
     augment: str = "none"  # none | crop_flip
     source_dir: str | None = None  # folder of IDX files to read instead of data_dir (mnist, fashion_mnist)
     verify_checksums: bool = True  # torchvision's md5 check of CIFAR files
+
+
+@dataclass
+class SequentialConfig:
+    """A grid whose seeds are added in rounds until each comparison against ``baseline`` is decided."""
+    max_seeds: int | None = _num(None, ge=2)  # null: the grid's seeds, as given; a number: add seeds up to it
+    step: int = _num(2, ge=1)  # seeds added per round after the first look
+    decide_on: str = "test_acc"  # the test metric each comparison is decided on
+    rope: float | None = _num(None, ge=0)  # also stop a comparison as equivalent within ±rope
 
 
 @dataclass
@@ -97,6 +106,7 @@ class RunConfig:
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
     baseline: str | None = None  # axis=value the summary compares against: the plan says if the seeds can decide
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)  # seeds added until decided
     ood_source_dir: str | None = None  # IDX folder for the OOD dataset, as dataset.source_dir
     logger: LoggerConfig = field(
         default_factory=LoggerConfig

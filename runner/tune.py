@@ -31,12 +31,10 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from runner import launch, records, space, stats
+from runner import launch, records, sequential, space
 from runner.compose import Composer, unset_nulls
 from runner.design import Design, design, method_key
-from runner.metrics import higher_is_better
 from runner.monitor import GridProgress
-from runner.paired import PerImage
 from runner.plan import RunPlan, literal, plan_from_config
 from runner.progress import error, say
 from runner.prune import trial_setting
@@ -296,55 +294,32 @@ def run_finals(job: Job) -> int:
     return status
 
 
+def rounds(methods: list[Method]) -> sequential.Rounds:
+    s = methods[0].settings
+    return sequential.Rounds(s.max_seeds or 0, s.step, s.decide_on, s.rope, tuple(methods[0].seeds), tuple(s.seeds),
+                             "tune.max_seeds")
+
+
 def plan_finals(methods: list[Method]) -> Design | None:
     """Before any trial: the comparisons of the study and whether its final seeds can decide them; a ConfigError for
     finals that cannot, unless the study is exploratory or adds seeds sequentially."""
     s = methods[0].settings
     planned = design([(m.cell, seed) for m in methods for seed in m.seeds], methods[0].plan.cfg.get("baseline"))
-    if planned is None:
-        if s.finals == "sequential":
-            raise ConfigError("tune.finals=sequential: there is nothing to compare; give two methods or more "
-                              "(e.g. -m pooling=max,avg).")
-        return None
     if s.finals == "sequential":
-        if s.max_seeds is None or s.max_seeds < planned.needed:
-            raise ConfigError(f"tune.max_seeds={s.max_seeds}: sequential finals over {len(planned.comparisons)} "
-                              f"comparison(s) need at least {planned.needed} seeds to decide any; give e.g. "
-                              f"tune.max_seeds={max(20, 2 * planned.needed)}.")
-        taken = set(s.seeds) & set(seed_pool(methods[0].seeds, s.seeds, s.max_seeds))
-        at = stats.looks(planned.needed, s.max_seeds, s.step)
-        say(f"plan: {len(planned.comparisons)} comparison(s) against {planned.baseline}, decided on "
-            f"{s.decide_on} by adding final seeds: looks at {', '.join(map(str, at))} seeds (the sign test's exact "
-            f"bounds with Lan–DeMets Pocock-type α-spending, Bonferroni over the comparisons)"
-            + (f"; tuning seeds {sorted(taken)} skipped" if taken else ""))
-    elif not planned.decides:
+        sequential.check(planned, rounds(methods))
+    elif planned is not None and not planned.decides:
         if not s.exploratory:
             raise ConfigError(f"tune: {planned.sentence()}. Give more final seeds; or tune.finals=sequential "
                               f"tune.max_seeds={max(20, 2 * planned.needed)} to add seeds until each comparison is "
                               f"decided; or tune.exploratory=true to run a study that cannot decide.")
         say(f"{planned.sentence()}; tune.exploratory=true: it runs, and its report says it cannot decide")
-    else:
+    elif planned is not None:
         say(planned.sentence())
     return planned
 
 
-def seed_pool(first: list[int], tuning: list[int], most: int) -> list[int]:
-    """The final seeds in the order a sequential study adds them: the grid's, then the next integers, skipping the
-    tuning seeds (a final run is never a trial's run)."""
-    pool = [s for s in dict.fromkeys(first) if s not in tuning]
-    n = max(first, default=-1) + 1
-    while len(pool) < most:
-        if n not in tuning and n not in pool:
-            pool.append(n)
-        n += 1
-    return pool[:most]
-
-
 def run_sequential(job: Job, planned: Design) -> int:
-    """Final runs in rounds: at each look, every comparison not yet decided gets its seeds up to the look (with its
-    baseline's); ``stats.look`` decides it or not. A killed study replays the same looks on the runs it has (every
-    decision depends only on the seeds up to its look), so the same command continues where it stopped."""
-    s = job.methods[0].settings
+    """The final runs in rounds (runner/sequential.py), each method at its chosen trial's setting."""
     by_key = {method_key(m.cell): m for m in job.methods}
     best = {key: chosen(m) for key, m in by_key.items()}
     missing = [by_key[k].label for k, b in best.items() if b is None]
@@ -353,56 +328,19 @@ def run_sequential(job: Job, planned: Design) -> int:
         return 1
     for key, b in best.items():
         check_trial(by_key[key], b)
-    pool = seed_pool(job.methods[0].seeds, s.seeds, s.max_seeds)
-    at = stats.looks(planned.needed, s.max_seeds, s.step)
-    alpha = stats.ALPHA / len(planned.pairs)
-    sign = 1 if higher_is_better(s.decide_on) else -1
-    decided: dict[int, tuple[str, int]] = {}
-    status, plans_by = 0, {}
-    for k, n in enumerate(at):
-        open_ = [i for i in range(len(planned.pairs)) if i not in decided]
-        if not open_:
-            break
-        keys = list(dict.fromkeys(key for i in open_ for key in planned.pairs[i]))
-        cells = [trial_cell(by_key[key], seed, best[key].params) for key in keys for seed in pool[:n]]
-        plans = plan_cells(cells, job)
-        for j, key in enumerate(keys):
-            for seed, p in zip(pool[:n], plans[j * n:(j + 1) * n]):
-                mark(p, by_key[key], best[key], "final", job)
-                plans_by[(key, seed)] = p
-        launch_plans(plans, job)
-        for i in open_:
-            method, base = planned.pairs[i]
-            pairs = [(plans_by[(method, seed)], plans_by[(base, seed)]) for seed in pool[:n]]
-            rows = {p.run_id: (records.read_result(p.folder) or {}) for pair in pairs for p in pair}
-            value = {rid: records.row(r).get(s.decide_on) for rid, r in rows.items() if r.get("status") == "ok"}
-            ok = [(a, b) for a, b in pairs if all(isinstance(value.get(p.run_id), (int, float)) for p in (a, b))]
-            if len(ok) < len(pairs):
-                status = 1  # a failed or diverged final run: the look goes on without that seed (harder to reject)
-            d = np.array([value[a.run_id] - value[b.run_id] for a, b in ok], dtype=float) * sign
-            table = pd.DataFrame([{"run_id": p.run_id, "folder": str(p.folder), s.decide_on: value[p.run_id]}
-                                  for pair in ok for p in pair]).drop_duplicates("run_id")
-            x = PerImage(table).differences([a.run_id for a, _ in ok], [b.run_id for _, b in ok], s.decide_on) \
-                if len(ok) > 1 else None
-            extra = stats.var_from_test_set(x) if x is not None else 0.0
-            verdict = stats.look(d, at, k, alpha, extra, s.rope)
-            label = f"{planned.comparisons[i][1]} vs {planned.baseline}"
-            if verdict:
-                decided[i] = (verdict, n)
-                say(f"sequential look {k + 1}/{len(at)} at {n} seeds: {label}: {verdict} on {s.decide_on}; it stops")
-            elif k == len(at) - 1:
-                say(f"sequential: {label}: undecided at {n} seeds, the most (tune.max_seeds={s.max_seeds})")
-    rows = [{"task": planned.comparisons[i][0], "method": planned.comparisons[i][1], "baseline": planned.baseline,
-             "decision": decided.get(i, ("undecided", at[-1]))[0], "seeds": decided.get(i, ("", at[-1]))[1]}
-            for i in range(len(planned.pairs))]
-    records.write_json(job.methods[0].root / "tune" / "sequential.json",
-                       {"metric": s.decide_on, "alpha": stats.ALPHA, "comparisons": len(planned.pairs), "looks": at,
-                        "max_seeds": s.max_seeds, "rope": s.rope, "rows": rows})
+
+    def plans_for(keys: Sequence[tuple[str, ...]], seeds: Sequence[int]) -> dict[tuple[tuple[str, ...], int], RunPlan]:
+        plans = plan_cells([trial_cell(by_key[key], seed, best[key].params) for key in keys for seed in seeds], job)
+        out = {}
+        for (key, seed), p in zip([(key, seed) for key in keys for seed in seeds], plans):
+            mark(p, by_key[key], best[key], "final", job)
+            out[(key, seed)] = p
+        return out
+
+    status = sequential.run_rounds(planned, rounds(job.methods), plans_for, lambda plans: launch_plans(plans, job),
+                                   job.methods[0].root)
     for root in job.rebuild:
         records.rebuild_tables(root)
-    say("sequential finals: " + "; ".join(f"{r['method']} vs {r['baseline']}: {r['decision']} at {r['seeds']} seeds"
-                                          for r in rows)
-        + f"  (python -m runner.summary {job.methods[0].root} --baseline {planned.baseline})")
     return status
 
 

@@ -2,6 +2,9 @@
 on how many paired seeds, and whether the summary's rule can decide with them; said on the command line a user runs."""
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 
 from runner import launch
@@ -53,3 +56,35 @@ def test_a_grid_says_before_training_that_its_seeds_cannot_decide(main_cli, monk
     assert "baseline=pooling=maxx: not a value of this grid; allowed: pooling=max, pooling=avg, pooling=softpool" \
         in done.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_a_grid_adds_seeds_until_decided_and_the_summary_reports_it(main_cli, tmp_path, data_dir):
+    # one comparison: looks at 6 and 7 seeds; the grid gives seeds 0 and 1, the rounds add 2..6
+    args = ["-m", "pooling=max,avg", "seed=0,1", "epochs=1", "batch_size=16", "threads=1", "dataset=mnist",
+            "baseline=pooling=max", "sequential.max_seeds=7", "sequential.step=1", f"data_dir={data_dir}",
+            f"results_dir={tmp_path}"]
+    done = main_cli(*args)
+    assert done.returncode in (0, 1), done.stderr
+    assert "plan: 1 comparison(s) against pooling=max, decided on test_acc by adding seeds: looks at 6, 7" \
+        in done.stdout
+
+    saved = json.loads((tmp_path / "sequential.json").read_text())
+    (row,) = saved["rows"]
+    assert saved["looks"] == [6, 7] and row["method"] == "pooling=avg" and row["seeds"] in (6, 7)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    n = row["seeds"]
+    assert sorted(runs[runs.pooling == "avg"].seed) == list(range(n))
+    # the same command again: the looks replayed on the runs there are, nothing trained, the same decisions
+    again = main_cli(*args)
+    assert json.loads((tmp_path / "sequential.json").read_text()) == saved and len(pd.read_csv(tmp_path / "runs.csv")) \
+        == len(runs)
+    assert "run " not in again.stdout.replace("python -m runner.summary", "")
+    from runner.summary.cli import main as summary_main
+
+    assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
+    verdict = pd.read_csv(tmp_path / "comparison.csv").query("metric == 'test_acc'").verdict.iloc[0]
+    assert verdict.startswith(f"{row['decision']} at {n} seeds") and "(sequential: looks at 6, 7 seeds" in verdict
+    # without a baseline there is nothing to decide: exit 2, nothing written
+    done = main_cli(*[a for a in args if not a.startswith("baseline=")][:-1], f"results_dir={tmp_path / 'other'}")
+    assert done.returncode == 2 and "sequential.max_seeds: seeds are added until" in done.stderr
+    assert not (tmp_path / "other").exists()

@@ -427,7 +427,7 @@ def test_sequential_finals_add_seeds_until_decided_and_replay_after_a_kill(tmp_p
     args = ["-m", "pooling=max,avg", *TINY, "tune.trials=1", "tune.seeds=[3]", "tune.finals=sequential",
             "tune.max_seeds=7", "tune.step=1", "baseline=pooling=max", f"data_dir={data_dir}", f"results_dir={res}"]
     assert run_tune(args, monkeypatch, tmp_path) in (0, 1)
-    saved = json.loads((res / "tune" / "sequential.json").read_text())
+    saved = json.loads((res / "sequential.json").read_text())
     assert saved["looks"] == [6, 7] and saved["comparisons"] == 1 and saved["metric"] == "test_acc"
     (row,) = saved["rows"]
     assert row["method"] == "pooling=avg" and row["baseline"] == "pooling=max"
@@ -441,7 +441,7 @@ def test_sequential_finals_add_seeds_until_decided_and_replay_after_a_kill(tmp_p
     # killed after its runs: the same command replays the looks on the runs it has and decides the same
     before = len(runs)
     assert run_tune(args, monkeypatch, tmp_path) in (0, 1)
-    assert json.loads((res / "tune" / "sequential.json").read_text()) == saved
+    assert json.loads((res / "sequential.json").read_text()) == saved
     assert len(pd.read_csv(res / "runs.csv")) == before
     # the summary reports the sequential decision, not a fixed-n verdict its stopping would invalidate
     from runner.summary.cli import main as summary_main

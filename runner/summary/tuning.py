@@ -85,10 +85,10 @@ def read_spaces(roots: Iterable[Path]) -> pd.DataFrame:
 
 
 def read_sequential(roots: Iterable[Path]) -> list[dict]:
-    """Every root's tune/sequential.json: the decisions of a study whose final seeds were added until decided."""
+    """Every root's sequential.json: the decisions of a study whose final seeds were added until decided."""
     out = []
     for root in roots:
-        path = root / "tune" / "sequential.json"
+        path = root / "sequential.json"
         if not path.is_file():
             continue
         try:
