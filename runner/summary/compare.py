@@ -72,7 +72,8 @@ def compare(ok: pd.DataFrame, columns: list[str], metrics: list[str], baseline: 
             result = stats.Paired(int(r.n_pairs), r.diff_mean, r.diff_ci_low, r.diff_ci_high, r.p_sign, r.p_rule,
                                   r.effect_dz, r.diff_sd, 0, 0, r.test_set_sd ** 2)
             table.loc[i, "verdict"] = stats.verdict(result, r.p_holm, higher_is_better(m), comparisons,
-                                                    scale=100 if percent else 1, unit=" points" if percent else "")
+                                                    scale=100 if percent else 1, unit=" points" if percent else "",
+                                                    advise=m == main_metric)
     return table
 
 
