@@ -51,11 +51,12 @@ def test_a_grid_says_before_training_that_its_seeds_cannot_decide(main_cli, monk
     assert ("plan: 2 comparisons against pooling=max on 3 paired seeds: too few to decide" in done.stdout
             and "it needs 7 paired seeds" in done.stdout)
     # a baseline the grid does not have: exit 2 before anything runs, the values it has
+    common[-1] = f"results_dir={tmp_path / 'res2'}"
     done = main_cli(*common, "baseline=pooling=maxx")
     assert done.returncode == 2 and handed == [9]  # not handed off
     assert "baseline=pooling=maxx: not a value of this grid; allowed: pooling=max, pooling=avg, pooling=softpool" \
         in done.stderr
-    assert not (tmp_path / "res").exists()
+    assert not (tmp_path / "res2").exists()
 
 
 def test_a_grid_adds_seeds_until_decided_and_the_summary_reports_it(main_cli, tmp_path, data_dir):
