@@ -14,7 +14,7 @@ from hydra._internal.utils import get_args_parser
 
 from runner import launch
 from runner.compose import Composer, unset_nulls
-from runner.progress import error, say
+from runner.progress import encodable_streams, error, say
 from runner.schema import ConfigError
 
 
@@ -91,6 +91,7 @@ def report(plans: list) -> int:
 
 
 def main() -> int:
+    encodable_streams()
     parser = get_args_parser()
     args = parser.parse_args(sys.argv[1:])
     modes = [flag for flag, given in (("--multirun", args.multirun), ("--cfg", args.cfg), ("--info", args.info),

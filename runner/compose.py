@@ -9,11 +9,14 @@ Hydra's own override code. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
+
+import yaml
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -52,6 +55,19 @@ def unset_nulls(overrides: Sequence[str]) -> list[str]:
             o = f"{key}='{value}'"
         out.append(o)
     return out
+
+
+@contextlib.contextmanager
+def config_files() -> Iterator[None]:
+    """A YAML file that cannot be read (a syntax error, a duplicate key, bytes that are not UTF-8) as a ConfigError
+    naming the file and line where PyYAML says, instead of its traceback."""
+    try:
+        yield
+    except yaml.YAMLError as e:
+        raise ConfigError(f"a config file is not valid YAML: {one_paragraph(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"a config file is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "save it as UTF-8") from None
 
 
 def one_paragraph(text: str) -> str:
@@ -234,7 +250,8 @@ class Composer:
             raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m (multirun) to run one job per value.")
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         try:
-            master = self.hydra.compose_config(self.config_name, list(overrides), run_mode=mode)
+            with config_files():
+                master = self.hydra.compose_config(self.config_name, list(overrides), run_mode=mode)
             try:
                 check_hydra_config(master.hydra, [o.key_or_group for o in parsed])
             except OmegaConfBaseException as e:  # an interpolation in Hydra's settings that does not resolve
@@ -278,7 +295,8 @@ class Composer:
         values = [o for o in parsed if not self._is_group(o) and not o.is_hydra_override()]
         if group not in self._bases:
             try:
-                full = self.hydra.compose_config(self.config_name, list(group), run_mode=RunMode.RUN)
+                with config_files():
+                    full = self.hydra.compose_config(self.config_name, list(group), run_mode=RunMode.RUN)
             except (HydraException, OmegaConfBaseException) as e:
                 raise self._explain(e, cell, None) from None
             choices = chosen(full.hydra.runtime.choices)

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+def encodable_streams() -> None:
+    """Let stdout and stderr replace a character their encoding cannot take (an ASCII locale and α, ±, ρ) rather
+    than end a command, after its work, in a UnicodeEncodeError. Called by each command's entry point."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # a stream that is not a TextIOWrapper
+            stream.reconfigure(errors="replace")
+
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:

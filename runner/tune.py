@@ -36,7 +36,7 @@ from runner.compose import Composer, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
 from runner.plan import RunPlan, literal, plan_from_config
-from runner.progress import error, say
+from runner.progress import encodable_streams, error, say
 from runner.prune import trial_setting
 from runner.schema import NOT_IDENTITY, ConfigError
 from runner.study import (FINISHED, UNSAMPLED, Method, check_trial, chosen, counted, journal, open_studies, sampler,
@@ -391,6 +391,7 @@ def write_trials(job: Job) -> None:
 # ---------------------------------------------------------------- the command
 
 def main(argv: list[str] | None = None) -> int:
+    encodable_streams()
     argv = unset_nulls(list(sys.argv[1:] if argv is None else argv))
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help:

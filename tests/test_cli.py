@@ -316,3 +316,27 @@ def test_timm_is_imported_only_for_an_evonorm():
             "make_plan(['norm=evonorm_s0']); print(a, 'timm' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.stdout.split() == ["False", "True"], res.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a: [1\n", "a config file is not valid YAML: while parsing a flow sequence in"),
+    (b"a: 1\na: 2\n", "found duplicate key a in"),
+    (b"a: \xe9t\xe9\n", "a config file is not UTF-8 text (byte 3"),
+])
+def test_a_preset_that_is_not_valid_yaml_is_one_line_and_exit_2(content, message, tmp_path, main_cli):
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "mine.yaml").write_bytes(content)
+    res = main_cli("--config-dir", str(tmp_path / "presets"), "experiment=mine", f"results_dir={tmp_path / 'out'}")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_ascii_terminal_gets_the_whole_summary(tmp_path):
+    # α, ±, ρ and – in the sentences: an ASCII locale once ended the summary, after its work, in a traceback
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    done = subprocess.run([sys.executable, "-m", "runner.summary", str(ROOT / "docs/examples/norm_mnist5k/runs.csv"),
+                           "--baseline", "norm=batch", "--no-plots", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+    assert b"Traceback" not in done.stderr and (tmp_path / "report.md").exists()

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import records
+from runner.progress import encodable_streams
 from runner.summary import tuning as summary_tune
 from runner.summary.compare import compare, rank, summarize
 from runner.summary.export import export
@@ -19,6 +20,7 @@ from runner.summary.report import answer, overview, parse_reference, report, tun
 
 
 def main(argv: list[str] | None = None) -> int:
+    encodable_streams()
     from runner.summary import plots as summary_plots  # here: it imports matplotlib, which --help never needs
 
     parser = argparse.ArgumentParser(
