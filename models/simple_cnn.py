@@ -28,6 +28,9 @@ class StagedCNN(nn.Module):
         super().__init__()
         if not stages or not all(stages):
             raise ValueError(f"need at least one stage and one conv per stage, got stages {[list(s) for s in stages]}")
+        if any(w < 1 for s in stages for w in s):
+            raise ValueError(f"model.widths: every conv needs at least one channel, got stages "
+                             f"{[list(s) for s in stages]}")
         down = check_downsample_at(downsample_at, len(stages))
         layers: list[nn.Module] = []
         c = in_channels

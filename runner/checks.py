@@ -188,6 +188,15 @@ def _batch_dependent(node: DictConfig) -> bool:
     return "block" in node and isinstance(node.block, DictConfig) and _batch_dependent(node.block)
 
 
+# torch's own words for an input smaller than a layer's window: a size the user chose, whatever the input size
+TORCH_TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater than actual input size|"
+                             r"padded input size per channel")
+
+
+def _show(value: Any) -> str:
+    return json.dumps(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
 class _TooSmall(Exception):
     """The model built, failed on images of the dataset's shape, and runs on larger ones: the images are too small
     for its downsampling (a user's choice of model and dataset, not a bug)."""
@@ -217,10 +226,7 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
             cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
             if not isinstance(cause, (ValueError, _TooSmall)):
                 raise
-            hint = ""
-            if isinstance(cause, _TooSmall) and "downsample_at" in cfg.model:
-                hint = f" model.downsample_at={list(cfg.model.downsample_at)} lists the stages that downsample."
-            raise ConfigError(f"{what}: {' '.join(str(cause).split())}.{hint}") from None
+            raise ConfigError(f"{what}: {' '.join(str(cause).split())}.") from None
         checked.add(key)
 
 
@@ -239,12 +245,16 @@ def _dry_forward(cfg: DictConfig) -> None:
         try:
             out = model(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
         except (ValueError, RuntimeError) as e:
-            try:  # the same model on 8× larger images: if it runs there, the dataset's images are too small for it
-                model(torch.zeros(2, spec.in_channels, 8 * spec.image_size, 8 * spec.image_size))
-            except Exception:
-                raise e from None  # it fails whatever the size: a bug, with its traceback
+            if not TORCH_TOO_SMALL.search(str(e)):
+                try:  # the same model on 8× larger images: if it runs there, the images are too small for it
+                    model(torch.zeros(2, spec.in_channels, 8 * spec.image_size, 8 * spec.image_size))
+                except Exception:
+                    raise e from None  # it fails whatever the size: a bug, with its traceback
+            sizes = [f"{node}.{k}={_show(cfg[node][k])}" for node in ("pooling", "model")
+                     for k in ("kernel_size", "stride", "downsample_at", "widths") if k in cfg[node]]
             raise _TooSmall(f"{' '.join(str(e).split())}. The {spec.image_size}×{spec.image_size} images of "
-                            f"dataset={cfg.dataset.name} are too small for the model's downsampling") from None
+                            f"dataset={cfg.dataset.name} are too small for the model's downsampling"
+                            + (f" (set by {', '.join(sizes)})" if sizes else "")) from None
     if tuple(out.shape) != (2, spec.num_classes):
         raise ValueError(f"the model returns {tuple(out.shape)} for 2 images; expected (2, {spec.num_classes})")
 

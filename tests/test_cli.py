@@ -240,6 +240,7 @@ def test_an_int_and_a_float_are_one_run_and_the_grid_reports_every_cell(data_dir
     ["loss=uskd", "model.widths=[32]", "model.downsample_at=[0]"], ["loss=uskd", "+loss.num_classes=10"],
     ["--config-dir", "/nonexistent/presets"], ["-m", "pooling=max,maxx"], ["lr=inf"], ["weight_decay=inf"],
     ["-m", "pooling=max,avg", "baseline=pooling=maxx"], ["+dataset.foo=1"], ["+dataset._target_=os.system"],
+    ["pooling.kernel_size=100"], ["model.widths=[0,0]"],
 ])
 def test_a_config_mistake_exits_2_before_any_data_with_nothing_written(mistake, tmp_path, main_cli):
     res = main_cli(*mistake, f"results_dir={tmp_path / 'out'}", f"data_dir={tmp_path / 'data'}", cwd=tmp_path)

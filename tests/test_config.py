@@ -100,7 +100,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["pooling.kernel_size=0"], "kernel_size must be >= 1, got 0"),
     (["model=resnet20", "model.depth=21"], "depth must be 6n + 2"),
     (["model=simple_cnn", "model.widths=[8,8,8,8,8]", "model.downsample_at=[0,1,2,3,4]"],  # 28 px cannot halve 5 times
-     "too small for the model's downsampling. model.downsample_at=[0, 1, 2, 3, 4] lists"),
+     "too small for the model's downsampling (set by pooling.kernel_size=2, pooling.stride=2, "
+     "model.downsample_at=[0, 1, 2, 3, 4]"),
     (["model=vgg11"], "does not build or run with dataset=mnist5k, model=vgg11"),
     (["model.downsample_at=[0,2]"], "downsample_at must list distinct stage indices in 0..1, got [0, 2]"),
     (["pooling=mixed", "pooling.per=pixel"], "per must be one of layer, channel, got 'pixel'"),
