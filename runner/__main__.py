@@ -70,6 +70,9 @@ def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], whe
     except KeyboardInterrupt:
         error("interrupted: the same command continues the rounds where they stopped")
         return 130
+    except ConfigError as e:  # the scheduler refused a round's jobs
+        error(f"error: {e}")
+        return 2
 
 
 def report(plans: list) -> int:
@@ -163,6 +166,9 @@ def main() -> int:
         except KeyboardInterrupt:
             error("interrupted: nothing half-written; run the same command again to run what is not finished")
             return 130
+        except ConfigError as e:  # the scheduler refused the jobs
+            error(f"error: {e}")
+            return 2
     return report(plans)
 
 

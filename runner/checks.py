@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -276,6 +277,23 @@ def check_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> No
         except DataError as e:
             raise ConfigError(f"{'ood=' + str(cfg.ood) + ': ' if ds is not sets[0] else ''}{e}") from None
         checked.add(key)
+
+
+def check_launch(hydra: DictConfig, overrides: Sequence[str], multirun: bool) -> None:
+    """What Hydra itself needs before it starts jobs: the folder it writes, where a command names one, and for
+    launcher=slurm a SLURM to submit to (submitit's traceback otherwise comes after the plan)."""
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if key in given:
+        try:
+            folder = str(OmegaConf.select(hydra, key.removeprefix("hydra."), throw_on_resolution_failure=True))
+        except Exception:  # an interpolation Hydra resolves only at launch (hydra:runtime...): Hydra checks it
+            folder = None
+        if folder:
+            check_writable(key, folder)
+    if multirun and "SlurmLauncher" in str(hydra.launcher.get("_target_", "")) and shutil.which("sbatch") is None:
+        raise ConfigError("launcher=slurm: this machine has no sbatch (SLURM's client) on its PATH, so the grid "
+                          "cannot be submitted. Run it from a SLURM login node, or use launcher=local.")
 
 
 def check_writable(key: str, folder: str) -> None:

@@ -70,6 +70,44 @@ def config_files() -> Iterator[None]:
                           "save it as UTF-8") from None
 
 
+# PyYAML builds an aliased node once and shares it, but OmegaConf copies it at every use: 300 bytes of nested
+# aliases ("billion laughs") become 10^6 values and minutes of CPU before any check can run. No library bounds
+# that, so each YAML of a user's folder that has an anchor is measured on PyYAML's node graph (each shared node
+# counted once per use, memoized) before Hydra reads it. The project's own conf/ has no anchors and is not read.
+MAX_YAML_VALUES = 100_000
+
+
+def check_yaml_sizes(folder: Path) -> None:
+    for path in sorted(folder.rglob("*.yaml")):
+        if b"&" not in path.read_bytes():  # no anchor, no alias
+            continue
+        with config_files(), path.open(encoding="utf-8") as f:
+            try:
+                root = yaml.compose(f, Loader=yaml.SafeLoader)
+            except yaml.composer.ComposerError:  # several documents: Hydra's own read says what is wrong
+                continue
+        size: dict[int, int] = {}
+
+        def values(node: yaml.Node) -> int:
+            if id(node) not in size:
+                size[id(node)] = 0  # a node that contains itself counts once, not forever
+                if isinstance(node, yaml.SequenceNode):
+                    size[id(node)] = 1 + sum(values(v) for v in node.value)
+                elif isinstance(node, yaml.MappingNode):
+                    size[id(node)] = 1 + sum(values(k) + values(v) for k, v in node.value)
+                else:
+                    size[id(node)] = 1
+            return size[id(node)]
+
+        try:
+            n = values(root) if root is not None else 0
+        except RecursionError:
+            n = MAX_YAML_VALUES + 1
+        if n > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; a config "
+                              "file this large is refused. Write the values out, or use ${...} interpolation.")
+
+
 def one_paragraph(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -173,11 +211,14 @@ class Composer:
         primary = Path(config_path).resolve() if config_path else CONF_DIR
         if not primary.is_dir():
             raise ConfigError(f"--config-path={config_path}: no such folder ({primary}).")
+        if primary != CONF_DIR:
+            check_yaml_sizes(primary)
         search_path = create_config_search_path(f"file://{primary}")
         if config_dir is not None:  # as hydra.main's --config-dir: consulted before the primary folder
             folder = Path(config_dir).resolve()
             if not folder.is_dir():
                 raise ConfigError(f"--config-dir={config_dir}: no such folder ({folder}).")
+            check_yaml_sizes(folder)
             search_path.prepend(
                 provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema")
             )

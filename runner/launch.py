@@ -28,6 +28,11 @@ TO_LAUNCH: set[tuple[str, ...]] | None = None
 CELLS: list[list[str]] | None = None
 
 
+class NotSubmitted(SystemExit):
+    """The launcher's scheduler refused the jobs (sbatch's message): nothing ran. A SystemExit, so that it passes
+    Hydra's report of failed tasks, which catches every Exception and prints its traceback."""
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -66,7 +71,8 @@ def hydra(argv: Sequence[str]) -> int:
         _run_hydra(args=parser.parse_args(list(argv)), args_parser=parser, task_function=job,
                    config_path=str(CONF_DIR), config_name="config")
     except SystemExit as e:
-        if not isinstance(e.code, (int, type(None))):  # a message: Hydra's own, printed as sys.exit would
+        # a message (Hydra's own, printed as sys.exit would), or the scheduler's refusal
+        if isinstance(e, NotSubmitted) or not isinstance(e.code, (int, type(None))):
             raise
         return e.code or 0
     return 0
@@ -82,5 +88,7 @@ def hand_off(plans: Sequence[Any], pending: Sequence[Any], argv: Sequence[str], 
     CELLS = [list(p.overrides) for p in pending] if exact else None
     try:
         hydra(argv)
+    except NotSubmitted as e:
+        raise ConfigError(f"the launcher could not submit the runs, so nothing ran: {e.code}") from None
     finally:
         TO_LAUNCH, CELLS = None, None

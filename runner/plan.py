@@ -76,6 +76,7 @@ def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: 
     with Composer(config_dir, config_path, config_name) as composer:
         master = composer.master(overrides, multirun)
         launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
+        checks.check_launch(master.hydra, overrides, multirun)
         checked: set[str] = set()
         typed: dict[str, DictConfig] = {}
         plans = []

@@ -6,7 +6,9 @@ returns (result.json, checkpoint, logits, the tidy tables). Nothing is validated
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -273,7 +275,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             say(f"interrupted {rid} ({why}): its earlier result is kept; force=true replaces it only with a "
                 "complete run")
             raise
-        _finish(record, rows, folder, recorded_before)
+        _finish_or_fail(record, rows, folder, recorded_before)
         tracker.finish(record)
         say(f"interrupted {rid}: recorded as interrupted ({why}); the same command runs it again")
         raise
@@ -285,7 +287,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             say(f"failed {rid} ({record['error']}): its earlier result is kept (force=true replaces it only with a "
                 "complete run)")
             return records.read_result(folder) or record
-    _finish(record, rows, folder, recorded_before)
+    if not _finish_or_fail(record, rows, folder, recorded_before) and records.restore_previous(folder):
+        return records.read_result(folder) or record
     records.drop_previous(folder)  # the new result is complete: the one it replaces goes
     tracker.finish(record)
     if record["status"] in records.DONE and not cfg.keep_resume:
@@ -318,13 +321,48 @@ def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
             raise ValueError("it belongs to another run")
         if not 1 <= int(state["epoch"]) < plan.cfg.epochs or len(state["rows"]) != int(state["epoch"]):
             raise ValueError(f"its epoch {state.get('epoch')} does not fit a run of {plan.cfg.epochs} epochs")
+        fits_parts(state, plan.cfg)
         return state
     except Exception as e:  # truncated, foreign or stale: the run starts from its first epoch
         records.report_corrupt(path, f"{' '.join(str(e).split()[:20])}; the run starts from its first epoch")
         return None
 
 
+def fits_parts(state: dict[str, Any], cfg: Any) -> None:
+    """Raise unless ``state`` loads into this run's model, loss and optimizer as ``fit`` will load it: a state
+    with the right id but other weights (edited, or saved by other code) would fail the run on every attempt."""
+    model, loss_fn, optimizer = build.parts(cfg)  # throwaway parts: ``fit`` gets freshly seeded ones
+    model.load_state_dict(state["model"])
+    loss_fn.load_state_dict(state.get("loss", {}))
+    optimizer.load_state_dict(state["optimizer"])
+    for p, kept in optimizer.state.items():
+        if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in kept.values()):
+            raise ValueError("its optimizer state does not match the model's weights")
+    torch.Generator().set_state(state["generator"])
+    float(state["train_seconds"]), state["scheduler"], state["torch_rng"]
+
+
 SELECT_BY = "val_acc"  # model selection: the epoch with the best validation accuracy (the earliest on ties)
+
+
+def _finish_or_fail(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path, recorded_before: bool) -> bool:
+    """``_finish``; when the disk is full or a table cannot be written, the run is recorded ``failed`` with the
+    reason instead (never left ``running``) and False is returned. The next command runs it again."""
+    try:
+        _finish(record, rows, folder, recorded_before)
+        return True
+    except OSError as e:
+        record |= {"status": "failed", "error": f"its result could not be recorded ({e.strerror or e}: "
+                                                f"{e.filename or folder}); free space or fix the file, then rerun"}
+        error(f"error: {record['run_id']}: {record['error']}")
+        try:
+            records.write_json(folder / "result.json", record)
+        except OSError:  # too full even for the record: its old copy goes, and the essentials take its place
+            (folder / "result.json").unlink(missing_ok=True)
+            short = {k: record.get(k) for k in ("run_id", "status", "error", "choices", "config", "started_at")}
+            with contextlib.suppress(OSError):
+                records.write_text(folder / "result.json", json.dumps(short, separators=(",", ":"), default=str))
+        return False
 
 
 def _finish(record: dict[str, Any], rows: list[dict[str, Any]], folder: Path, recorded_before: bool = True) -> None:

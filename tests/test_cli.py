@@ -323,6 +323,10 @@ def test_timm_is_imported_only_for_an_evonorm():
     (b"a: [1\n", "a config file is not valid YAML: while parsing a flow sequence in"),
     (b"a: 1\na: 2\n", "found duplicate key a in"),
     (b"a: \xe9t\xe9\n", "a config file is not UTF-8 text (byte 3"),
+    # "billion laughs": 10 levels of ten aliases each would be 10^10 values for OmegaConf to copy
+    (b"l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        b"l%d: &l%d [" % (i, i) + b", ".join([b"*l%d" % (i - 1)] * 10) + b"]\n" for i in range(1, 10)),
+     "its aliases (*name) expand to more than 100,000 values"),
 ])
 def test_a_preset_that_is_not_valid_yaml_is_one_line_and_exit_2(content, message, tmp_path, main_cli):
     presets = tmp_path / "presets" / "experiment"

@@ -8,7 +8,7 @@ and launch the completed ones too; this subclass expands the grid the same way a
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
@@ -17,6 +17,20 @@ from runner import launch
 
 
 class PlannedSweeper(BasicSweeper):
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        submit = self.launcher.launch
+
+        def launch_or_say_why(*args: Any, **kw: Any) -> Any:
+            try:
+                return submit(*args, **kw)
+            except Exception as e:  # sbatch refused the jobs (no controller, a bad partition): one line, not
+                if type(e).__name__ != "FailedJobError":  # Hydra's traceback and a grid "not recorded"
+                    raise
+                raise launch.NotSubmitted(" ".join(str(e).split())) from None
+
+        self.launcher.launch = launch_or_say_why  # type: ignore[method-assign]
+
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:  # type: ignore[override]
         if launch.CELLS is not None:  # runner.tune's trials: cells it chose, not a grid of the command line
             size = max_batch_size or len(launch.CELLS) or 1
