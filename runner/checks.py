@@ -10,10 +10,8 @@ import dataclasses
 
 import importlib.util
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +23,7 @@ from datasets import SPECS, DataError, check_available, load_cached
 from datasets.batches import AUGMENTS
 from datasets.registry import cache_path
 from models import declared
-from runner import build
+from runner import build, records
 from runner.compose import CONF_DIR, option_yaml
 from runner.metrics import TS_METHODS
 from runner.schema import (ConfigError, DatasetConfig, RunConfig, SequentialConfig, check_dataclass_ranges,
@@ -297,13 +295,6 @@ def check_launch(hydra: DictConfig, overrides: Sequence[str], multirun: bool) ->
 
 
 def check_writable(key: str, folder: str) -> None:
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={folder}: is a file, not a folder. Give a folder (it is created if missing).")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    try:  # a probe, removed at once: permission bits say nothing for root, nor for read-only or virtual file systems
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".runner-probe-"))
-    except OSError as e:
-        raise ConfigError(f"{key}={folder}: cannot create folders in {existing} ({e.strerror}); "
-                          "choose a folder you can write to.") from None
-
+    why = records.cannot_write(Path(folder))
+    if why:
+        raise ConfigError(f"{key}={folder}: {why}")

@@ -171,10 +171,27 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
     ckpt = read_checkpoint(path, key)
     teacher_plan = checkpoint_plan(ckpt, key)
     _check_teacher_shape(teacher_plan.cfg.dataset.name, cfg.dataset.name, key)
+    _check_weights_fit(ckpt["model"], teacher_plan, f"{key}={path}")
     rid = str(ckpt.get("run_id") or "")
     return TeacherRef(
         rid if RUN_ID.fullmatch(rid) else hashlib.sha1(path.read_bytes()).hexdigest()[:10], path, teacher_plan
     )
+
+
+def _check_weights_fit(weights: Mapping[str, Any], plan: RunPlan, where: str) -> None:
+    """The checkpoint's weights have the names and shapes of the model its own config builds (else the student
+    would fail when it loads them, after the plan said yes)."""
+    from runner import build  # here: building needs the models, which planning a run without a teacher does not
+
+    expected = {k: tuple(v.shape) for k, v in build.model(plan.cfg).state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
+    wrong = sorted(expected.keys() ^ given.keys()) + sorted(k for k in expected.keys() & given.keys()
+                                                          if expected[k] != given[k])
+    if wrong:
+        shown = ", ".join(f"{k} ({'missing' if k not in given else 'unexpected' if k not in expected else given[k]})"
+                          for k in wrong[:3])
+        raise ConfigError(f"{where}: its weights do not fit the model its own config builds ({len(wrong)} "
+                          f"differ: {shown}{', ...' if len(wrong) > 3 else ''}).")
 
 
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,

@@ -88,6 +88,19 @@ def write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def cannot_write(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created if missing), or None when they can."""
+    path = folder.expanduser()
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder. Give a folder (it is created if missing)."
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    try:  # a probe, removed at once: permission bits say nothing for root, nor for read-only or virtual file systems
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".runner-probe-"))
+    except OSError as e:
+        return f"cannot create folders in {existing} ({e.strerror}); choose a folder you can write to."
+    return None
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 

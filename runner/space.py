@@ -42,6 +42,10 @@ def flatten(node: Any, prefix: str = "", where: str = "tune.space") -> dict[str,
             out[key] = None
         elif isinstance(v, Mapping) and _is_spec(v):
             out[key] = dict(v)
+        elif isinstance(v, Mapping) and set(v) & set(SPEC_KEYS):  # a range with a key no range has
+            unknown = sorted(set(v) - set(SPEC_KEYS), key=str)[0]
+            raise ConfigError(f"{where}.{key}.{unknown}: not a key of a search space. Allowed: "
+                              f"{', '.join(SPEC_KEYS)}.")
         elif isinstance(v, Mapping) and v:
             out |= flatten(v, f"{key}.", where)
         else:

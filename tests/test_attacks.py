@@ -172,6 +172,12 @@ CASES = [
         {"bare.pt": "BARE"},
         "not a checkpoint written by this runner",
     ),
+    (
+        "teacher checkpoint whose weights do not fit its own config",
+        ["loss=kd", "teacher=checkpoint", "teacher.checkpoint={p}/weights.pt"],
+        {"weights.pt": "WEIGHTS"},
+        "its weights do not fit the model its own config builds",
+    ),
     ("results_dir is a file", ["results_dir={p}/afile"], {"afile": "x"}, "is a file"),
     ("results_dir not creatable", ["results_dir=/proc/runner-results"], {}, "cannot create folders"),
     ("unset environment variable", ["results_dir=${{oc.env:RUNNER_UNSET_VARIABLE_X}}"], {}, "cannot be resolved"),
@@ -208,6 +214,14 @@ def _materialize(place: Path, name: str, text: str | None) -> None:
         os.environ["RUNNER_TEST_PLACE"] = str(place)
         with open(path, "wb") as f:
             pickle.dump({"model": {}, "config": Payload()}, f)
+    elif text == "WEIGHTS":  # a sound config; its weights those of a model with twice the widths
+        wide = make_plan(["dataset=mnist5k", "model.widths=[64,128]"])
+        from omegaconf import OmegaConf
+
+        from runner.build import model
+
+        torch.save({"model": model(wide.cfg).state_dict(),
+                    "config": OmegaConf.to_container(make_plan(["dataset=mnist5k"]).cfg)}, path)
     elif text in ("CONFIG", "BARE"):
         plan = make_plan(["dataset=mnist5k"])
         from omegaconf import OmegaConf

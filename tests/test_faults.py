@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
+from conftest import ROOT, TINY
 
 from runner import records
 from runner.plan import make_plan
@@ -131,3 +131,32 @@ def test_a_hydra_folder_that_cannot_be_created_is_one_line_and_exit_2(key, data_
     res = main_cli(*multirun, *TINY, f"{key}=/proc/runner-x", f"data_dir={data_dir}", f"results_dir={tmp_path}/o")
     assert res.returncode == 2 and f"{key}=/proc/runner-x: cannot create folders in /proc" in res.stderr, res.stderr
     assert not (tmp_path / "o").exists()
+
+
+@contextlib.contextmanager
+def read_only(folder: Path, at: Path):
+    """``folder`` seen through a read-only bind mount at ``at`` (root only; elsewhere the test skips)."""
+    at.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("a read-only file system is simulated with a bind mount, which needs root")
+    bound = subprocess.run(["mount", "--bind", str(folder), str(at)], capture_output=True)
+    if bound.returncode:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(at)], check=True, capture_output=True)
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], check=False)
+
+
+def test_the_summary_of_a_read_only_results_root_is_one_line_and_exit_2(tmp_path, capsys):
+    from runner.summary.cli import main as summary_main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ROOT / "docs/examples/norm_mnist5k/runs.csv", src / "runs.csv")
+    with read_only(src, tmp_path / "ro") as ro:
+        code = summary_main([str(ro / "runs.csv"), "--baseline", "norm=batch", "--no-plots"])
+    said = capsys.readouterr().out
+    assert code == 2 and "Read-only file system" in said and "--out" in said and "Traceback" not in said, said
+    assert [p.name for p in src.iterdir()] == ["runs.csv"]

@@ -187,6 +187,8 @@ GUARDS = [
     ),
     ("an infinite bound", ["tune.space.lr.high=inf"], "low, high and step must be finite numbers"),
     ("a step that is a list", ["+tune.space.lr.step=[1]"], "low, high and step must be finite numbers"),
+    ("a distribution Optuna's ranges lack", ["+tune.space.lr.dist=normal"],
+     "tune.space.lr.dist: not a key of a search space"),
     ("a sequential study without a maximum", ["tune.finals=sequential"], "nothing to compare"),
     ("an unknown finals", ["tune.finals=adaptive"], "allowed: fixed, sequential"),
     ("a decision on a validation metric", ["tune.decide_on=val_acc"], "tune.decide_on=val_acc: allowed: a test"),

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.exists() and not out.is_dir():
             raise SummaryError(f"--out {out}: a file; allowed: a folder (it is created if missing)")
+        unwritable = records.cannot_write(out)
+        if unwritable:
+            raise SummaryError(f"--out {out}: {unwritable}" if args.out else f"{out}: {unwritable} The summary is "
+                               "written beside the runs it reads unless --out names another folder.")
         if args.rope is not None and not args.rope >= 0:
             raise SummaryError(f"--rope {args.rope}: allowed: a difference >= 0 on the metric's scale, e.g. 0.005")
         if args.decide == "rope" and args.rope is None:
