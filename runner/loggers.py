@@ -107,9 +107,16 @@ class MLflow(Tracker):
         # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#' an
         # empty folder named with the escapes, outside results_dir. Removed again below if it was made here.
         stray = Path(uri.removeprefix("sqlite:///")).parent
-        with self.lock:
-            made = not cfg.logger.uri and stray != db.parent and not stray.exists()
+        # Opening the store checks its schema (about 1 s of CPU): only the first opening, which creates and migrates
+        # it, needs the lock; later ones run side by side, so that 32 runs starting together do not queue for 32 s.
+        ready = Path(f"{db}.ready")
+        made = not cfg.logger.uri and stray != db.parent and not stray.exists()
+        if cfg.logger.uri or (ready.exists() and db.exists()):
             self.client = mlflow.MlflowClient(tracking_uri=uri)
+        with self.lock:
+            if not hasattr(self, "client"):
+                self.client = mlflow.MlflowClient(tracking_uri=uri)
+                ready.touch()
             found = self.client.get_experiment_by_name(cfg.logger.experiment)
             experiment = found.experiment_id if found else self.client.create_experiment(
                 cfg.logger.experiment, artifact_location=None if cfg.logger.uri else str(db.parent / "mlruns"))

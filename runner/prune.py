@@ -8,6 +8,7 @@ open the journal (a local worker, a SLURM job), because the study lives in that 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
@@ -32,11 +33,11 @@ def trial_setting(journal: str, study: str, number: int, metric: str, offset: in
 def reporter(setting: str) -> Callable[[Mapping[str, Any]], None]:
     """``report(epoch_row)``: report the row's metric at this seed's step; raise Pruned when the trial should stop."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from runner.journal import storage as journal_storage
 
     info = json.loads(setting)
-    storage = JournalStorage(JournalFileBackend(info["journal"]))
+    storage = journal_storage(Path(info["journal"]))
     study = optuna.load_study(study_name=info["study"], storage=storage, pruner=median_pruner(int(info["startup"])))
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(info["number"]))
     trial = optuna.trial.Trial(study, trial_id)

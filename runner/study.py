@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +14,12 @@ import optuna
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from runner import space
+from runner.journal import journal, repair_journal, storage
 from runner.metrics import higher_is_better, metric_names
 from runner.plan import RunPlan
-from runner.progress import say
 from runner.schema import ConfigError, _num, check_dataclass_ranges, did_you_mean
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # each counts in the budget
@@ -145,51 +141,6 @@ def _diff(stored: dict[str, Any], given: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- studies
 
-def journal(root: Path) -> Path:
-    """The studies' journal, as an absolute path: Optuna's lock is a symlink to it, and a relative target would
-    point nowhere from the lock's folder, so that its stale-lock breaker could never see the lock's age."""
-    return (root / "tune" / "journal.log").absolute()
-
-
-def _entry(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict) and "op_code" in json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return False
-
-
-def repair_journal(path: Path) -> None:
-    """Before a study is read: a journal whose last line was cut (a kill or a full disk in the middle of an append)
-    is cut back to its last whole entry, the cut bytes kept beside it in ``journal.log.cut-<time>``, with a line
-    that says so; Optuna would otherwise fail on it at every later start and glue the next entry onto it. A foreign
-    line before the end (a hand edit) is a ConfigError naming it: which entries it hid cannot be known. Under the
-    journal's own lock, so that no tuner appends meanwhile."""
-    if not path.is_file():
-        return
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
-    try:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        whole, tail = lines[:-1], lines[-1]
-        bad = [i for i, line in enumerate(whole) if not _entry(line)]
-        if bad and bad[0] < len(whole) - 1:
-            raise ConfigError(f"{path}: line {bad[0] + 1} is not an entry of Optuna's journal "
-                              f"({whole[bad[0]][:60]!r}); the file was edited. Restore it from a copy, or give "
-                              "another results_dir for new studies.")
-        keep = len(whole) - len(bad)
-        if keep == len(whole) and not tail:
-            return
-        good = sum(len(line) + 1 for line in whole[:keep])
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        (path.parent / f"{path.name}.cut-{stamp}").write_bytes(data[good:])
-        os.truncate(path, good)
-        say(f"{path}: its last entry was cut off (a kill or a full disk during an append); the {len(data) - good} "
-            f"cut bytes are kept in {path.name}.cut-{stamp} and the studies go on from the entry before")
-    finally:
-        lock.release()
-
-
 def counted(trials: list[FrozenTrial], budget: int) -> list[FrozenTrial]:
     """The trials that count in a budget: in number order, less those set aside as cut off before their settings
     were recorded (they never ran at a setting of their own); the first ``budget``."""
@@ -218,7 +169,7 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
     """Create or load each method's study and hold its lock; a ConfigError when another process tunes it or when
     its stored settings differ from the command's (shown key by key: a study never mixes two spaces)."""
     locks: list[FileLock] = []
-    storages: dict[Path, JournalStorage] = {}
+    storages: dict[Path, Any] = {}
     try:
         for m in methods:
             (m.root / "tune").mkdir(parents=True, exist_ok=True)
@@ -233,7 +184,7 @@ def open_studies(methods: list[Method]) -> list[FileLock]:
             path = journal(m.root)
             if path not in storages:
                 repair_journal(path)
-                storages[path] = JournalStorage(JournalFileBackend(str(path)))
+                storages[path] = storage(path)
             if m.study_name in optuna.study.get_all_study_names(storages[path]):  # loading writes nothing
                 m.study = optuna.load_study(study_name=m.study_name, storage=storages[path])
             else:

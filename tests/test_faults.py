@@ -14,12 +14,18 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
+from optuna.trial import TrialState
 from conftest import ROOT, TINY
 
 from runner import records
@@ -160,3 +166,180 @@ def test_the_summary_of_a_read_only_results_root_is_one_line_and_exit_2(tmp_path
     said = capsys.readouterr().out
     assert code == 2 and "Read-only file system" in said and "--out" in said and "Traceback" not in said, said
     assert [p.name for p in src.iterdir()] == ["runs.csv"]
+
+
+# ---------------------------------------------------------------- the tuner's journal lock
+
+HOLDER = """
+import sys
+from pathlib import Path
+from runner.journal import JournalLock
+lock = JournalLock(Path(sys.argv[1]))
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+def hold_journal_lock(path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def append_in_background(path: Path) -> threading.Thread:
+    """A tuner's first append (creating a study) in a thread: alive while it waits for the lock."""
+    import optuna
+
+    from runner.journal import storage
+
+    thread = threading.Thread(target=lambda: optuna.create_study(study_name="s", storage=storage(path)), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_lock_of_a_tuner_killed_while_holding_it_is_free_at_once(tmp_path):
+    path = tmp_path / "journal.log"
+    holder = hold_journal_lock(path)
+    holder.kill()
+    holder.wait(60)
+    waiter = append_in_background(path)
+    waiter.join(20)  # Optuna's own lock: 30 s of waiting at best (forever with a relative path)
+    assert not waiter.is_alive()
+
+
+def test_a_live_tuner_silent_past_optunas_grace_period_keeps_its_lock(tmp_path):
+    """A holder stopped (SIGSTOP: an NFS stall, a suspended job) for longer than the 30 s after which Optuna's own
+    locks are broken, with a journal untouched for an hour: the waiter waits, and appends once it is released."""
+    import inspect
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    grace = inspect.signature(JournalFileSymlinkLock).parameters["grace_period"].default
+    path = tmp_path / "journal.log"
+    path.write_bytes(b"")
+    holder = hold_journal_lock(path)
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+        waiter = append_in_background(path)
+        waiter.join(grace + 5)
+        assert waiter.is_alive()  # still waiting: the lock was not taken from a live holder
+        holder.send_signal(signal.SIGCONT)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        waiter.join(60)
+        assert not waiter.is_alive() and holder.wait(60) == 0
+    finally:
+        holder.kill()
+    assert all(json.loads(line)["op_code"] == 0 for line in path.read_text().splitlines())  # one whole entry
+
+
+# ---------------------------------------------------------------- SIGKILL at each step of a trial's life
+
+KILL_AT = """
+import os, signal, sys
+import optuna.storages
+import runner.tune as tune
+
+owner, name = sys.argv[1].split(":")
+home = optuna.storages.JournalStorage if owner == "storage" else tune
+real = getattr(home, name)
+
+def killed(*args, **kwargs):
+    out = real(*args, **kwargs) if owner == "storage" else None  # a storage call is written, then the kill
+    os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+setattr(home, name, killed)
+sys.exit(tune.main(sys.argv[2:]))
+"""
+TRIAL_STEPS = {
+    "created, no setting yet": "storage:create_new_trial",
+    "one of its settings recorded": "storage:set_trial_param",
+    "planned, before its runs": "tune:launch_plans",
+    "trained, before it is told": "tune:outcome",
+    "told, before trials.csv": "tune:write_trials",
+    "chosen, before the final runs": "tune:run_finals",
+}
+
+
+@pytest.mark.parametrize("step", TRIAL_STEPS, ids=list(TRIAL_STEPS))
+def test_a_kill_at_any_step_of_a_trials_life_loses_nothing_and_runs_no_untuned_setting(
+        step, data_dir, tmp_path, monkeypatch):
+    from runner import tune
+    from runner.journal import storage
+    from runner.study import UNSAMPLED
+
+    res = tmp_path / "res"
+    args = ["pooling=max", *TINY, "tune.trials=2", "tune.exploratory=true", f"data_dir={data_dir}",
+            f"results_dir={res}"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, TRIAL_STEPS[step], *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    assert tune.main(args) == 0
+    (name,) = optuna.get_all_study_names(storage(res / "tune" / "journal.log"))
+    study = optuna.load_study(study_name=name, storage=storage(res / "tune" / "journal.log"))
+    kept = [t for t in study.trials if not t.user_attrs.get(UNSAMPLED)]
+    assert len(kept) == 2 and all(t.state == TrialState.COMPLETE for t in kept)
+    assert all(set(t.params) == {"lr", "weight_decay"} for t in kept)  # conf/tune/default.yaml's space
+    runs = pd.read_csv(res / "runs.csv")
+    assert runs.run_id.is_unique and (runs.status == "ok").all()
+    tuned = runs[runs.stage.str.contains("tune")]
+    assert sorted(tuned.trial.astype(int)) == sorted(t.number for t in kept)
+    final = runs[runs.stage.str.contains("final")]
+    best = study.best_trial
+    assert len(final) == 1 and final.lr.iloc[0] == pytest.approx(best.params["lr"])  # the chosen setting, tuned
+    trials = pd.read_csv(res / "tune" / "trials.csv")  # a trial set aside is listed, outside the budget
+    assert sorted(trials[trials.in_budget].trial.astype(int)) == sorted(t.number for t in kept)
+    assert trials[trials.chosen].trial.tolist() == [best.number]
+
+
+# ---------------------------------------------------------------- trackers in a crowd
+
+TRACKED = """
+import sys, time
+from pathlib import Path
+from omegaconf import OmegaConf
+from runner.loggers import open_tracker
+
+root, i, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+cfg = OmegaConf.create({"results_dir": root, "seed": i, "logger": OmegaConf.load(sys.argv[4])})
+import mlflow  # imported before the start line, so that every process starts the store at the same moment
+while not go.exists():
+    time.sleep(0.01)
+tracker = open_tracker(cfg, f"{i:010x}", f"seed={i}")
+tracker.epoch({"epoch": 1, "train_loss": 1.0 / (i + 1)})
+tracker.finish({"status": "ok", "epochs_done": 1, "metrics": {"test_acc": i / 100}})
+"""
+
+
+def test_32_runs_whose_trackers_start_at_the_same_moment_are_32_tracked_runs(tmp_path):
+    """The tracker's part of 32 runs, released together on a fresh results folder (the training around it changes
+    nothing here, and 32 trainings at once would take minutes on 2 cores): MLflow's store is created and migrated
+    once, inside results_dir although its name holds '?' and '#' (the URI is built by SQLAlchemy, not by string
+    formatting), and every run is in it with its parameters and metrics. Before: 0 of 6 tracked, a half-migrated
+    store. test_tracking.py runs real trainings with logger=mlflow."""
+    mlflow = pytest.importorskip("mlflow")
+    from sqlalchemy.engine import URL
+
+    from runner.compose import CONF_DIR
+
+    n, root, go = 32, tmp_path / "res" / "a?b#c", tmp_path / "go"  # '?' and '#' once put the store outside
+    procs = [subprocess.Popen([sys.executable, "-c", TRACKED, str(root), str(i), str(go),
+                               str(CONF_DIR / "logger" / "mlflow.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    time.sleep(1)
+    go.touch()
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n and not any("logger=mlflow" in e for e in errors), errors
+    assert (root / "mlflow.db").is_file() and [p.name for p in root.parent.iterdir()] == ["a?b#c"]
+    client = mlflow.MlflowClient(URL.create("sqlite", database=str(root / "mlflow.db"))
+                                 .render_as_string(hide_password=False))
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id], max_results=100)
+    assert sorted(r.info.run_name for r in runs) == [f"{i:010x}" for i in range(n)]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["test_acc"] == int(r.info.run_name, 16) / 100
+               and r.data.params["seed"] == str(int(r.info.run_name, 16)) for r in runs)

@@ -50,35 +50,6 @@ def test_tensorboard_event_files_hold_every_epoch(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_runs_that_start_together_are_each_tracked_in_a_store_inside_results_dir(data_dir, tmp_path):
-    # 6 processes started at once on a fresh folder whose name holds '?' and '#': all of them are MLflow runs with
-    # their metrics (before: 0 of 6, a half-migrated store, and a store outside results_dir built from the '?' by
-    # string formatting). Separate processes, as a launcher starts them (a fork of this test process would inherit
-    # its torch thread pool).
-    mlflow = pytest.importorskip("mlflow")
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    from sqlalchemy.engine import URL
-
-    n, root = 6, tmp_path / "a?b#c"
-    procs = [subprocess.Popen([sys.executable, "-m", "runner", *TINY, f"seed={s}", f"data_dir={data_dir}",
-                               f"results_dir='{root}'", "logger=mlflow"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for s in range(n)]
-    errors = [p.communicate(timeout=900)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * n, errors
-    assert not any("logger=mlflow" in e for e in errors), errors  # no tracker failed and let its run go on
-    assert (root / "mlflow.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["a?b#c"]
-    client = mlflow.MlflowClient(tracking_uri=URL.create("sqlite", database=str(root / "mlflow.db"))
-                                 .render_as_string(hide_password=False))
-    experiment = client.get_experiment_by_name("runner").experiment_id
-    runs = client.search_runs([experiment], max_results=100)
-    table = pd.read_csv(root / "runs.csv")
-    assert len(runs) == n and {r.info.run_name for r in runs} == set(table.run_id)
-    assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in runs)
-
-
 def test_an_unreachable_tracking_server_costs_one_probe_said_once(data_dir, tmp_path, capsys):
     pytest.importorskip("mlflow")
     import socket

@@ -16,20 +16,19 @@ import optuna
 import pandas as pd
 import pytest
 from scipy import stats as sps
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY
 from test_contracts import DISTILLATION
 from runner import records, tune
+from runner.journal import storage as journal_storage
 from runner.compose import CONF_DIR, option_yaml
 
 GRID = ["-m", "pooling=max,avg", *TINY, "tune.trials=3", "seed=0,1", "tune.exploratory=true"]  # 2 seeds: no verdict
 
 
 def studies(res: Path) -> dict[str, optuna.Study]:
-    storage = JournalStorage(JournalFileBackend(str(res / "tune" / "journal.log")))
+    storage = journal_storage(res / "tune" / "journal.log")
     return {n: optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage)}
 
 
