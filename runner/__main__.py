@@ -143,7 +143,7 @@ def main() -> int:
         return 2
     if rounds is not None:
         return add_seeds(plans, planned, rounds, argv, where)
-    from runner.records import completed, repair_tables  # here, as make_plans
+    from runner.records import RESUME, completed, repair_tables  # here, as make_plans
 
     for root in dict.fromkeys(p.root for p in plans):  # a finish cut off between a run's record and its rows
         repaired = repair_tables(root, [p.run_id for p in plans if p.root == root])
@@ -155,6 +155,8 @@ def main() -> int:
         done = None if p.cfg.force else completed(p.folder)
         if done:
             say(f"skip {p.run_id} ({p.label}): already completed, status={done['status']} (force=true reruns it)")
+            if not p.cfg.keep_resume:  # a kill after the record, before the finish removed the saved state
+                (p.folder / RESUME).unlink(missing_ok=True)
         else:
             pending.append(p)
     if pending:

@@ -88,6 +88,9 @@ def write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
+RESUME = "resume.pt"  # in a run folder: the state the next epoch needs, while the run is not finished
+
+
 def cannot_write(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (created if missing), or None when they can."""
     path = folder.expanduser()

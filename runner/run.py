@@ -193,7 +193,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     recorded_before = (folder / "result.json").exists()  # then its rows may be in the tables: they are rebuilt
     if cfg.force and records.completed(folder):  # kept aside until the new result is complete
         records.set_aside(folder)
-    for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", RESUME)):
+    for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", records.RESUME)):
         (folder / stale).unlink(missing_ok=True)
     records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
@@ -217,7 +217,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             report(row)
 
     def on_state(state: dict[str, Any]) -> None:  # one file per run, replaced atomically: only the latest state
-        with records.atomic_path(folder / RESUME) as tmp:
+        with records.atomic_path(folder / records.RESUME) as tmp:
             torch.save(state | {"run_id": rid, "rows": rows}, tmp)
 
     try:
@@ -231,7 +231,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             f"{record['n_test']} test images"
         )
         if resume:
-            say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} (its saved state: {folder / RESUME})")
+            say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} "
+                f"(its saved state: {folder / records.RESUME})")
             record["resumed_from_epoch"] = int(resume["epoch"])
             records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         teacher = None
@@ -292,7 +293,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     records.drop_previous(folder)  # the new result is complete: the one it replaces goes
     tracker.finish(record)
     if record["status"] in records.DONE and not cfg.keep_resume:
-        (folder / RESUME).unlink(missing_ok=True)
+        (folder / records.RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})
     metrics = ", ".join(
         f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final
@@ -307,12 +308,11 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     return record
 
 
-RESUME = "resume.pt"  # in a run folder: the state the next epoch needs, while the run is not finished
 
 
 def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
     """The saved state of an unfinished run of this plan, or None (a state that does not fit is reported, ignored)."""
-    path = folder / RESUME
+    path = folder / records.RESUME
     if not path.exists():
         return None
     try:

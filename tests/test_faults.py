@@ -240,29 +240,41 @@ def test_a_live_tuner_silent_past_optunas_grace_period_keeps_its_lock(tmp_path):
 # ---------------------------------------------------------------- SIGKILL at each step of a trial's life
 
 KILL_AT = """
-import os, signal, sys
-import optuna.storages
-import runner.tune as tune
-
-owner, name = sys.argv[1].split(":")
-home = optuna.storages.JournalStorage if owner == "storage" else tune
-real = getattr(home, name)
+import importlib, os, signal, sys
+where, when, entry = sys.argv[1:4]
+module, _, attr = where.partition(":")
+*path, name = attr.split(".")
+owner = importlib.import_module(module)
+for part in path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
 
 def killed(*args, **kwargs):
-    out = real(*args, **kwargs) if owner == "storage" else None  # a storage call is written, then the kill
+    out = real(*args, **kwargs) if when == "after" else None  # e.g. a storage call is written, then the kill
     os.kill(os.getpid(), signal.SIGKILL)
     return out
 
-setattr(home, name, killed)
-sys.exit(tune.main(sys.argv[2:]))
+setattr(owner, name, killed)
+sys.argv = [entry, *sys.argv[4:]]
+sys.exit(importlib.import_module(entry).main())
 """
+
+
+def killed_at(step: str, entry: str, args: list[str]) -> None:
+    """``python -m <entry> <args>`` with a SIGKILL at ``step`` ("module:attr:before|after"): it must die there."""
+    where, when = step.rsplit(":", 1)
+    done = subprocess.run([sys.executable, "-c", KILL_AT, where, when, entry, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+
 TRIAL_STEPS = {
-    "created, no setting yet": "storage:create_new_trial",
-    "one of its settings recorded": "storage:set_trial_param",
-    "planned, before its runs": "tune:launch_plans",
-    "trained, before it is told": "tune:outcome",
-    "told, before trials.csv": "tune:write_trials",
-    "chosen, before the final runs": "tune:run_finals",
+    "created, no setting yet": "optuna.storages:JournalStorage.create_new_trial:after",
+    "one of its settings recorded": "optuna.storages:JournalStorage.set_trial_param:after",
+    "planned, before its runs": "runner.tune:launch_plans:before",
+    "trained, before it is told": "runner.tune:outcome:before",
+    "told, before trials.csv": "runner.tune:write_trials:before",
+    "chosen, before the final runs": "runner.tune:run_finals:before",
 }
 
 
@@ -276,9 +288,7 @@ def test_a_kill_at_any_step_of_a_trials_life_loses_nothing_and_runs_no_untuned_s
     res = tmp_path / "res"
     args = ["pooling=max", *TINY, "tune.trials=2", "tune.exploratory=true", f"data_dir={data_dir}",
             f"results_dir={res}"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, TRIAL_STEPS[step], *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    killed_at(TRIAL_STEPS[step], "runner.tune", args)
     monkeypatch.chdir(tmp_path)
     assert tune.main(args) == 0
     (name,) = optuna.get_all_study_names(storage(res / "tune" / "journal.log"))
@@ -296,6 +306,29 @@ def test_a_kill_at_any_step_of_a_trials_life_loses_nothing_and_runs_no_untuned_s
     trials = pd.read_csv(res / "tune" / "trials.csv")  # a trial set aside is listed, outside the budget
     assert sorted(trials[trials.in_budget].trial.astype(int)) == sorted(t.number for t in kept)
     assert trials[trials.chosen].trial.tolist() == [best.number]
+
+
+FINISH_STEPS = {
+    "checkpoint saved, logits not": "runner.run:save_checkpoint:after",
+    "logits saved, record not": "runner.run:final_metrics:before",
+    "record written, rows not": "runner.records:_columns_to_append:before",
+    "rows written, the finish not returned": "runner.records:drop_previous:before",
+}
+
+
+@pytest.mark.parametrize("step", FINISH_STEPS, ids=list(FINISH_STEPS))
+def test_a_kill_at_any_step_of_a_runs_finish_is_completed_by_the_same_command(step, data_dir, tmp_path, main_cli):
+    args = [*TINY, "epochs=2", f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    killed_at(FINISH_STEPS[step], "runner.__main__", args)
+    again = main_cli(*args)
+    assert again.returncode == 0, again.stderr
+    (folder,) = (tmp_path / "runs").iterdir()
+    record = json.loads((folder / "result.json").read_text())
+    assert record["status"] == "ok" and record["epochs_done"] == 2
+    assert all((folder / f).is_file() for f in ("checkpoint.pt", "logits.pt")) and not (folder / "resume.pt").exists()
+    runs, epochs = pd.read_csv(tmp_path / "runs.csv"), pd.read_csv(tmp_path / "epochs.csv")
+    assert list(runs.run_id) == [folder.name] and list(runs.status) == ["ok"]  # once, as finished
+    assert sorted(epochs.epoch) == [1, 2] and set(epochs.run_id) == {folder.name}
 
 
 # ---------------------------------------------------------------- trackers in a crowd
