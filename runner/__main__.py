@@ -8,6 +8,8 @@ the exit status: 1 if any run did not finish, else 0.
 """
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from hydra._internal.utils import get_args_parser
@@ -103,6 +105,8 @@ def main() -> int:
         error(f"error: {' and '.join(modes)} cannot be combined; give one of them.")
         return 2
     argv = unset_nulls(sys.argv[1:])
+    # each run records it (records.COMMAND; records is imported later: it needs pandas, which --help does not)
+    os.environ["RUNNER_COMMAND"] = shlex.join(["python", "-m", "runner", *sys.argv[1:]])
     args.overrides = unset_nulls(args.overrides)
     where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
     tuning = [o for o in args.overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("tune", "trial")]

@@ -31,6 +31,8 @@ BOOKKEEPING = (
     "status",
     "error",
     "train_seconds",
+    "wall_seconds",
+    "cpu_seconds",
     "params",
     "epochs_done",
     "n_train",
@@ -41,6 +43,8 @@ BOOKKEEPING = (
     "finished_at",
     "git_commit",
     "torch_version",
+    "versions",
+    "command",
     "device_type",
     "autocast",
     "device",
@@ -88,6 +92,7 @@ def write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
+COMMAND = "RUNNER_COMMAND"  # environment: the command line (python -m runner or runner.tune) a run's record names
 RESUME = "resume.pt"  # in a run folder: the state the next epoch needs, while the run is not finished
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,7 +184,29 @@ def where_it_ran(device: torch.device) -> dict[str, Any]:
         "log": _submitit_log(),
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
+        "versions": versions(),
+        "command": os.environ.get(records.COMMAND),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> str:
+    """The versions a result depends on, as one field of the record."""
+    import importlib.metadata
+    import platform
+
+    found = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    for name in ("hydra-core", "optuna", "numpy", "scipy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name.removesuffix('-core')} {importlib.metadata.version(name)}")
+    return ", ".join(found)
+
+
+def spent(clock: tuple[float, float], before: Mapping[str, float]) -> dict[str, float]:
+    """Wall and CPU seconds (every thread of this process) since ``clock`` = (perf_counter(), process_time()), plus
+    what earlier attempts of a resumed run spent (``before``)."""
+    return {"wall_seconds": round(time.perf_counter() - clock[0] + float(before.get("wall_seconds", 0)), 3),
+            "cpu_seconds": round(time.process_time() - clock[1] + float(before.get("cpu_seconds", 0)), 3)}
 
 
 def _execute(plan: RunPlan) -> dict[str, Any]:
@@ -201,6 +224,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         "device_type": plan.device_type, "autocast": plan.autocast, "started_at": _now(), "error": None,
     }
     rows: list[dict[str, Any]] = list(resume["rows"]) if resume else []
+    clock = (time.perf_counter(), time.process_time())  # this attempt's cost; a resumed run's earlier ones add up
+    before = dict(resume.get("spent") or {}) if resume else {}
 
     report = None
     if cfg.trial is not None:  # a trial of python -m runner.tune that its pruner may stop
@@ -218,7 +243,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
 
     def on_state(state: dict[str, Any]) -> None:  # one file per run, replaced atomically: only the latest state
         with records.atomic_path(folder / records.RESUME) as tmp:
-            torch.save(state | {"run_id": rid, "rows": rows}, tmp)
+            torch.save(state | {"run_id": rid, "rows": rows, "spent": spent(clock, before)}, tmp)
 
     try:
         device = resolve_device(plan)
@@ -276,6 +301,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             say(f"interrupted {rid} ({why}): its earlier result is kept; force=true replaces it only with a "
                 "complete run")
             raise
+        record |= spent(clock, before)
         _finish_or_fail(record, rows, folder, recorded_before)
         tracker.finish(record)
         say(f"interrupted {rid}: recorded as interrupted ({why}); the same command runs it again")
@@ -288,6 +314,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             say(f"failed {rid} ({record['error']}): its earlier result is kept (force=true replaces it only with a "
                 "complete run)")
             return records.read_result(folder) or record
+    record |= spent(clock, before)
     if not _finish_or_fail(record, rows, folder, recorded_before) and records.restore_previous(folder):
         return records.read_result(folder) or record
     records.drop_previous(folder)  # the new result is complete: the one it replaces goes

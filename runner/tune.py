@@ -18,6 +18,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,11 +346,33 @@ def run_sequential(job: Job, planned: Design) -> int:
     return status
 
 
+def trial_costs(root: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """Each trial's own cost, summed over its runs' records: wall and CPU seconds and the number of runs. (Optuna's
+    start and end of a trial span the whole round its runs were launched in, so they are not a trial's cost.)"""
+    costs: dict[tuple[str, int], dict[str, float]] = {}
+    folders = (root / "runs").iterdir() if (root / "runs").is_dir() else ()
+    for folder in folders:
+        served = [e for e in records.read_stages(folder) if e["stage"] == "tune"]
+        record = records.read_result(folder) if served else None
+        if not record:
+            continue
+        for e in served:
+            cost = costs.setdefault((e["study"], int(e["trial"])), {"runs": 0})
+            cost["runs"] += 1
+            for key, fallback in (("wall_seconds", "train_seconds"), ("cpu_seconds", None)):
+                value = record.get(key, record.get(fallback) if fallback else None)
+                if isinstance(value, (int, float)):
+                    cost[key] = cost.get(key, 0.0) + float(value)
+    return costs
+
+
 def write_trials(job: Job) -> None:
-    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting and value;
+    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting, value and own
+    cost (``duration_s`` and ``cpu_s``: its runs' wall and CPU seconds, summed);
     ``spaces.csv``: each study's search space, a row per setting (low, high, log, step or choices)."""
     for root in {m.root for m in job.methods}:
         storage = next(m.study._storage for m in job.methods if m.root == root)
+        costs = trial_costs(root)
         rows, ranges = [], []
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
@@ -379,7 +403,9 @@ def write_trials(job: Job) -> None:
                         "epochs_reported": len(t.intermediate_values),
                         "started": t.datetime_start,
                         "finished": t.datetime_complete,
-                        "duration_s": t.duration.total_seconds() if t.duration else None,
+                        "runs": costs.get((name, t.number), {}).get("runs", 0),
+                        "duration_s": costs.get((name, t.number), {}).get("wall_seconds"),
+                        "cpu_s": costs.get((name, t.number), {}).get("cpu_seconds"),
                     }
                     | dict(sorted(t.params.items()))
                 )
@@ -393,6 +419,7 @@ def write_trials(job: Job) -> None:
 def main(argv: list[str] | None = None) -> int:
     encodable_streams()
     argv = unset_nulls(list(sys.argv[1:] if argv is None else argv))
+    os.environ[records.COMMAND] = shlex.join(["python", "-m", "runner.tune", *argv])  # with tune.*: each run records it
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help:
         print(__doc__)

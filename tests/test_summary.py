@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats as sps
+from conftest import ROOT
 
 from runner import records
 from runner.metrics import final_metrics, higher_is_better, is_rate, kind
@@ -150,7 +151,7 @@ def test_where_select_reference_format_and_out(mixed):
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.metric) >= {"best_test_acc"} and all("cifar10" in g or g for g in summary.group)
     assert summary.group.nunique() == 2
-    assert (out / "comparison.tex").read_text().startswith("\\begin{tabular}")
+    assert "\\begin{tabular}" in (out / "comparison.tex").read_text() and (out / "methods.tex").is_file()
     assert "pooling=max (published)" in (out / "report.md").read_text()
     assert not (mixed / "summary.csv").exists()  # nothing written beside the input when --out is given
 
@@ -411,3 +412,38 @@ def test_a_table_written_by_anyone_gets_one_line_and_exit_2(tmp_path, capsys, co
     out = capsys.readouterr().out
     assert f"{tmp_path / 'runs.csv'}: {message}" in out and "Traceback" not in out
     assert not (tmp_path / "report.md").exists()
+
+
+def test_latex_text_is_escaped_and_ascii():
+    from runner.summary.export import tex_text
+
+    # each special character by hand (LaTeX's own escapes), the symbols in math mode, anything else a '?'
+    assert tex_text("a_b & 50% #1 {x} $ ~ ^ \\ ± ≥ α – ü") == (
+        r"a\_b \& 50\% \#1 \{x\} \$ \textasciitilde{} \textasciicircum{} \textbackslash{} $\pm$ $\geq$ $\alpha$ -- ?")
+
+
+def test_the_latex_tables_compile_with_pdflatex_without_an_overfull_box(tmp_path):
+    import subprocess
+
+    from runner.summary.export import latex_methods
+
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex is missing: make test installs Debian's texlive-latex-base and texlive-latex-recommended")
+    out = tmp_path / "out"
+    assert summary_main([str(ROOT / "docs/examples/pooling_mnist5k/runs.csv"), "--baseline", "pooling=max",
+                         "--format", "tex", "--no-plots", "--out", str(out)]) == 0
+    # and a table whose method names hold every character LaTeX treats specially
+    odd = pd.DataFrame({"group": ["loss=a_b&c", "loss=50%#{x}~^\\"], "metric": "test_acc", "n": 3,
+                        "mean": [0.9, 0.8], "ci_low": [0.89, 0.78], "ci_high": [0.91, 0.82]})
+    (out / "odd.tex").write_text(latex_methods(odd, ["test_acc"], pd.DataFrame(), None, "test_acc"))
+    names = ["methods.tex", "comparison.tex", "odd.tex"]
+    assert all((out / n).read_text().isascii() for n in names)
+    (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                 + "".join(f"\\input{{{n}}}\n" for n in names) + "\\end{document}\n")
+    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=out,
+                          capture_output=True, text=True, timeout=600)
+    log = (out / "doc.log").read_text(errors="replace")
+    assert done.returncode == 0 and (out / "doc.pdf").is_file(), log[-3000:]
+    assert "Overfull \\hbox" not in log and "! " not in log, log[-3000:]
+    assert "a\\_b\\&c" in (out / "odd.tex").read_text()

@@ -508,3 +508,20 @@ def test_a_journal_setting_outside_the_space_never_becomes_an_override(tmp_path,
     err = capsys.readouterr().err
     assert "trial 1 of study" in err and "has settings outside its space (lr=" in err
     assert len(pd.read_csv(res / "runs.csv")) == before  # nothing ran
+
+
+def test_a_trials_cost_is_its_own_runs_summed_from_their_records(tuned):
+    # Optuna's start and end of a trial span its whole round; a trial's cost is what its own runs recorded
+    own: dict[tuple[str, int], list[float]] = {}
+    for folder in (tuned / "runs").iterdir():
+        record = json.loads((folder / "result.json").read_text())
+        assert record["cpu_seconds"] > 0 and record["wall_seconds"] >= record["train_seconds"] > 0
+        for e in json.loads((folder / "tune.json").read_text()):
+            if e["stage"] == "tune":
+                own.setdefault((e["study"], e["trial"]), []).append(record["wall_seconds"])
+    trials = pd.read_csv(tuned / "tune" / "trials.csv")
+    assert len(trials) == len(own) and (trials.runs == 1).all()  # tune.seeds: one run per trial
+    for t in trials.itertuples():
+        assert t.duration_s == pytest.approx(sum(own[(t.study, t.trial)]))
+    assert trials.duration_s.sum() == pytest.approx(sum(map(sum, own.values())))
+    assert (trials.cpu_s > 0).all()

@@ -13,7 +13,7 @@ from runner import records
 from runner.progress import encodable_streams
 from runner.summary import tuning as summary_tune
 from runner.summary.compare import compare, rank, summarize
-from runner.summary.export import export
+from runner.summary.export import export, latex_comparison, latex_methods
 from runner.summary.load import (AXES, KEY_METRICS, SummaryError, _text, config_columns, group_key, load,
                                  mixed_devices, parse_where, run_folders, select)
 from runner.summary.report import answer, overview, parse_reference, report, tuning_lines
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", nargs="+", default=[], help="a published number as a row: 'pooling=max:test_acc=0.9125'"
     )
     parser.add_argument(
-        "--format", choices=("md", "tex", "csv"), default="csv", help="also export the comparison table"
+        "--format", choices=("md", "tex", "csv"), default="csv",
+        help="also export the tables: md (comparison.md) or tex (methods.tex and comparison.tex, booktabs tables "
+             "that compile with pdflatex)"
     )
     parser.add_argument(
         "--include-at-chance", action="store_true", help="keep runs that ended at chance in the statistics"
@@ -143,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{name}.csv").unlink(missing_ok=True)
         else:
             records.write_csv(out / f"{name}.csv", frame)
-    if not comparison.empty and args.format != "csv":
+    if args.format == "tex":
+        records.write_text(out / "methods.tex", latex_methods(summary, shown[:3], comparison, args.baseline, metric))
+        if not comparison.empty:
+            records.write_text(out / "comparison.tex", latex_comparison(comparison, metric, args.baseline))
+    elif not comparison.empty and args.format != "csv":
         records.write_text(
             out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format)
         )
