@@ -445,7 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         error(f"error: {e}")
         return 2
+    # Hydra composes its own record of the command (multirun.yaml) from these; tune.* stay in it, while each
+    # launched cell is the trial's or final run's own overrides
+    tuning = [a for a in argv if _key(a).split(".")[0] == "tune"]
+    tuning = tuning if any(_key(a) == "tune" for a in tuning) else ["tune=default", *tuning]
     hydra_argv = ["-m"] + [a for a in argv if a not in ("-m", "--multirun") and _key(a).split(".")[0] != "tune"]
+    hydra_argv += tuning
     if not any(_key(a) == "hydra.sweep.dir" for a in argv):  # one folder for what Hydra writes of each round
         hydra_argv.append(f"hydra.sweep.dir={literal(str(methods[0].root / 'tune' / 'launch'))}")
     job = Job(methods, where, launcher, hydra_argv)

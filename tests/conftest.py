@@ -169,6 +169,7 @@ def main_cli(monkeypatch, capsys):
         with monkeypatch.context() as m:
             m.chdir(cwd or ROOT)
             m.setattr(sys, "argv", ["runner", *args])
+            m.delenv("RUNNER_COMMAND", raising=False)  # main sets it for its runs: gone again after the call
             for k, v in (env or {}).items():
                 m.setenv(k, v)
             capsys.readouterr()

@@ -447,3 +447,23 @@ def test_the_latex_tables_compile_with_pdflatex_without_an_overfull_box(tmp_path
     assert done.returncode == 0 and (out / "doc.pdf").is_file(), log[-3000:]
     assert "Overfull \\hbox" not in log and "! " not in log, log[-3000:]
     assert "a\\_b\\&c" in (out / "odd.tex").read_text()
+
+
+def test_the_report_and_every_export_begin_with_how_to_reproduce_them(data_dir, tmp_path, main_cli):
+    from conftest import TINY
+
+    args = ["-m", "seed=0,1", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    assert main_cli(*args).returncode == 0
+    records_ = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    assert summary_main([str(tmp_path), "--format", "tex", "--no-plots", "--include-at-chance"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    lines = text.splitlines()
+    assert lines[2] == "## How these numbers were made"
+    header = text[:text.index("\n\n", text.index("- Commands"))]
+    assert f"`python -m runner {' '.join(args)}`" in header
+    assert "Seeds per method: " in header and ": 0-1 (2)" in header
+    assert f"git commit `{records_[0]['git_commit']}`" in header and "python 3." in header
+    cpu, wall = (sum(r[k] for r in records_) for k in ("cpu_seconds", "wall_seconds"))
+    assert f"runs 2 runs, {cpu:,.0f} CPU-s, {wall:,.0f} s wall" in header
+    methods = (tmp_path / "methods.tex").read_text()
+    assert methods.startswith("% - Commands: python -m runner -m seed=0,1") and "% - Compute: runs 2 runs" in methods

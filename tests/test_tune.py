@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY
@@ -34,6 +35,7 @@ def studies(res: Path) -> dict[str, optuna.Study]:
 
 def run_tune(args: list[str], monkeypatch, cwd: Path) -> int:
     monkeypatch.chdir(cwd)
+    monkeypatch.delenv("RUNNER_COMMAND", raising=False)  # tune.main sets it for its runs: restored after the test
     return tune.main(args)
 
 
@@ -525,3 +527,9 @@ def test_a_trials_cost_is_its_own_runs_summed_from_their_records(tuned):
         assert t.duration_s == pytest.approx(sum(own[(t.study, t.trial)]))
     assert trials.duration_s.sum() == pytest.approx(sum(map(sum, own.values())))
     assert (trials.cpu_s > 0).all()
+
+
+def test_hydras_record_of_a_tuning_command_keeps_its_tune_settings(tuned):
+    (launched,) = (tuned / "tune" / "launch").glob("**/multirun.yaml")
+    task = OmegaConf.load(launched).hydra.overrides.task
+    assert "tune.trials=3" in task and "tune.exploratory=true" in task

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,8 @@ from runner import records
 from runner.progress import encodable_streams
 from runner.summary import tuning as summary_tune
 from runner.summary.compare import compare, rank, summarize
-from runner.summary.export import export, latex_comparison, latex_methods
+from runner.summary.export import export, latex_comparison, latex_methods, tex_comment
+from runner.summary.provenance import provenance
 from runner.summary.load import (AXES, KEY_METRICS, SummaryError, _text, config_columns, group_key, load,
                                  mixed_devices, parse_where, run_folders, select)
 from runner.summary.report import answer, overview, parse_reference, report, tuning_lines
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with python -m runner.tune's runs: compare the final runs (default), the trials, or all")
     parser.add_argument("--target", type=float, help="also report epochs and training time to reach val_acc >= this")
     args = parser.parse_args(argv)
+    clock = (time.process_time(), time.perf_counter())  # the summary's own cost, reported with the runs'
     console = Console(width=None if sys.stdout.isatty() else 160)
     paths = args.paths or [args.results or Path("results")]
     out = args.out or args.results or (paths[0].parent if paths[0].suffix == ".csv" else paths[0]
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SummaryError("--decide rope: give the region of practical equivalence with --rope, e.g. --rope 0.005")
         runs, epochs, metrics = load(run_folders(paths))
         runs = select(runs, parse_where(args.where, runs.columns))
+        every = runs  # the provenance's commands and compute count the runs of every stage
         runs, stage_note = summary_tune.by_stage(runs, args.stage)
         if args.target is not None and not 0 < args.target <= 1:
             raise SummaryError(f"--target {args.target}: allowed: a validation accuracy in (0, 1], e.g. 0.95")
@@ -145,16 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{name}.csv").unlink(missing_ok=True)
         else:
             records.write_csv(out / f"{name}.csv", frame)
+    header = provenance(every, ok, args)[2:-1]  # the facts, without the heading and the summary's own time
     if args.format == "tex":
-        records.write_text(out / "methods.tex", latex_methods(summary, shown[:3], comparison, args.baseline, metric))
+        records.write_text(out / "methods.tex", tex_comment(header)
+                           + latex_methods(summary, shown[:3], comparison, args.baseline, metric))
         if not comparison.empty:
-            records.write_text(out / "comparison.tex", latex_comparison(comparison, metric, args.baseline))
+            records.write_text(out / "comparison.tex", tex_comment(header)
+                               + latex_comparison(comparison, metric, args.baseline))
     elif not comparison.empty and args.format != "csv":
-        records.write_text(
-            out / f"comparison.{args.format}", export(comparison[comparison.metric == metric], args.format)
-        )
+        records.write_text(out / f"comparison.{args.format}", "\n".join(header) + "\n\n"
+                           + export(comparison[comparison.metric == metric], args.format))
+    made = provenance(every, ok, args, (time.process_time() - clock[0], time.perf_counter() - clock[1]))
     records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric, extra,
-                                                   stage_note, chosen))
+                                                   stage_note, chosen, made))
 
     if stage_note:
         console.print(stage_note, highlight=False)

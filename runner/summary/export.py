@@ -27,6 +27,11 @@ def tex_text(text: str) -> str:
     return _TEX.sub(lambda m: TEX[m.group()], str(text)).encode("ascii", "replace").decode()
 
 
+def tex_comment(lines: list[str]) -> str:
+    """``lines`` as LaTeX comments, in ASCII (markdown's backticks dropped)."""
+    return "".join("% " + line.replace("`", "").encode("ascii", "replace").decode() + "\n" for line in lines)
+
+
 def _decimals(half: float, rate: bool) -> int:
     """Decimals that show the interval's half-width to two significant digits (rates in points: two)."""
     if rate:

@@ -114,13 +114,16 @@ def tuning_lines(chosen: pd.DataFrame, sensitivity: pd.DataFrame, speed: pd.Data
 
 def report(runs: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, comparison: pd.DataFrame, ranks: pd.DataFrame,
            info: dict[str, Any], images: list[Path], args: argparse.Namespace, metric: str,
-           extra: list[str] = (), note: str = "", chosen: pd.DataFrame | None = None) -> str:
+           extra: list[str] = (), note: str = "", chosen: pd.DataFrame | None = None,
+           made: list[str] = ()) -> str:
+    """``made``: the provenance header's lines (runner/summary/provenance.py), first after the title."""
     chosen = pd.DataFrame() if chosen is None else chosen
     excluded = runs[runs.status != "ok"]
     chance = runs[(runs.status == "ok") & runs.at_chance] if not args.include_at_chance else runs.iloc[:0]
     lines = [
         f"# What the runs found ({metric}, {args.select} epoch)",
         "",
+        *made,
         " ".join([answer(comparison, metric, args.baseline, args.decide)]
                  + ([f"Tuning (the same budget per method): {' '.join(opening(chosen))}"] if not chosen.empty else [])),
         "",
