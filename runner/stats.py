@@ -382,6 +382,15 @@ def probability_of_improvement(x: Sequence[np.ndarray], y: Sequence[np.ndarray])
     return float(np.mean(per_task))
 
 
+def score_distribution(tasks: Sequence[np.ndarray], taus: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """rliable's score distribution (performance profile): at each threshold τ, the share of runs scoring above τ
+    (below, where lower is better) in each task, averaged over tasks, so that every task weighs the same."""
+    taus = np.asarray(taus, dtype=float)[None, :]
+    shares = [np.mean(np.asarray(t, dtype=float)[:, None] > taus if higher_is_better
+                      else np.asarray(t, dtype=float)[:, None] < taus, axis=0) for t in tasks]
+    return np.mean(shares, axis=0)
+
+
 def stratified_bootstrap_ci(tasks: Sequence[Sequence[np.ndarray]], statistic: Callable[..., float],
                             confidence: float = 0.95, n_resamples: int = 2000) -> tuple[float, float]:
     """Percentile CI of ``statistic(*samples)`` where each sample is a list of per-task score arrays and the

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,6 +16,13 @@ from conftest import ROOT
 from runner import records
 from runner.metrics import final_metrics, higher_is_better, is_rate, kind
 from runner.summary.cli import main as summary_main
+
+
+def opening(report: str) -> str:
+    """The report's answering paragraph: the first after the provenance header that heads it."""
+    lines = report.splitlines()
+    start = lines.index("## How these numbers were made") + 1
+    return next(line for line in lines[start:] if line and not line.startswith("- "))
 
 BASE = {"global_pool": "avg", "norm": "batch", "optim": "sgd"}
 
@@ -127,7 +135,7 @@ def test_groups_verdicts_and_ranks_of_a_mixed_folder(mixed, capsys):
     # Friedman on 2 tasks × 3 methods ranked the same way: χ² = 12/(2·3·4)·(2² + 4² + 6²) − 3·2·4 = 4, p = e^−2
     assert f"Friedman test: p = {math.exp(-2):.3g}" in report and "no critical-difference diagram is drawn" in report
     assert "Left out because they ended at chance" in report and "Tasks without every method, not ranked" in report
-    first = report.split("\n")[2]
+    first = opening(report)
     assert first.startswith("pooling=") and "better" in first and "too few seeds to decide" in first
 
 
@@ -135,8 +143,11 @@ def test_plots_and_the_critical_difference_diagram_only_when_friedman_rejects(mi
     out = mixed / "summary"
     assert summary_main([str(mixed), "--out", str(out), "--baseline", "pooling=max", "--rope", "0.005"]) == 0
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert {"differences.png", "probability_of_improvement.png", "learning_curves.png", "reliability.png"} <= plots
-    assert "critical_difference.png" not in plots
+    drawn = {"differences", "intervals", "probability_of_improvement", "improvement_intervals", "performance_profiles",
+             "learning_curves", "reliability"}
+    assert {f"{name}.{fmt}" for name in drawn for fmt in ("png", "pdf")} <= plots  # every figure also as a vector file
+    assert all((out / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF") for name in drawn)
+    assert "critical_difference.png" not in plots and "critical_difference.pdf" not in plots
     c = pd.read_csv(out / "comparison.csv")
     assert {"p_better", "p_equivalent", "p_worse"} <= set(c.columns)
     row = c[(c.metric == "test_acc") & (c.method == "pooling=softpool") & c.task.str.contains("mnist5k")].iloc[0]
@@ -222,13 +233,13 @@ def test_one_sentence_speaks_of_a_rate_on_one_scale(tmp_path):
         make_run(tmp_path, pooling="max", seed=s, metrics={"test_mce": 0.10})
         make_run(tmp_path, pooling="softpool", seed=s, metrics={"test_mce": 0.088 + noise})
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--metric", "test_mce", "--no-plots"]) == 0
-    first = (tmp_path / "report.md").read_text().splitlines()[2]
+    first = opening((tmp_path / "report.md").read_text())
     # no comparison can be decided at 4 seeds: the paragraph says so first, then the sentence
     assert first.startswith("Exploratory: no comparison here can be decided; with 4 paired seeds the rule's smallest "
                             "p is 0.125 and 6 are needed")
-    opening = first[first.index("pooling=softpool vs"):]
-    assert opening.startswith("pooling=softpool vs pooling=max: 4/4 seeds favour pooling=softpool; mean -1.2 points [")
-    assert "a difference of 1.2 points" in opening and "0.012" not in opening
+    said = first[first.index("pooling=softpool vs"):]
+    assert said.startswith("pooling=softpool vs pooling=max: 4/4 seeds favour pooling=softpool; mean -1.2 points [")
+    assert "a difference of 1.2 points" in said and "0.012" not in said
 
 
 def _tables(out):
@@ -343,9 +354,9 @@ def test_a_difference_made_by_a_few_test_images_is_not_a_verdict(tmp_path):
     assert row.p_sign == pytest.approx(2 / 64) and row.p_rule == pytest.approx(2 * sps.t.sf(0.02 / sd, 5))
     assert row.verdict.startswith(f"no detectable difference (p = {row.p_rule:.2g}); no number of seeds gives 80 % "
                                   "power for a difference of 2 points on this test set: its own sampling error")
-    opening = (tmp_path / "report.md").read_text().splitlines()[2]
-    assert opening.startswith("pooling=avg vs pooling=max: 6/6 seeds favour pooling=avg; mean +2 points [")
-    assert "over seeds and test set (seeds alone [+2, +2])" in opening
+    said = opening((tmp_path / "report.md").read_text())
+    assert said.startswith("pooling=avg vs pooling=max: 6/6 seeds favour pooling=avg; mean +2 points [")
+    assert "over seeds and test set (seeds alone [+2, +2])" in said
     # a run whose logits are not those of its recorded result does not lend them: this test set only
     make_run(tmp_path, pooling="avg", seed=0, acc=0.92, logits=_logits(base))
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--no-plots"]) == 0
@@ -360,7 +371,8 @@ def test_one_task_is_no_contest_and_leaves_no_cross_task_tables_or_figures(mixed
     assert (mixed / "ranks.csv").exists() and (mixed / "plots" / "probability_of_improvement.png").exists()
     assert summary_main([str(mixed), "--baseline", "pooling=max", "--where", "dataset=mnist5k"]) == 0
     assert not (mixed / "ranks.csv").exists() and not (mixed / "probability_of_improvement.csv").exists()
-    assert not (mixed / "plots" / "probability_of_improvement.png").exists()
+    assert not any((mixed / "plots" / f"{name}.{fmt}").exists() for fmt in ("png", "pdf") for name in
+                   ("probability_of_improvement", "improvement_intervals", "performance_profiles"))
     report = (mixed / "report.md").read_text()
     assert "Across tasks: 1 task(s) with every method; ranks, IQM, probability of improvement and Swiss scores " \
            "need at least 2" in report and "Borda" not in report
@@ -373,9 +385,9 @@ def test_the_bayesian_rule_decides_only_when_asked_and_the_sentence_says_which_r
         make_run(tmp_path, pooling="max", seed=s, acc=0.90)
         make_run(tmp_path, pooling="softpool", seed=s, acc=0.91 + noise)
     assert summary_main([str(tmp_path), "--baseline", "pooling=max", "--rope", "0.002", "--no-plots"]) == 0
-    opening = (tmp_path / "report.md").read_text().splitlines()[2]
-    assert "too few seeds to decide" in opening and "Bayesian: P(better) = 1.00" in opening
-    assert "assumes normal seed noise, which the declared rule does not; --decide rope makes it the rule" in opening
+    said = opening((tmp_path / "report.md").read_text())
+    assert "too few seeds to decide" in said and "Bayesian: P(better) = 1.00" in said
+    assert "assumes normal seed noise, which the declared rule does not; --decide rope makes it the rule" in said
     args = [str(tmp_path), "--baseline", "pooling=max", "--rope", "0.002", "--decide", "rope", "--no-plots"]
     assert summary_main(args) == 0
     row = pd.read_csv(tmp_path / "comparison.csv").query("metric == 'test_acc'").iloc[0]
@@ -467,3 +479,32 @@ def test_the_report_and_every_export_begin_with_how_to_reproduce_them(data_dir, 
     assert f"runs 2 runs, {cpu:,.0f} CPU-s, {wall:,.0f} s wall" in header
     methods = (tmp_path / "methods.tex").read_text()
     assert methods.startswith("% - Commands: python -m runner -m seed=0,1") and "% - Compute: runs 2 runs" in methods
+
+
+def test_each_figure_draws_on_an_axes_the_user_gives():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runner.summary import plots
+
+    fig, (a, b, c) = plt.subplots(1, 3)
+    scores = {"A": {"t1": np.array([0.9, 0.8]), "t2": np.array([0.7])}, "B": {"t1": np.array([0.6]),
+                                                                           "t2": np.array([0.5, 0.4])}}
+    plots.performance_profiles(a, scores, "test_acc")
+    rows = pd.DataFrame({"group": ["A", "B"], "n": 3, "mean": [0.9, 0.8], "ci_low": [0.85, 0.7],
+                         "ci_high": [0.95, 0.9]})
+    plots.intervals(b, rows, {"A": np.array([0.88, 0.9, 0.92]), "B": np.array([0.7, 0.8, 0.9])}, "test_acc", c)
+    assert len(a.get_lines()) == 2 and a.get_legend() is not None  # one profile per method, on the user's axes
+    assert [t.get_text() for t in b.get_yticklabels()] == ["A (n=3)", "B (n=3)"]
+    plt.close(fig)
+
+
+def test_the_score_distribution_by_hand():
+    from runner.stats import score_distribution
+
+    # task 1: 2 of 3 runs above 1.5, 1 of 3 above 2.5; task 2: both above 1.5, none above 2.5; each task weighs half
+    tasks = [np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0])]
+    assert score_distribution(tasks, np.array([1.5, 2.5])) == pytest.approx([5 / 6, 1 / 6])
+    assert score_distribution(tasks, np.array([1.5, 2.5]), higher_is_better=False) == pytest.approx([1 / 6, 5 / 6])

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = summary_tune.time_to_target(ok, epochs, args.target) if args.target is not None else pd.DataFrame()
     extra = tuning_lines(chosen, sensitivity, speed)
     images = [] if args.no_plots else summary_plots.draw(ok, epochs, comparison, info, metric, args.rope, out / "plots",
-                                                         curves)
+                                                         curves, summary)
     records.write_csv(out / "summary.csv", summary)
     poi_table = info.get("poi_table", pd.DataFrame()) if info else pd.DataFrame()
     for name, frame in (("comparison", comparison), ("ranks", ranks), ("probability_of_improvement", poi_table),

@@ -132,6 +132,7 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
                 )
                 pairs.append({"method": a, "other": b, "p_improvement": poi.loc[a, b], "ci_low": lo, "ci_high": hi})
     info["poi"], info["poi_table"] = poi, pd.DataFrame(pairs)
+    info["scores"] = {n: {t: scores[n][t] for t in used} for n in names}  # per method and task: the runs' scores
     return table.sort_values(["mean_rank", "borda"], ascending=[True, False]).reset_index(drop=True), info
 
 
