@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast bench summary fashion-mnist tex clean
+.PHONY: help run test test-fast bench summary fashion-mnist tex chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)  ## set up the venv, then train the default run (mnist5k, < 1 min on 2 cores); ARGS="..." adds overrides
 	$(PY) -m runner $(ARGS)
 
-test: $(STAMP) fashion-mnist tex  ## set up the venv, then ruff (pyflakes rules, lines <= 120) and the whole test suite
+test: $(STAMP) fashion-mnist tex chromium  ## set up the venv, then ruff (pyflakes rules, lines <= 120) and the whole test suite
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
 
@@ -45,6 +45,12 @@ tex:  ## install Debian's TeX Live (pdflatex with booktabs) if it is missing: th
 	  ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends texlive-latex-base \
 	    texlive-latex-recommended) >/dev/null \
 	  || echo "note: could not install TeX Live; the LaTeX compile test will skip"; }
+
+chromium:  ## install Debian's chromium if it is missing: the test that renders report.html headless needs it
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium) >/dev/null \
+	  || echo "note: could not install chromium; the report.html rendering test will skip"; }
 
 clean:  ## remove the venv and caches (results/ and data/ are kept)
 	rm -rf $(VENV) .pytest_cache

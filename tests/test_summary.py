@@ -508,3 +508,46 @@ def test_the_score_distribution_by_hand():
     tasks = [np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0])]
     assert score_distribution(tasks, np.array([1.5, 2.5])) == pytest.approx([5 / 6, 1 / 6])
     assert score_distribution(tasks, np.array([1.5, 2.5]), higher_is_better=False) == pytest.approx([1 / 6, 5 / 6])
+
+
+PROBE = """<script>window.addEventListener("load", function () {
+  var images = document.images, loaded = 0;
+  for (var i = 0; i < images.length; i++) { if (images[i].complete && images[i].naturalWidth > 0) loaded++; }
+  var p = document.createElement("pre"); p.id = "probe";
+  p.textContent = "images " + images.length + " loaded " + loaded + " height " + document.body.scrollHeight;
+  document.body.appendChild(p);
+});</script>"""
+
+
+def test_report_html_is_one_self_contained_page_that_renders_in_chromium(tmp_path):
+    import re
+    import subprocess
+
+    out = tmp_path / "out"
+    assert summary_main([str(ROOT / "docs/examples/pooling_max_avg_mnist5k"), "--baseline", "pooling=max",
+                         "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    figures = sorted((out / "plots").glob("*.png"))
+    assert page.count('src="data:image/png;base64,') == len(figures) > 0  # every figure inside the page
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from a file or the network
+    said = opening((out / "report.md").read_text())
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                   None)
+    if browser is None:
+        pytest.skip("no Chromium to render report.html: make test installs Debian's chromium")
+    (tmp_path / "probed.html").write_text(page.replace("</body>", PROBE + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{tmp_path / 'probed.html'}"], capture_output=True,
+                         text=True, timeout=600).stdout
+    images, loaded, height = map(int, re.search(r"images (\d+) loaded (\d+) height (\d+)", dom).groups())
+    assert images == loaded == len(figures) and height > 1500
+    assert html_text(said) in " ".join(re.sub(r"<[^>]+>", " ", dom).split())  # the verdict, as the page shows it
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, "--window-size=1200,2000", f"--screenshot={shot}",
+                    f"file://{out / 'report.html'}"], capture_output=True, timeout=600)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def html_text(markdown_line: str) -> str:
+    """A markdown line as a browser shows its text: code spans unmarked, whitespace collapsed."""
+    return " ".join(markdown_line.replace("`", "").split())

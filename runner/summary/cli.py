@@ -14,6 +14,7 @@ from runner import records
 from runner.progress import encodable_streams
 from runner.summary import tuning as summary_tune
 from runner.summary.compare import compare, rank, summarize
+from runner.summary.html import render as render_html
 from runner.summary.export import export, latex_comparison, latex_methods, tex_comment
 from runner.summary.provenance import provenance
 from runner.summary.load import (AXES, KEY_METRICS, SummaryError, _text, config_columns, group_key, load,
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         records.write_text(out / f"comparison.{args.format}", "\n".join(header) + "\n\n"
                            + export(comparison[comparison.metric == metric], args.format))
     made = provenance(every, ok, args, (time.process_time() - clock[0], time.perf_counter() - clock[1]))
-    records.write_text(out / "report.md", report(runs, ok, table, comparison, ranks, info, images, args, metric, extra,
-                                                   stage_note, chosen, made))
+    text = report(runs, ok, table, comparison, ranks, info, images, args, metric, extra, stage_note, chosen, made)
+    records.write_text(out / "report.md", text)
+    records.write_text(out / "report.html", render_html(text, out))
 
     if stage_note:
         console.print(stage_note, highlight=False)
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(title, highlight=False)
             console.print(frame.drop(columns=["study"], errors="ignore").to_string(index=False), highlight=False)
     console.print(
-        f"wrote {out / 'summary.csv'}, {out / 'report.md'}"
+        f"wrote {out / 'summary.csv'}, {out / 'report.md'}, {out / 'report.html'}"
         + (f" and {len(images)} plots in {out / 'plots'}" if images else "")
     )
     return 0
