@@ -157,14 +157,14 @@ def fit(
         train_seconds, first = float(resume["train_seconds"]), int(resume["epoch"]) + 1
     for epoch in range(first, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
             train_loss, train_acc = train_one_epoch(
                 model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher
             )
         if cuda:
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         train_seconds += t1 - t0
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr})", train_seconds)
@@ -173,7 +173,7 @@ def fit(
         test_m, val_m = classification_metrics(test_logits, test_y), classification_metrics(val_logits, val_y)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
-        row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
+        row |= {"train_s": t1 - t0, "train_cpu_s": c1 - c0, "eval_s": time.perf_counter() - t1}
         on_epoch(row)
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
             on_state(

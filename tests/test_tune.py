@@ -110,6 +110,12 @@ def test_summary_compares_the_final_runs_and_reports_the_tuning(tuned):
     assert "## Tuning" in report and "tuning_curves.png" in report and (out / "plots" / "tuning_curves.png").exists()
     speed = pd.read_csv(out / "time_to_target.csv")
     assert set(speed.runs) == {2} and (speed.median_epochs == 1).all()  # tiny data: above 5 % after one epoch
+    epochs = pd.read_csv(tuned / "epochs.csv")  # one epoch each: the median of the finals' first-epoch CPU seconds
+    finals = pd.read_csv(tuned / "runs.csv").query("stage.str.contains('final')", engine="python")
+    for r in speed.itertuples():
+        runs = finals[finals.pooling == r.group.split("=")[1]].run_id
+        first = epochs[epochs.run_id.isin(runs) & (epochs.epoch == 1)].train_cpu_s
+        assert r.median_train_cpu_s == pytest.approx(first.median()) and r.median_train_cpu_s > 0
     assert summary.main([str(tuned), "--out", str(out), "--stage", "all", "--no-plots",
                          "--include-at-chance"]) == 0
     table = pd.read_csv(out / "summary.csv")

@@ -283,13 +283,14 @@ def opening(chosen: pd.DataFrame) -> list[str]:
 
 
 def time_to_target(ok: pd.DataFrame, epochs: pd.DataFrame, target: float, metric: str = "val_acc") -> pd.DataFrame:
-    """Per group: runs that reached ``metric >= target`` at some epoch, and the median epochs and training seconds
-    they needed (the seconds of the epochs up to and including the first that reached it)."""
+    """Per group: runs that reached ``metric >= target`` at some epoch, and the median epochs, training seconds
+    (wall) and training CPU seconds they needed (those of the epochs up to and including the first that reached it;
+    CPU seconds are comparable across a shared machine's load, wall seconds are not)."""
     if epochs.empty or metric not in epochs or "run_id" not in epochs:
         return pd.DataFrame()
     rows = []
     for group, g in ok.groupby("group", sort=False):
-        reached_epochs, reached_seconds = [], []
+        reached_epochs, reached_seconds, reached_cpu = [], [], []
         for rid in g["run_id"]:
             e = epochs[epochs["run_id"] == rid].sort_values("epoch")
             if e.empty:
@@ -298,8 +299,12 @@ def time_to_target(ok: pd.DataFrame, epochs: pd.DataFrame, target: float, metric
             if len(hit):
                 reached_epochs.append(int(e["epoch"].iloc[hit[0]]))
                 reached_seconds.append(float(e["train_s"].iloc[: hit[0] + 1].sum()) if "train_s" in e else np.nan)
+                reached_cpu.append(float(e["train_cpu_s"].iloc[: hit[0] + 1].sum(min_count=hit[0] + 1))
+                                   if "train_cpu_s" in e else np.nan)
         rows.append({"group": group, "target": f"{metric} >= {target:g}", "runs": len(g),
                      "reached": len(reached_epochs),
                      "median_epochs": float(np.median(reached_epochs)) if reached_epochs else np.nan,
-                     "median_train_s": float(np.nanmedian(reached_seconds)) if reached_epochs else np.nan})
+                     "median_train_s": float(np.nanmedian(reached_seconds)) if reached_epochs else np.nan,
+                     "median_train_cpu_s": (float(np.nanmedian(reached_cpu)) if np.isfinite(reached_cpu).any()
+                                            else np.nan)})
     return pd.DataFrame(rows)
