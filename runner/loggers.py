@@ -28,6 +28,12 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _axes(axes: Mapping[str, Any]) -> dict[str, Any]:
+    """The axes a user filters and groups runs by (``pooling=softpool``, the seed, the run id, the stage), beside
+    the flattened config whose keys hold only class paths and settings (``pooling._target_``)."""
+    return {k: v for k, v in axes.items() if v is not None}
+
+
 def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -43,13 +49,14 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
-    def __init__(self, cfg: DictConfig, run_id: str, label: str) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: needs the tensorboard package (tracking extras)
 
         folder = Path(cfg.logger.dir or Path(cfg.results_dir) / "tensorboard") / run_id
         self.writer = SummaryWriter(log_dir=str(folder))
-        self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                       for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items() if v is not None}
+        flat = _flat(OmegaConf.to_container(cfg, resolve=True)) | _axes(axes)
+        self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()
+                       if v is not None}
         self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```")
         self.writer.add_text("label", label)
 
@@ -95,7 +102,7 @@ class MLflow(Tracker):
     create and migrate the store once and never write it at the same moment (SQLite's own locking makes parallel
     first starts fail half-migrated)."""
 
-    def __init__(self, cfg: DictConfig, run_id: str, label: str) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any]) -> None:
         import mlflow  # here: needs mlflow (tracking extras)
         from sqlalchemy.engine import URL
 
@@ -126,9 +133,9 @@ class MLflow(Tracker):
                 self.run = earlier[0].info.run_id
                 self.client.update_run(self.run, status="RUNNING")
             else:
-                self.run = self.client.create_run(experiment, run_name=run_id,
-                                                  tags={"runner_run_id": run_id, "label": label}).info.run_id
-                params = _flat(OmegaConf.to_container(cfg, resolve=True))
+                self.run = self.client.create_run(experiment, run_name=run_id, tags={
+                    "runner_run_id": run_id, "label": label} | {k: str(v) for k, v in _axes(axes).items()}).info.run_id
+                params = _flat(OmegaConf.to_container(cfg, resolve=True)) | _axes(axes)
                 self.client.log_batch(self.run, params=[mlflow.entities.Param(k, str(v)[:500])
                                                         for k, v in params.items() if v is not None])
             if made:
@@ -179,12 +186,13 @@ class Safe(Tracker):
         self._call("finish", record)
 
 
-def open_tracker(cfg: DictConfig, run_id: str, label: str) -> Tracker:
+def open_tracker(cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any] | None = None) -> Tracker:
+    """The run's tracker; ``axes``: its options by group (``pooling: softpool``), seed, run_id, git_commit, stage."""
     kind = cfg.logger.kind
     if kind == "none":
         return Tracker()
     try:
-        return Safe(KINDS[kind](cfg, run_id, label), kind)
+        return Safe(KINDS[kind](cfg, run_id, label, axes or {}), kind)
     except Unreachable as e:  # said once per process: every later run of a grid is untracked without a wait
         if str(e) not in _said:
             _said.add(str(e))

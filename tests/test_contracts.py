@@ -125,3 +125,35 @@ def test_every_option_has_by_hand_tests():
     }
     missing = {g: sorted(set(options(g)) - set(t)) for g, t in tables.items()}
     assert not any(missing.values()), f"options without hand-checked cases: {missing}"
+
+
+LOADABLE = [(group, option) for group in ("model", "pooling", "global_pool", "norm") for option in options(group)]
+
+
+@pytest.mark.parametrize("group,option", LOADABLE, ids=[f"{g}={o}" for g, o in LOADABLE])
+def test_load_run_returns_the_trained_model_of_every_option(group, option, planned, tmp_path):
+    import json
+
+    from datasets import SPECS
+    from runner import load_run
+    from runner.build import model
+    from runner.checkpoint import save_checkpoint
+
+    plan = planned(group, option)
+    torch.manual_seed(0)
+    trained = model(plan.cfg)
+    with torch.no_grad():  # weights and buffers no fresh model has: a model that ignored them would differ
+        for t in [*trained.parameters(), *(b for b in trained.buffers() if b.is_floating_point())]:
+            t.add_(0.01 * torch.randn_like(t))
+    folder = tmp_path / "runs" / plan.run_id
+    folder.mkdir(parents=True)
+    save_checkpoint(folder / "checkpoint.pt", trained, plan.cfg, plan.choices, plan.run_id)
+    (folder / "result.json").write_text(json.dumps({"run_id": plan.run_id, "status": "ok", "config": {},
+                                                    "choices": {}, "metrics": {"test_acc": 0.5}}))
+    run = load_run(folder)
+    spec = SPECS[plan.cfg.dataset.name]
+    x = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size)
+    assert not run.model.training and run.run_id == plan.run_id and run.metrics == {"test_acc": 0.5}
+    assert run.config[group] == plan.cfg[group]
+    with torch.no_grad():
+        assert torch.allclose(run.model(x), trained.eval()(x))

@@ -31,6 +31,12 @@ def test_mlflow_holds_the_config_every_epoch_and_the_final_metrics(data_dir, tmp
     epochs = pd.read_csv(tmp_path / "epochs.csv")
     assert [(h.step, pytest.approx(h.value)) for h in history] == list(zip(epochs.epoch, epochs.train_loss))
     assert runs["status"].iloc[0] == "FINISHED"
+    # the axes a user filters by, as MLflow's own query finds them
+    found = mlflow.search_runs(experiment_names=["runner"], filter_string="params.pooling = 'max' and "
+                               "params.norm = 'batch' and tags.loss = 'ce' and params.stage = 'run'")
+    assert len(found) == 1 and found["params.run_id"].iloc[0] == record["run_id"]
+    assert found["params.seed"].iloc[0] == "0" and found["params.git_commit"].iloc[0] == str(record["git_commit"])
+    assert mlflow.search_runs(experiment_names=["runner"], filter_string="params.pooling = 'avg'").empty
 
 
 def test_tensorboard_event_files_hold_every_epoch(data_dir, tmp_path):
@@ -47,6 +53,14 @@ def test_tensorboard_event_files_hold_every_epoch(data_dir, tmp_path):
         assert [s.step for s in scalars] == list(epochs.epoch)
         assert [s.value for s in scalars] == pytest.approx(list(epochs[metric]), rel=1e-6)  # stored as float32
     assert any("config" in tag for tag in events.Tags()["tensors"])  # the config, as text
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = EventAccumulator(str(tmp_path / "tensorboard" / record["run_id"]))
+    start.Reload()
+    content = start.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["pooling"].string_value == "max" and hparams["run_id"].string_value == record["run_id"]
+    assert hparams["seed"].number_value == 0 and hparams["stage"].string_value == "run"
 
 
 @pytest.mark.slow
