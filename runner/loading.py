@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """The run in ``run_dir`` (``<results_dir>/runs/<id>``) or its ``checkpoint.pt``; a ConfigError naming the
     file when it is not a finished run of this runner.
 
-    >>> run = load_run("results/runs/9a34ac533e")   # doctest: +SKIP
+    >>> run = load_run("results/runs/2c96d5f665")   # doctest: +SKIP
     >>> run.model(images).argmax(1)                  # doctest: +SKIP
     """
     from runner import build, records
