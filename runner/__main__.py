@@ -15,7 +15,7 @@ import sys
 from hydra._internal.utils import get_args_parser
 
 from runner import launch
-from runner.compose import Composer, unset_nulls
+from runner.compose import Composer, searchpath, unset_nulls
 from runner.progress import encodable_streams, error, say
 from runner.schema import ConfigError
 
@@ -109,6 +109,11 @@ def main() -> int:
     os.environ["RUNNER_COMMAND"] = shlex.join(["python", "-m", "runner", *sys.argv[1:]])
     args.overrides = unset_nulls(args.overrides)
     where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
+    try:
+        where["searchpath"] = searchpath(args.overrides)
+    except ConfigError as e:
+        error(f"error: {e}")
+        return 2
     tuning = [o for o in args.overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("tune", "trial")]
     if tuning:  # a plain run would ignore them: say so rather than run one setting untuned
         error(f"error: {tuning[0]}: tune settings are read by python -m runner.tune (same overrides, plus tune.*); "

@@ -128,6 +128,11 @@ SWEEPER = "hydra_plugins.runner_sweeper.PlannedSweeper"
 def check_hydra_overrides(parsed: Sequence[Override]) -> None:
     for o in parsed:
         key = o.key_or_group
+        if key in ("hydra/sweeper", "hydra.sweeper._target_"):
+            raise ConfigError(f"{o.input_line}: the runner does not let a command change its sweeper, which "
+                              "launches the cells the runner planned; "
+                              "to tune with Optuna, run python -m runner.tune with the same overrides (plus tune.*, "
+                              "e.g. tune.trials=8): every method gets the same budget on validation data.")
         if o.is_hydra_override() and not any(key == a.rstrip(".") or key.startswith(a) for a in HYDRA_SETTINGS) \
                 or key.endswith("._target_") and key.startswith("hydra"):
             allowed = ", ".join(a + ("*" if a.endswith(".") else "") for a in HYDRA_SETTINGS)
@@ -202,11 +207,30 @@ def dotted_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def searchpath(overrides: Sequence[str]) -> list[str]:
+    """The folders a ``hydra.searchpath=[file://..., pkg://...]`` override adds, as Hydra reads them."""
+    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    if not given:
+        return []
+    try:
+        value = OverridesParser.create().parse_override(given[-1]).value()
+    except HydraException as e:
+        raise ConfigError(f"{given[-1]}: {one_paragraph(e)}") from None
+    paths = value if isinstance(value, list) else [value]
+    bad = [p for p in paths if not isinstance(p, str) or not p.startswith(("file://", "pkg://"))]
+    if bad:
+        raise ConfigError(f"{given[-1]}: each entry is file://<folder> or pkg://<package>; got {bad[0]!r} "
+                          "(--config-dir <folder> does the same for one folder).")
+    return paths
+
+
 class Composer:
     """Hydra, set up for one command line; ``compose(cell)`` gives a cell's run config and chosen options."""
 
     def __init__(self, config_dir: str | None = None, config_path: str | None = None,
-                 config_name: str | None = None) -> None:
+                 config_name: str | None = None, searchpath: Sequence[str] = ()) -> None:
+        """``searchpath``: the folders of the command's ``hydra.searchpath=[...]`` (``searchpath(overrides)``),
+        whose options the command may name: Hydra adds them when it composes, and the plan must know them before."""
         self.config_name = config_name or "config"
         primary = Path(config_path).resolve() if config_path else CONF_DIR
         if not primary.is_dir():
@@ -222,6 +246,11 @@ class Composer:
             search_path.prepend(
                 provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema")
             )
+        for path in searchpath:
+            if path.startswith("file://"):
+                check_yaml_sizes(Path(path.removeprefix("file://")))
+            search_path.prepend(provider="hydra.searchpath in command-line", path=path,  # where Hydra puts them:
+                                anchor=SearchPathQuery(provider="schema"))  # after the others, before the schema
         self.search_path = search_path
         self._owned = True  # this composer set Hydra up, so it clears Hydra when released
         self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, str | None]]] = {}
@@ -379,6 +408,13 @@ class Composer:
         value = next((o.split("=", 1)[1] for o in cell if "=" in o and o.lstrip("+~").split("=", 1)[0] == key), None)
         if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
             known = dotted_keys(base) if base is not None else []
+            parent = key.rsplit(".", 1)[0] if "." in key else None
+            siblings = [k.rsplit(".", 1)[1] for k in known if parent and k.startswith(f"{parent}.")
+                        and "." not in k[len(parent) + 1:] and not k.endswith(("_target_", "_partial_"))]
+            if siblings:  # a key of a group: suggested and listed from that group's own keys
+                hint = did_you_mean(key.rsplit(".", 1)[1], siblings).replace(" mean '", f" mean '{parent}.")
+                return ConfigError(f"{key}={value}: '{key}' is not a config key.{hint} Keys of {parent}: "
+                                   f"{', '.join(sorted(siblings))}.")
             return ConfigError(f"{key}={value}: '{key}' is not a config key.{did_you_mean(key, known)} "
                                f"See `python -m runner --cfg job` for every key.")
         if key and isinstance(cause, OmegaConfBaseException):

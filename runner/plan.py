@@ -21,6 +21,7 @@ from datasets import SPECS
 from runner import checks, records
 from runner.checkpoint import read_checkpoint
 from runner.checks import check_builds, check_values, check_writable, device_type
+from runner import compose
 from runner.compose import Composer
 from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError
 from runner.targets import TARGET_HOMES, resolve_target, typed_config
@@ -67,13 +68,14 @@ class RunPlan:
 
 def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: str | None = None,
                config_path: str | None = None, config_name: str | None = None,
-               skip_completed_builds: bool = True) -> list[RunPlan]:
+               searchpath: Sequence[str] | None = None, skip_completed_builds: bool = True) -> list[RunPlan]:
     """Plan every cell of ``python -m runner [-m] <overrides>``: a ConfigError for the first bad cell.
 
     A cell whose run already completed is not built again (its model ran before); the model of every
     other distinct architecture is built once and run on zeros of the dataset's shape.
     """
-    with Composer(config_dir, config_path, config_name) as composer:
+    found = compose.searchpath(overrides) if searchpath is None else searchpath
+    with Composer(config_dir, config_path, config_name, found) as composer:
         master = composer.master(overrides, multirun)
         launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
         checks.check_launch(master.hydra, overrides, multirun)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from runner import launch, records, sequential, space
-from runner.compose import Composer, unset_nulls
+from runner.compose import Composer, searchpath, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
 from runner.plan import RunPlan, literal, plan_from_config
@@ -433,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         error("error: --cfg, --info and --shell-completion are python -m runner's; give them to it.")
         return 2
     where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
+    try:
+        where["searchpath"] = searchpath(args.overrides)
+    except ConfigError as e:
+        error(f"error: {e}")
+        return 2
     try:
         methods, launcher = prepare(args.overrides, args.multirun, where)
         if any(m.plan.cfg.force for m in methods):

@@ -83,6 +83,8 @@ CASES = [
     ("hydra env_set from the shell", ["hydra.job.env_set.PATH={p}/bin"], {}, "does not let a command change"),
     ("hydra chdir", ["hydra.job.chdir=true"], {}, "does not let a command change"),
     ("hydra sweeper swap", ["-m", "hydra/sweeper=basic", "seed=0,1"], {}, "does not let a command change"),
+    ("hydra's optuna sweeper", ["-m", "hydra/sweeper=optuna", "seed=0,1"], {}, "run python -m runner.tune with the "
+     "same overrides"),
     ("hydra launcher target", ["hydra.launcher._target_=os.system"], {}, "does not let a command change"),
     ("hydra n_jobs 0", ["-m", "launcher=local", "hydra.launcher.n_jobs=0", "seed=0,1"], {}, "hydra.launcher.n_jobs=0"),
     (

@@ -345,3 +345,16 @@ def test_an_ascii_terminal_gets_the_whole_summary(tmp_path):
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
     assert b"Traceback" not in done.stderr and (tmp_path / "report.md").exists()
+
+
+def test_hydra_searchpath_does_what_config_dir_does(tmp_path, main_cli):
+    presets = tmp_path / "presets" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "quick.yaml").write_text("# @package _global_\nepochs: 2\nlr: 0.07\n")
+    shown = [main_cli(*how, "experiment=quick", "--cfg", "job").stdout
+             for how in (["--config-dir", str(tmp_path / "presets")],
+                         [f"hydra.searchpath=[file://{tmp_path / 'presets'}]"])]
+    assert shown[0] == shown[1] and "epochs: 2" in shown[0] and "lr: 0.07" in shown[0]
+    res = main_cli(f"hydra.searchpath=[{tmp_path / 'presets'}]", "experiment=quick", f"results_dir={tmp_path}/o")
+    assert res.returncode == 2 and "each entry is file://<folder> or pkg://<package>" in res.stderr
+    assert "--config-dir" in res.stderr and not (tmp_path / "o").exists()

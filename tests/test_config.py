@@ -89,6 +89,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
                        f"Allowed: {', '.join(groups()['pooling'])}. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
     (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
+    (["optim.momentm=0.5"], "'optim.momentm' is not a config key. Did you mean 'optim.momentum'? Keys of optim: "),
+    (["optim.foo=1"], "'optim.foo' is not a config key. Keys of optim: "),  # the group's own keys, not 'optim'?
     (["epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     (["seed=0.5"], "seed=0.5"),
     (["epochs=0"], "epochs=0: out of range; allowed: >= 1"),
