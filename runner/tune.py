@@ -1,16 +1,17 @@
-"""``python -m runner.tune [-m] <overrides>``: every method of a grid tuned with the same budget, then its seeds.
+"""python -m runner.tune [-m] <overrides>: every method of a grid tuned with the same budget, then its seeds.
 
-The command takes ``python -m runner``'s overrides plus the ``tune`` group (conf/tune/default.yaml). Each cell
-of the grid without its seed is a *method*; each method gets a study of ``tune.trials`` trials. A trial is a
-normal run of this runner on each of ``tune.seeds`` at the setting Optuna proposes, scored by the mean of
-``tune.metric`` on the validation split; then the method's runs at ``seed=...`` of the grid use the setting
-of its best trial and are the *final* runs. Every run is a row of runs.csv with its stage, study and trial.
+The command takes python -m runner's overrides plus the tune group (conf/tune/default.yaml). Each cell of the
+grid without its seed is a method; each method gets a study of tune.trials trials. A trial is a normal run of
+this runner on each of tune.seeds at the setting Optuna proposes, scored by the mean of tune.metric on the
+validation split; then the method's runs at seed=... of the grid use the setting of its best trial and are the
+final runs (tune.finals=sequential adds seeds in rounds until each comparison is decided). Every run is a row of
+runs.csv with its stage, study and trial.
 
-Studies live in ``<results>/tune/journal.log``, Optuna's journal file storage: an append-only log guarded by
-a lock built from atomic file creation and symlinks, which works on the NFS/Lustre file systems of a cluster,
-where SQLite's locking is unreliable (SQLite's own documentation warns against it); it needs no database
-server. The same command continues each study up to its budget: a trial cut off by a kill is run again at its
-setting (its runs resume from their last epoch), never replaced. One process tunes a study at a time.
+Studies live in <results>/tune/journal.log, Optuna's append-only journal file storage, locked with an flock
+(runner/journal.py) that works on a cluster's NFS and needs no database server. The same command continues
+each study up to its budget: a trial cut off by a kill is run again at its setting (its runs resume from their
+last epoch), never replaced; one cut off before its settings were recorded is set aside and resampled. One
+process tunes a study at a time.
 """
 from __future__ import annotations
 

@@ -27,8 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     from runner.summary import plots as summary_plots  # here: it imports matplotlib, which --help never needs
 
     parser = argparse.ArgumentParser(
-        prog="python -m runner.summary", description="what a sweep found, and whether it is real"
-    )
+        prog="python -m runner.summary", description="what a sweep found, and whether it is real",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "writes into --out: summary.csv (per group and metric: n, mean, sd, 95 % t-interval), comparison.csv\n"
+            "(--baseline: paired by seed, with the verdict), ranks.csv (with 2 or more tasks), plots/ (PNG and\n"
+            "PDF), report.md (how the runs were made, the answer in words, the tables and plots) and report.html\n"
+            "(the same as one self-contained page).\n\n"
+            "example: python -m runner.summary results --baseline pooling=max --format tex"))
     parser.add_argument(
         "paths", nargs="*", type=Path, help="results roots, run folders or runs.csv tables (default: results)"
     )
