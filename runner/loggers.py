@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.progress import error
 
@@ -39,7 +39,10 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    """No tracking (``logger=none``); the others override what they record."""
+    """No tracking (``logger=none``); the others override what they record. ``known``: the tracker already holds
+    this run, finished (a replay of the records then sends nothing)."""
+
+    known = False
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         pass
@@ -49,10 +52,13 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
-    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any], replay: bool = False) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: needs the tensorboard package (tracking extras)
 
         folder = Path(cfg.logger.dir or Path(cfg.results_dir) / "tensorboard") / run_id
+        self.known = replay and any(folder.glob("events.out.tfevents.*"))
+        if self.known:
+            return
         self.writer = SummaryWriter(log_dir=str(folder))
         flat = _flat(OmegaConf.to_container(cfg, resolve=True)) | _axes(axes)
         self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()
@@ -102,7 +108,7 @@ class MLflow(Tracker):
     create and migrate the store once and never write it at the same moment (SQLite's own locking makes parallel
     first starts fail half-migrated)."""
 
-    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any], replay: bool = False) -> None:
         import mlflow  # here: needs mlflow (tracking extras)
         from sqlalchemy.engine import URL
 
@@ -129,7 +135,9 @@ class MLflow(Tracker):
                 cfg.logger.experiment, artifact_location=None if cfg.logger.uri else str(db.parent / "mlruns"))
             earlier = self.client.search_runs([experiment], filter_string=f"tags.runner_run_id = '{run_id}'",
                                               max_results=1)
-            if earlier:  # a resumed (or forced) run continues its MLflow run
+            if earlier and replay:  # sent before: a replay of the records adds nothing
+                self.known = True
+            elif earlier:  # a resumed (or forced) run continues its MLflow run
                 self.run = earlier[0].info.run_id
                 self.client.update_run(self.run, status="RUNNING")
             else:
@@ -157,6 +165,38 @@ class MLflow(Tracker):
             self.client.set_terminated(self.run, status=status)
 
 
+def send_records(root: Path, kind: str, uri: str | None = None, experiment: str = "runner") -> tuple[int, int]:
+    """``python -m runner.records log``: every finished run under ``root`` sent to a tracker from its records (its
+    config, axes, each epoch's metrics and the final metrics), without training; a run the tracker holds already is
+    left as it is, so a second call adds nothing. Returns (sent, already there)."""
+    from runner import records  # here: records imports pandas, which a run's tracker never needs
+
+    sent = known = 0
+    for folder in sorted(p for p in (root / "runs").iterdir() if p.is_dir()):
+        record = records.read_result(folder)
+        if not record or record.get("status") not in records.DONE:
+            continue
+        cfg = OmegaConf.create(record["config"])
+        with open_dict(cfg):
+            cfg.results_dir = str(root)
+            cfg.logger = {"kind": kind, "uri": uri, "experiment": experiment, "dir": None}
+        stage = records.stage_columns(records.read_stages(folder)).get("stage") or "run"
+        axes = dict(record.get("choices") or {}) | {"seed": cfg.get("seed"), "run_id": record["run_id"],
+                                                    "git_commit": record.get("git_commit"), "stage": stage}
+        tracker = open_tracker(cfg, record["run_id"], record["run_id"], axes, replay=True)
+        if type(tracker) is Tracker:  # could not start: said once by open_tracker
+            return sent, known
+        if tracker.known:
+            known += 1
+            continue
+        epochs = records.read_epochs(folder)
+        for row in ([] if epochs is None else epochs.to_dict("records")):
+            tracker.epoch(row)
+        tracker.finish(record)
+        sent += 1
+    return sent, known
+
+
 KINDS = {"none": Tracker, "tensorboard": TensorBoard, "mlflow": MLflow}
 _said: set[str] = set()
 
@@ -179,6 +219,10 @@ class Safe(Tracker):
                 f"goes on"
             )
 
+    @property
+    def known(self) -> bool:  # type: ignore[override]
+        return self.inner.known
+
     def epoch(self, row: Mapping[str, Any]) -> None:
         self._call("epoch", row)
 
@@ -186,13 +230,15 @@ class Safe(Tracker):
         self._call("finish", record)
 
 
-def open_tracker(cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any] | None = None) -> Tracker:
-    """The run's tracker; ``axes``: its options by group (``pooling: softpool``), seed, run_id, git_commit, stage."""
+def open_tracker(cfg: DictConfig, run_id: str, label: str, axes: Mapping[str, Any] | None = None,
+                 replay: bool = False) -> Tracker:
+    """The run's tracker; ``axes``: its options by group (``pooling: softpool``), seed, run_id, git_commit, stage;
+    ``replay``: a finished run sent from its records (``known`` when the tracker has it already)."""
     kind = cfg.logger.kind
     if kind == "none":
         return Tracker()
     try:
-        return Safe(KINDS[kind](cfg, run_id, label, axes or {}), kind)
+        return Safe(KINDS[kind](cfg, run_id, label, axes or {}, replay), kind)
     except Unreachable as e:  # said once per process: every later run of a grid is untracked without a wait
         if str(e) not in _said:
             _said.add(str(e))

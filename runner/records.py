@@ -446,16 +446,30 @@ def _columns_to_append(path: Path, rows: pd.DataFrame) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m runner.records rebuild RESULTS``: rebuild the tables from the run folders."""
+    """``python -m runner.records rebuild RESULTS``: rebuild the tables from the run folders.
+    ``python -m runner.records log RESULTS --to mlflow|tensorboard``: send the finished runs to a tracker from their
+    records, without training (a run the tracker holds already is left alone)."""
     parser = argparse.ArgumentParser(prog="python -m runner.records", description=main.__doc__)
-    parser.add_argument("command", choices=["rebuild"])
+    parser.add_argument("command", choices=["rebuild", "log"])
     parser.add_argument(
         "results", type=Path, nargs="?", default=Path("results"), help="results root (default %(default)s)"
     )
+    parser.add_argument("--to", choices=["mlflow", "tensorboard"], help="log: the tracker")
+    parser.add_argument("--uri", help="log --to mlflow: a tracking URI (default: sqlite in the results root)")
+    parser.add_argument("--experiment", default="runner", help="log --to mlflow: the experiment (%(default)s)")
     args = parser.parse_args(argv)
     if not (args.results / "runs").is_dir():
         print(f"error: {args.results}: no runs/ folder: not a results root", file=sys.stderr)
         return 2
+    if args.command == "log":
+        if args.to is None:
+            print("error: log: say which tracker with --to mlflow or --to tensorboard", file=sys.stderr)
+            return 2
+        from runner.loggers import send_records
+
+        sent, known = send_records(args.results, args.to, args.uri, args.experiment)
+        print(f"sent {sent} finished run(s) to {args.to}; {known} were there already")
+        return 0
     runs = rebuild_tables(args.results)
     print(f"rebuilt {args.results / 'runs.csv'} ({len(runs)} runs) and {args.results / 'epochs.csv'}")
     return 0

@@ -78,3 +78,31 @@ def test_an_unreachable_tracking_server_costs_one_probe_said_once(data_dir, tmp_
     err = capsys.readouterr().err
     assert err.count(f"the tracking server http://127.0.0.1:{port} did not answer") == 1
     assert "go on untracked" in err
+
+
+def test_finished_runs_reach_a_tracker_from_their_records_once(data_dir, tmp_path, main_cli, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from runner.records import main as records_main
+
+    assert main_cli("-m", "pooling=max,avg", *TINY, "epochs=2", f"data_dir={data_dir}",
+                    f"results_dir={tmp_path}").returncode == 0  # trained without a tracker
+    for kind in ("mlflow", "tensorboard"):
+        assert records_main(["log", str(tmp_path), "--to", kind]) == 0
+        assert f"sent 2 finished run(s) to {kind}; 0 were there already" in capsys.readouterr().out
+        assert records_main(["log", str(tmp_path), "--to", kind]) == 0  # again: nothing new
+        assert f"sent 0 finished run(s) to {kind}; 2 were there already" in capsys.readouterr().out
+    epochs, table = pd.read_csv(tmp_path / "epochs.csv"), pd.read_csv(tmp_path / "runs.csv")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = mlflow.search_runs(experiment_names=["runner"], filter_string="params.pooling = 'avg'")
+    rid = table[table.pooling == "avg"].run_id.iloc[0]
+    assert len(found) == 1 and found["params.run_id"].iloc[0] == rid and found["status"].iloc[0] == "FINISHED"
+    assert found["metrics.test_acc"].iloc[0] == pytest.approx(table[table.pooling == "avg"].test_acc.iloc[0])
+    history = mlflow.MlflowClient().get_metric_history(found["run_id"].iloc[0], "train_loss")
+    mine = epochs[epochs.run_id == rid]
+    assert [(h.step, pytest.approx(h.value)) for h in history] == list(zip(mine.epoch, mine.train_loss))  # once
+    events = EventAccumulator(str(tmp_path / "tensorboard" / rid))
+    events.Reload()
+    assert [s.value for s in events.Scalars("val_acc")] == pytest.approx(list(mine.val_acc), rel=1e-6)
