@@ -95,12 +95,30 @@ def report(plans: list) -> int:
     return 0 if all(s in DONE for s in statuses) else 1
 
 
+def show_grid(overrides: list[str], where: dict) -> int:
+    """``python -m runner -m <grid> --cfg job``: every cell of the grid planned (a mistake anywhere is exit 2), with
+    its run id and whether the command would run it or skip it; nothing is trained or written."""
+    from runner.records import completed, read_result
+    from runner.plan import make_plans
+
+    plans = make_plans(overrides, True, **where)
+    done = [completed(p.folder) for p in plans]
+    say(f"grid of {len(plans)} cells: {sum(d is None for d in done)} would run, "
+        f"{sum(d is not None for d in done)} completed (skipped)  (results in {plans[0].root}/)")
+    for p, d in zip(plans, done):
+        status = (read_result(p.folder) or {}).get("status")
+        what = (f"skip ({d['status']})" if d else "run" + (f" (was {status})" if status else ""))
+        say(f"  {what:<20} {p.run_id}  {p.label}")
+    return 0
+
+
 def main() -> int:
     encodable_streams()
     parser = get_args_parser()
     args = parser.parse_args(sys.argv[1:])
-    modes = [flag for flag, given in (("--multirun", args.multirun), ("--cfg", args.cfg), ("--info", args.info),
-                                      ("--shell-completion", args.shell_completion)) if given]
+    preview = args.multirun and args.cfg == "job"  # -m --cfg job: the grid's cells, planned, nothing run
+    modes = [flag for flag, given in (("--multirun", args.multirun and not preview), ("--cfg", args.cfg),
+                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
     if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
         error(f"error: {' and '.join(modes)} cannot be combined; give one of them.")
         return 2
@@ -122,6 +140,8 @@ def main() -> int:
     if args.help or args.hydra_help or args.shell_completion or args.info:
         return launch.hydra(argv)
     try:
+        if preview:
+            return show_grid(args.overrides, where)
         if args.cfg:  # composing is enough to print it: no model is built, torch is not imported
             with Composer(**where) as composer:
                 composer.master(args.overrides, multirun=False)

@@ -26,8 +26,8 @@ def test_cfg_job_prints_the_resolved_config(main_cli):
     assert "_target_: models.pooling.AvgPool" in out and "seed: 3" in out
 
 
-def test_multirun_with_cfg_is_a_usage_error_not_a_traceback(main_cli):
-    res = main_cli("-m", "pooling=max,avg", "--cfg", "job")
+def test_multirun_with_cfg_hydra_is_a_usage_error_not_a_traceback(main_cli):
+    res = main_cli("-m", "pooling=max,avg", "--cfg", "hydra")  # -m --cfg job is the grid's preview
     assert res.returncode == 2 and res.stderr == "error: --multirun and --cfg cannot be combined; give one of them.\n"
 
 
@@ -358,3 +358,18 @@ def test_hydra_searchpath_does_what_config_dir_does(tmp_path, main_cli):
     res = main_cli(f"hydra.searchpath=[{tmp_path / 'presets'}]", "experiment=quick", f"results_dir={tmp_path}/o")
     assert res.returncode == 2 and "each entry is file://<folder> or pkg://<package>" in res.stderr
     assert "--config-dir" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_grid_preview_lists_every_cell_with_its_id_and_fate_and_runs_nothing(data_dir, tmp_path, main_cli):
+    args = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    assert main_cli(*args, "pooling=max").returncode == 0
+    (done,) = [p.name for p in (tmp_path / "runs").iterdir()]
+    shown = main_cli("-m", "pooling=max,avg", *args, "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("grid of 2 cells: 1 would run, 1 completed (skipped)")
+    assert any(line.split()[:3] == ["skip", "(ok)", done] for line in lines[1:])
+    assert sum(line.split()[0] == "run" for line in lines[1:]) == 1
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [done]  # nothing trained, nothing written
+    bad = main_cli("-m", "pooling=max,maxx", *args, "--cfg", "job")
+    assert bad.returncode == 2 and "'maxx' is not an option" in bad.stderr
