@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 from filelock import FileLock
@@ -165,31 +165,26 @@ class MLflow(Tracker):
             self.client.set_terminated(self.run, status=status)
 
 
-def send_records(root: Path, kind: str, uri: str | None = None, experiment: str = "runner") -> tuple[int, int]:
-    """``python -m runner.records log``: every finished run under ``root`` sent to a tracker from its records (its
-    config, axes, each epoch's metrics and the final metrics), without training; a run the tracker holds already is
-    left as it is, so a second call adds nothing. Returns (sent, already there)."""
-    from runner import records  # here: records imports pandas, which a run's tracker never needs
-
+def send_finished(runs: Sequence[tuple[Mapping[str, Any], str, Any]], root: Path, kind: str, uri: str | None = None,
+                  experiment: str = "runner") -> tuple[int, int]:
+    """``python -m runner.records log``: finished runs sent to a tracker from their records, each given as (record,
+    stage, epochs frame or None): the config, the axes, each epoch's metrics and the final metrics, without
+    training. A run the tracker holds already is left as it is, so a second call adds nothing. Returns (sent,
+    already there)."""
     sent = known = 0
-    for folder in sorted(p for p in (root / "runs").iterdir() if p.is_dir()):
-        record = records.read_result(folder)
-        if not record or record.get("status") not in records.DONE:
-            continue
-        cfg = OmegaConf.create(record["config"])
+    for record, stage, epochs in runs:
+        cfg = OmegaConf.create(dict(record["config"]))
         with open_dict(cfg):
             cfg.results_dir = str(root)
             cfg.logger = {"kind": kind, "uri": uri, "experiment": experiment, "dir": None}
-        stage = records.stage_columns(records.read_stages(folder)).get("stage") or "run"
         axes = dict(record.get("choices") or {}) | {"seed": cfg.get("seed"), "run_id": record["run_id"],
                                                     "git_commit": record.get("git_commit"), "stage": stage}
         tracker = open_tracker(cfg, record["run_id"], record["run_id"], axes, replay=True)
         if type(tracker) is Tracker:  # could not start: said once by open_tracker
-            return sent, known
+            break
         if tracker.known:
             known += 1
             continue
-        epochs = records.read_epochs(folder)
         for row in ([] if epochs is None else epochs.to_dict("records")):
             tracker.epoch(row)
         tracker.finish(record)

@@ -465,9 +465,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.to is None:
             print("error: log: say which tracker with --to mlflow or --to tensorboard", file=sys.stderr)
             return 2
-        from runner.loggers import send_records
+        from runner.loggers import send_finished  # here: the trackers' libraries load only for this command
 
-        sent, known = send_records(args.results, args.to, args.uri, args.experiment)
+        finished = []
+        for folder in sorted(p for p in (args.results / "runs").iterdir() if p.is_dir()):
+            record = read_result(folder)
+            if record and record.get("status") in DONE:
+                stage = stage_columns(read_stages(folder)).get("stage") or "run"
+                finished.append((record, stage, read_epochs(folder)))
+        sent, known = send_finished(finished, args.results, args.to, args.uri, args.experiment)
         print(f"sent {sent} finished run(s) to {args.to}; {known} were there already")
         return 0
     runs = rebuild_tables(args.results)

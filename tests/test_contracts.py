@@ -135,7 +135,7 @@ def test_load_run_returns_the_trained_model_of_every_option(group, option, plann
     import json
 
     from datasets import SPECS
-    from runner import load_run
+    from runner.loading import load_run
     from runner.build import model
     from runner.checkpoint import save_checkpoint
 
