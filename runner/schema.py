@@ -40,7 +40,11 @@ class ConfigError(Exception):
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    """The closest candidate (difflib's ratio ≥ 0.6) that also starts alike or contains the word (or is contained
+    in it): a typo keeps its first letter, so 'foo' is not offered 'ood', while 'flip' is offered 'crop_flip'."""
+    last = word.rsplit(".", 1)[-1]
+    close = [c for c in difflib.get_close_matches(word, list(candidates), n=5, cutoff=0.6)
+             if c.rsplit(".", 1)[-1][:1] == last[:1] or last in c or c.rsplit(".", 1)[-1] in last]
     return f" Did you mean '{close[0]}'?" if close else ""
 
 

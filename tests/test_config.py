@@ -88,6 +88,7 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. "
                        f"Allowed: {', '.join(groups()['pooling'])}. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
+    (["+foo=1"], "foo: not a config key. See"),  # no far-fetched 'ood': a typo keeps its first letter
     (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
     (["optim.momentm=0.5"], "'optim.momentm' is not a config key. Did you mean 'optim.momentum'? Keys of optim: "),
     (["optim.foo=1"], "'optim.foo' is not a config key. Keys of optim: "),  # the group's own keys, not 'optim'?
