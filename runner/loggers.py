@@ -180,8 +180,8 @@ def send_finished(runs: Sequence[tuple[Mapping[str, Any], str, Any]], root: Path
         axes = dict(record.get("choices") or {}) | {"seed": cfg.get("seed"), "run_id": record["run_id"],
                                                     "git_commit": record.get("git_commit"), "stage": stage}
         tracker = open_tracker(cfg, record["run_id"], record["run_id"], axes, replay=True)
-        if type(tracker) is Tracker:  # could not start: said once by open_tracker
-            break
+        if type(tracker) is Tracker:  # could not start (said by open_tracker): the caller says nothing was sent
+            raise ConnectionError(f"logger={kind} could not start, so nothing more was sent")
         if tracker.known:
             known += 1
             continue

@@ -473,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
             if record and record.get("status") in DONE:
                 stage = stage_columns(read_stages(folder)).get("stage") or "run"
                 finished.append((record, stage, read_epochs(folder)))
-        sent, known = send_finished(finished, args.results, args.to, args.uri, args.experiment)
+        try:
+            sent, known = send_finished(finished, args.results, args.to, args.uri, args.experiment)
+        except ConnectionError as e:
+            print(f"error: {e}; the same command sends the rest once the tracker works", file=sys.stderr)
+            return 1
         print(f"sent {sent} finished run(s) to {args.to}; {known} were there already")
         return 0
     runs = rebuild_tables(args.results)

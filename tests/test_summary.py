@@ -551,3 +551,12 @@ def test_report_html_is_one_self_contained_page_that_renders_in_chromium(tmp_pat
 def html_text(markdown_line: str) -> str:
     """A markdown line as a browser shows its text: code spans unmarked, whitespace collapsed."""
     return " ".join(markdown_line.replace("`", "").split())
+
+
+def test_a_summary_without_a_comparison_leaves_no_earlier_comparison_behind(tmp_path):
+    src = str(ROOT / "docs/examples/pooling_max_avg_mnist5k/runs.csv")
+    out = tmp_path / "out"
+    assert summary_main([src, "--baseline", "pooling=max", "--format", "tex", "--no-plots", "--out", str(out)]) == 0
+    assert (out / "comparison.tex").is_file() and (out / "methods.tex").is_file()
+    assert summary_main([src, "--format", "tex", "--no-plots", "--out", str(out)]) == 0  # no --baseline now
+    assert not (out / "comparison.tex").exists() and (out / "methods.tex").is_file()

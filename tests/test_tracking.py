@@ -106,3 +106,7 @@ def test_finished_runs_reach_a_tracker_from_their_records_once(data_dir, tmp_pat
     events = EventAccumulator(str(tmp_path / "tensorboard" / rid))
     events.Reload()
     assert [s.value for s in events.Scalars("val_acc")] == pytest.approx(list(mine.val_acc), rel=1e-6)
+    # a tracker that cannot start: said, exit 1, nothing claimed as sent
+    assert records_main(["log", str(tmp_path), "--to", "mlflow", "--uri", "http://127.0.0.1:9"]) == 1
+    said = capsys.readouterr()
+    assert "could not start, so nothing more was sent" in said.err and "sent 0" not in said.out

@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{name}.csv").unlink(missing_ok=True)
         else:
             records.write_csv(out / f"{name}.csv", frame)
+    if comparison.empty:  # an earlier summary's comparison in this format, of other runs, would read as this one's
+        (out / f"comparison.{args.format}").unlink(missing_ok=True)
     header = provenance(every, ok, args)[2:-1]  # the facts, without the heading and the summary's own time
     if args.format == "tex":
         records.write_text(out / "methods.tex", tex_comment(header)
