@@ -16,6 +16,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.progress import error
+from runner.schema import AXES
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -26,6 +27,11 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def run_axes(choices: Mapping[str, Any], seed: Any, run_id: str, commit: str | None, stage: str) -> dict[str, Any]:
+    """What a tracker gets to filter runs by: the run's option in each group, its seed, id, commit and stage."""
+    return {a: choices.get(a) for a in AXES} | {"seed": seed, "run_id": run_id, "git_commit": commit, "stage": stage}
 
 
 def _axes(axes: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,8 +183,7 @@ def send_finished(runs: Sequence[tuple[Mapping[str, Any], str, Any]], root: Path
         with open_dict(cfg):
             cfg.results_dir = str(root)
             cfg.logger = {"kind": kind, "uri": uri, "experiment": experiment, "dir": None}
-        axes = dict(record.get("choices") or {}) | {"seed": cfg.get("seed"), "run_id": record["run_id"],
-                                                    "git_commit": record.get("git_commit"), "stage": stage}
+        axes = run_axes(record.get("choices") or {}, cfg.get("seed"), record["run_id"], record.get("git_commit"), stage)
         tracker = open_tracker(cfg, record["run_id"], record["run_id"], axes, replay=True)
         if type(tracker) is Tracker:  # could not start (said by open_tracker): the caller says nothing was sent
             raise ConnectionError(f"logger={kind} could not start, so nothing more was sent")

@@ -256,6 +256,11 @@ def add_stage(folder: Path, entry: Mapping[str, Any]) -> bool:
     return True
 
 
+def stage_of(folder: Path) -> str:
+    """The run's stage in tuning (tune, final, tune+final), or ``run`` for a run of no study."""
+    return stage_columns(read_stages(folder)).get("stage") or "run"
+
+
 def stage_columns(entries: list[Mapping[str, Any]]) -> dict[str, Any]:
     """runs.csv's stage (tune, final or tune+final), study, trial (the trial run, or whose setting a final run uses)
     and tuned (the keys the study tunes)."""
@@ -471,8 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in sorted(p for p in (args.results / "runs").iterdir() if p.is_dir()):
             record = read_result(folder)
             if record and record.get("status") in DONE:
-                stage = stage_columns(read_stages(folder)).get("stage") or "run"
-                finished.append((record, stage, read_epochs(folder)))
+                finished.append((record, stage_of(folder), read_epochs(folder)))
         try:
             sent, known = send_finished(finished, args.results, args.to, args.uri, args.experiment)
         except ConnectionError as e:

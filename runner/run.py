@@ -27,10 +27,9 @@ import datasets
 from runner import build, records, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
 from runner.machine import usable_cores
-from runner.loggers import open_tracker
+from runner.loggers import open_tracker, run_axes
 from runner.metrics import final_metrics
 from runner.plan import RunPlan, TeacherRef
-from runner.schema import AXES
 from runner.progress import error, say
 from runner.prune import Pruned, reporter
 from runner.train import Diverged, Teacher, fit
@@ -232,9 +231,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     if cfg.trial is not None:  # a trial of python -m runner.tune that its pruner may stop
         report = reporter(cfg.trial)
 
-    stage = records.stage_columns(records.read_stages(folder)).get("stage") or "run"
-    tracker = open_tracker(cfg, rid, plan.label, {a: plan.choices.get(a) for a in AXES} | {
-        "seed": cfg.seed, "run_id": rid, "git_commit": git_commit(), "stage": stage})
+    tracker = open_tracker(cfg, rid, plan.label,
+                           run_axes(plan.choices, cfg.seed, rid, git_commit(), records.stage_of(folder)))
 
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
