@@ -1,4 +1,5 @@
-"""Grid progress while a launcher runs: ``k/N done, M running, ETA ...``, and a line per run that starts or ends.
+"""Grid progress while a launcher runs: ``k/N done, M running, W waiting, ETA ...``, and a line per run that
+starts or ends.
 
 The launcher (basic, joblib, submitit) runs the jobs; this thread of the command's own process only reads
 the run folders every few seconds, so it sees every job wherever it runs. A run under submitit records its
@@ -11,16 +12,9 @@ import time
 from typing import Any, Sequence
 
 from runner import records
-from runner.progress import say
+from runner.progress import duration, say
 
 POLL_S = 5.0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class GridProgress:
@@ -70,6 +64,6 @@ class GridProgress:
         if ended:
             done, elapsed = len(self.counted), time.monotonic() - self.t0
             left = len(self.plans) - done
-            eta = f", ETA {_duration(elapsed / done * left)}" if left else ""
+            eta = f", ETA {duration(elapsed / done * left)}" if left else ""
             say(f"grid: {done}/{len(self.plans)} done ({', '.join(ended)}), {running} running, "
-                f"{_duration(elapsed)} elapsed{eta}")
+                f"{left - running} waiting, {duration(elapsed)} elapsed{eta}")

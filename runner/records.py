@@ -55,6 +55,7 @@ BOOKKEEPING = (
     "slurm_job_id",
     "log",
     "resumed_from_epoch",
+    "diverged_step",
 )
 
 

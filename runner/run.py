@@ -289,7 +289,8 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             "metrics": final_metrics(out["logits"], cfg.ts_method),
         }
     except Diverged as e:
-        record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1]}
+        record |= {"status": "diverged", "error": str(e.args[0]), "train_seconds": e.args[1],
+                   "diverged_step": e.args[2]}
     except Pruned as e:
         record |= {"status": "pruned", "error": str(e)}
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, SIGTERM, or submitit exiting to requeue a preempted job

@@ -26,16 +26,28 @@ from runner.progress import epoch_bar
 
 
 class Diverged(Exception):
-    """The training loss became non-finite."""
+    """The training loss became non-finite: ``Diverged(message, train_seconds, step)``."""
+
+
+class NonFinite(Exception):
+    """A batch's loss was non-finite: ``NonFinite(batch, loss)`` (the batch counted from 1 in its epoch)."""
+
+
+SYNC_EVERY = {"cpu": 1}  # batches between two reads of the loss on the host; other devices: 25 (below)
 
 
 # ---------------------------------------------------------------- training and evaluation
 
 def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, autocast: Callable[[], Any],
-                    advance: Callable[[], None] = lambda: None,
-                    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
-    """One pass over ``batches``; returns (mean training loss, training accuracy). No per-batch host sync.
+                    advance: Callable[[int, float | None], None] = lambda images, loss: None,
+                    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    sync_every: int = 1) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean training loss, training accuracy).
+
+    The loss is read on the host every ``sync_every`` batches (1 on the CPU, where reading costs nothing), for the
+    bar's running loss and to stop at a non-finite loss: ``NonFinite(batch, loss)`` names the first such batch,
+    counted on the device between reads, and on the CPU no optimizer step is taken with it.
 
     With a ``teacher`` (an eval-mode model taking this batch), the loss gets ``teacher_logits=``; a loss that
     declares ``needs_mid_features`` gets the penultimate stage's output of this forward as ``mid_features=``.
@@ -44,9 +56,10 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     loss_fn.train()
     loss_sum = correct = None
     count = 0
+    finite_so_far = finite_batches = None  # on the device: all finite yet; the batches before the first that was not
     mid_stage = getattr(loss_fn, "needs_mid_features", False)
     with tapped(penultimate_stage(model)[0]) if mid_stage else contextlib.nullcontext() as mid:
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches, 1):
             with autocast():
                 logits = model(x)
                 extra = {"mid_features": mid.pop()} if mid_stage else {}
@@ -54,6 +67,14 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
                     with torch.no_grad():
                         extra["teacher_logits"] = teacher(x)  # the same augmented batch as the student
                 loss = loss_fn(logits, y, **extra)
+            with torch.no_grad():
+                finite = torch.isfinite(loss.detach())
+                finite_so_far = finite if finite_so_far is None else finite_so_far & finite
+                finite_batches = (finite_so_far.long() if finite_batches is None
+                                  else finite_batches + finite_so_far.long())
+            read = i % sync_every == 0
+            if read and not finite_so_far.item():
+                raise NonFinite(int(finite_batches.item()) + 1, loss.item() if sync_every == 1 else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -64,7 +85,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
                 loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
                 correct = batch_correct if correct is None else correct + batch_correct
             count += len(y)
-            advance()
+            advance(len(y), (loss_sum / count).item() if read else None)
+    if finite_so_far is not None and not finite_so_far.item():
+        raise NonFinite(int(finite_batches.item()) + 1, None)
     return (loss_sum / count).item(), (correct / count).item()
 
 
@@ -121,7 +144,7 @@ def fit(
 
     ``cfg`` is the run's typed config, ``autocast_dtype`` the planned autocast ("bfloat16" or None) and ``ood`` the
     out-of-distribution test images and labels, scored after the last epoch. Returns the final logits and the
-    training time. Raises ``Diverged(message, train_seconds)`` on a non-finite training loss.
+    training time. Raises ``Diverged(message, train_seconds, step)`` at the first non-finite training loss.
     """
     spec = datasets.SPECS[cfg.dataset.name]
     cuda = device.type == "cuda"
@@ -155,25 +178,38 @@ def fit(
         if cuda and resume.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
         train_seconds, first = float(resume["train_seconds"]), int(resume["epoch"]) + 1
+    sync_every = SYNC_EVERY.get(device.type, 25)
+    eval_s = 0.0  # the last evaluation's time: the ETA's estimate of each one still to come
     for epoch in range(first, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         t0, c0 = time.perf_counter(), time.process_time()
-        with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train)) as advance:
-            train_loss, train_acc = train_one_epoch(
-                model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher
-            )
+        try:
+            with epoch_bar(f"epoch {epoch}/{cfg.epochs}", len(train), (cfg.epochs - epoch) * len(train),
+                           (cfg.epochs - epoch + 1) * eval_s) as advance:
+                train_loss, train_acc = train_one_epoch(
+                    model, train, loss_fn, optimizer, scheduler, autocast, advance, teacher, sync_every
+                )
+        except NonFinite as e:
+            batch, value = e.args
+            step = (epoch - 1) * len(train) + batch
+            train_seconds += time.perf_counter() - t0
+            raise Diverged(f"training loss is {value if value is not None else 'non-finite'} at step {step} "
+                           f"(epoch {epoch}, batch {batch} of {len(train)}; lr={cfg.lr})", train_seconds,
+                           step) from None
         if cuda:
             torch.cuda.synchronize()
         t1, c1 = time.perf_counter(), time.process_time()
         train_seconds += t1 - t0
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr})", train_seconds)
+        if not math.isfinite(train_loss):  # every batch's loss was finite but their sum is not
+            raise Diverged(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr})", train_seconds,
+                           epoch * len(train))
         test_logits, test_y = predict(model, test, autocast)
         val_logits, val_y = predict(model, val, autocast)
         test_m, val_m = classification_metrics(test_logits, test_y), classification_metrics(val_logits, val_y)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
-        row |= {"train_s": t1 - t0, "train_cpu_s": c1 - c0, "eval_s": time.perf_counter() - t1}
+        eval_s = time.perf_counter() - t1
+        row |= {"train_s": t1 - t0, "train_cpu_s": c1 - c0, "eval_s": eval_s}
         on_epoch(row)
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
             on_state(

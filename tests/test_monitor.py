@@ -42,8 +42,8 @@ def test_progress_counts_new_attempts_and_estimates_the_rest(tmp_path, monkeypat
         progress.__exit__()  # stops the thread after a last look, which finds nothing new
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "started 0000000001 (cell) as SLURM job 7_0 on node1; log: /logs/7_0_log.out"
-    assert out[1] == "grid: 1/4 done (0000000000 ok), 1 running, 30s elapsed, ETA 1m30s"
-    assert out[2] == "grid: 3/4 done (0000000001 ok, 0000000003 failed), 0 running, 1m00s elapsed, ETA 20s"
+    assert out[1] == "grid: 1/4 done (0000000000 ok), 1 running, 2 waiting, 30s elapsed, ETA 1m30s"
+    assert out[2] == "grid: 3/4 done (0000000001 ok, 0000000003 failed), 0 running, 1 waiting, 1m00s elapsed, ETA 20s"
     assert len(out) == 3
 
 

@@ -1,6 +1,7 @@
 """One run in-process: training, determinism, statuses, checkpoint and records."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from conftest import TINY
 
 import runner.run
@@ -278,17 +280,60 @@ def test_the_teacher_sees_its_own_normalization_and_stays_in_eval_mode():
 def test_off_a_terminal_a_long_epoch_prints_a_progress_line(monkeypatch, capsys):
     from runner import progress
 
-    clock = iter([0.0, 10.0, 31.0, 40.0, 62.0])
+    clock = iter([0.0, 10.0, 31.0, 40.0, 62.0])  # the bar's start, then one reading per batch
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     progress.set_prefix("0123456789")
-    try:
-        with progress.epoch_bar("epoch 1/3", 4) as advance:
-            for _ in range(4):
-                advance()
+    try:  # 4 batches now, 8 in later epochs, and 5 s of evaluation still to come
+        with progress.epoch_bar("epoch 1/3", 4, 8, 5.0) as advance:
+            for loss in (None, 0.5, None, 0.25):
+                advance(100, loss)
     finally:
         progress.set_prefix(None)
     out = capsys.readouterr().out.splitlines()
-    assert out == ["[0123456789] epoch 1/3: 2/4 batches, 31s", "[0123456789] epoch 1/3: 4/4 batches, 62s"]
+    # at 31 s: 200 images in 31 s; 15.5 s a batch for 2 + 8 batches, plus 5 s: 160 s. At 62 s: 8 batches, 129 s.
+    assert out == ["[0123456789] epoch 1/3: 2/4 batches, 31s, 6 img/s, loss 0.5, run ETA 2m40s",
+                   "[0123456789] epoch 1/3: 4/4 batches, 62s, 6 img/s, loss 0.25, run ETA 2m09s"]
+
+
+def test_a_non_finite_loss_stops_training_at_its_batch(data_dir, tmp_path, monkeypatch):
+    from runner import train
+    from runner.optim import warmup_cosine
+
+    seen = []
+
+    class NanAtSix(nn.Module):  # a loss that is NaN from the 6th batch on
+        def forward(self, logits, target):
+            seen.append(len(seen) + 1)
+            loss = nn.functional.cross_entropy(logits, target)
+            return loss * float("nan") if len(seen) >= 6 else loss
+
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(10)]
+    for sync_every, stopped_after in ((4, 8), (1, 6)):  # read every 4th batch (a CUDA run's 25); read every batch
+        seen.clear()
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.raises(train.NonFinite) as e:
+            train.train_one_epoch(model, batches, NanAtSix(), optimizer, warmup_cosine(optimizer, 10, 0),
+                                  contextlib.nullcontext, sync_every=sync_every)
+        assert e.value.args[0] == 6 and len(seen) == stopped_after  # the first bad batch, found at the next read
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # read every batch: no step with a NaN
+
+    # through a run: recorded diverged with the step, counted over the epochs (2 batches an epoch here)
+    calls = []
+    real = CrossEntropy.forward
+
+    def nan_at_three(self, logits, target):
+        calls.append(1)
+        out = real(self, logits, target)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(CrossEntropy, "forward", nan_at_three)
+    plan = tiny(data_dir, tmp_path, "epochs=3")
+    record = run(plan)
+    per_epoch = record["n_train"] // plan.cfg.batch_size
+    assert record["status"] == "diverged" and record["diverged_step"] == 3, record
+    assert f"at step 3 (epoch {1 + 2 // per_epoch}, batch {2 % per_epoch + 1} of {per_epoch}" in record["error"]
+    assert pd.read_csv(tmp_path / "runs.csv").loc[0, "diverged_step"] == 3
 
 
 def test_fixup_with_zloss_takes_bounded_steps_and_its_loss_falls(data_dir, tmp_path):
