@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +50,7 @@ class RunPlan:
     teacher: TeacherRef | None = None
     identity: dict[str, Any] = field(default_factory=dict, repr=False)
     ood: DictConfig | None = None  # the dataset node of ``ood=<option>``, composed like ``dataset=`` (source_dir set)
+    shown: str | None = None  # its label in a grid: the overrides that vary between the grid's cells, and the seed
 
     @property
     def root(self) -> Path:
@@ -61,7 +62,35 @@ class RunPlan:
 
     @property
     def label(self) -> str:
-        return " ".join(self.overrides) or " ".join(f"{k}={v}" for k, v in self.choices.items() if v is not None)
+        """How lines name the run: in a grid its ``shown`` overrides, else those that can change its numbers."""
+        if self.shown:
+            return self.shown
+        told = [o for o in self.overrides if not _setting(o)]
+        return " ".join(told) or " ".join(f"{k}={v}" for k, v in self.choices.items() if v is not None)
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _setting(override: str) -> bool:
+    """Whether an override only says where or how a run runs (results_dir=, threads=, logger=...)."""
+    key = _key(override)
+    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
+
+
+def labelled(plans: list[RunPlan]) -> list[RunPlan]:
+    """The plans of a grid, each labelled by the overrides that differ between its cells, and its seed."""
+    if len(plans) < 2:
+        return plans
+    keys = {_key(o) for p in plans for o in p.overrides}
+    values: dict[str, set[str]] = {k: set() for k in keys}
+    for p in plans:
+        given = {_key(o): o for o in p.overrides}
+        for key in keys:
+            values[key].add(given.get(key, ""))
+    varying = {k for k, v in values.items() if len(v) > 1} | {"seed"}
+    return [replace(p, shown=" ".join(o for o in p.overrides if _key(o) in varying) or None) for p in plans]
 
 
 # ---------------------------------------------------------------- the command
@@ -86,7 +115,7 @@ def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: 
             cfg, choices = composer.compose(cell)
             plans.append(plan_from_config(cfg, choices, cell, launcher, composer=composer, checked=checked,
                                           typed_options=typed, skip_completed_builds=skip_completed_builds))
-    return plans
+    return labelled(plans)
 
 
 def make_plan(overrides: Sequence[str] = (), **kwargs: Any) -> RunPlan:

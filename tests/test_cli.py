@@ -4,6 +4,7 @@ error and one grid end to end."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -370,6 +371,13 @@ def test_a_grid_preview_lists_every_cell_with_its_id_and_fate_and_runs_nothing(d
     assert lines[0].startswith("grid of 2 cells: 1 would run, 1 completed (skipped)")
     assert any(line.split()[:3] == ["skip", "(ok)", done] for line in lines[1:])
     assert sum(line.split()[0] == "run" for line in lines[1:]) == 1
+    # each cell is named by what varies in the grid (and its seed), not by the settings every cell shares
+    def label(line):
+        return re.split(r" [0-9a-f]{10}  ", line)[1]
+
+    assert sorted(map(label, lines[1:])) == ["pooling=avg", "pooling=max"]
+    seeds = main_cli("-m", "pooling=max", *args, "seed=3,4", "--cfg", "job").stdout.splitlines()[1:]
+    assert list(map(label, seeds)) == ["seed=3", "seed=4"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [done]  # nothing trained, nothing written
     bad = main_cli("-m", "pooling=max,maxx", *args, "--cfg", "job")
     assert bad.returncode == 2 and "'maxx' is not an option" in bad.stderr
