@@ -387,13 +387,31 @@ class Composer:
             if group in USER_GROUPS and not o.is_delete() and not o.is_sweep_override():
                 value, options = o.value(), self.options(group)
                 if value is not None and str(value) not in options:
+                    hint = did_you_mean(str(value), options) or self._known_as(group, str(value))
                     raise ConfigError(
                         f"{o.get_key_element()}={value}: '{value}' is not an option of config group '{group}'. "
-                        f"Allowed: {', '.join(options)}.{did_you_mean(str(value), options)}")
+                        f"Allowed: {', '.join(options)}.{hint}")
                 if value is None and group in ("model", "pooling", "global_pool", "norm", "loss", "optim", "dataset"):
                     none = " (norm=none is the block without normalization)" if group == "norm" else ""
                     raise ConfigError(f"{group}=null: every run needs a {group}; choose one of "
                                       f"{', '.join(options)}{none}.")
+
+    def _known_as(self, group: str, word: str) -> str:
+        """A suggestion for an abbreviation (``global_pool=gap``, ``norm=bn``): the options whose description, the
+        first comment line of their YAML ("Global average pooling head: ..."), has initials that start with it."""
+        if len(word) < 2 or not word.isalpha():
+            return ""
+        found = []
+        for option in self.options(group):
+            for source in self.loader.repository.get_sources():
+                path = Path(source.path) / group / f"{option}.yaml"
+                if source.scheme() == "file" and path.is_file():
+                    with path.open(encoding="utf-8", errors="replace") as f:
+                        first = f.readline()
+                    if first.startswith("#") and initials(first[1:]).startswith(word.lower()):
+                        found.append(option)
+                    break
+        return f" Did you mean '{found[0]}'?" if len(found) == 1 else ""
 
     def _explain(self, exc: Exception, cell: Sequence[str], base: DictConfig | None) -> ConfigError:
         """Turn Hydra's / OmegaConf's composition error into one paragraph about the user's override."""
@@ -421,6 +439,13 @@ class Composer:
             detail = one_paragraph(str(cause).split("\n")[0])
             return ConfigError(f"{key}={value}: {detail}.")
         return ConfigError(one_paragraph(exc))
+
+
+def initials(description: str) -> str:
+    """The initials of an option's description up to its first colon or bracket, CamelCase split: "BatchNorm
+    followed by ReLU" -> "bnfbr", "Global average pooling head" -> "gaph"."""
+    head = re.split(r"[:(]", description, maxsplit=1)[0]
+    return "".join(w[0] for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", head)).lower()
 
 
 def option_yaml(group: str, option: str, search: Sequence[Path] = (CONF_DIR,)) -> DictConfig:

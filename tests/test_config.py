@@ -88,6 +88,10 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. "
                        f"Allowed: {', '.join(groups()['pooling'])}. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
+    # an abbreviation of the option's own description (its YAML's first line: "Global average pooling head: ...")
+    (["global_pool=gap"], "'gap' is not an option of config group 'global_pool'. Allowed: "
+                          f"{', '.join(groups()['global_pool'])}. Did you mean 'avg'?"),
+    (["norm=bn"], "Did you mean 'batch'?"),  # "BatchNorm followed by ReLU"
     (["+foo=1"], "foo: not a config key. See"),  # no far-fetched 'ood': a typo keeps its first letter
     (["pooling.kernal_size=3"], "Did you mean 'pooling.kernel_size'?"),
     (["optim.momentm=0.5"], "'optim.momentm' is not a config key. Did you mean 'optim.momentum'? Keys of optim: "),
