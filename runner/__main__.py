@@ -95,6 +95,18 @@ def report(plans: list) -> int:
     return 0 if all(s in DONE for s in statuses) else 1
 
 
+def earlier_ids(plans: list) -> None:
+    """Say so when the results folder holds runs under an earlier version's ids, which this command cannot find."""
+    from runner.plan import older_runs
+
+    for root in dict.fromkeys(p.root for p in plans):
+        old = older_runs(root, {p.run_id for p in plans})
+        if old:
+            say(f"note: {root}/runs/ holds runs recorded under an earlier version's run ids ({', '.join(old)}): "
+                "this command cannot recognize them as completed, so it trains its cells again beside them. "
+                "runner.summary still reads them; CHANGELOG.md says which versions changed the ids.")
+
+
 def show_grid(overrides: list[str], where: dict) -> int:
     """``python -m runner -m <grid> --cfg job``: every cell of the grid planned (a mistake anywhere is exit 2), with
     its run id and whether the command would run it or skip it; nothing is trained or written."""
@@ -103,6 +115,8 @@ def show_grid(overrides: list[str], where: dict) -> int:
 
     plans = make_plans(overrides, True, **where)
     done = [completed(p.folder) for p in plans]
+    if not all(done):
+        earlier_ids(plans)
     say(f"grid of {len(plans)} cells: {sum(d is None for d in done)} would run, "
         f"{sum(d is not None for d in done)} completed (skipped)  (results in {plans[0].root}/)")
     for p, d in zip(plans, done):
@@ -189,6 +203,7 @@ def main() -> int:
         else:
             pending.append(p)
     if pending:
+        earlier_ids(plans)
         from runner.monitor import GridProgress  # here, as make_plans
 
         try:

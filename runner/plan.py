@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from datasets import SPECS
 from runner import checks, records
@@ -151,7 +152,7 @@ def plan_from_config(
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
     teacher = _teacher(cfg, choices, launcher, composer) if cfg.teacher is not None else None
     ident = identity(cfg, choices, kind, autocast, teacher.run_id if teacher else None)
-    rid = hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+    rid = id_of(ident)
     plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     done = skip_completed_builds and not cfg.force and records.completed(plan.folder) is not None
     if not done:
@@ -311,6 +312,39 @@ def identity(cfg: DictConfig, choices: Mapping[str, str | None], device: str, au
     config |= {"device_type": device, "autocast": autocast, "teacher_run_id": teacher_run_id}
     chosen = {k: v for k, v in choices.items() if v is not None and k != "teacher"}
     return {"choices": chosen, "config": _without_nulls(config)}
+
+
+def id_of(ident: Mapping[str, Any]) -> str:
+    """A run's id: the first 10 hex digits of the SHA-1 of its identity as canonical JSON."""
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+
+
+def id_today(record: Mapping[str, Any]) -> str | None:
+    """The id this version gives the run a record describes; None where its config no longer types (a key an
+    earlier version had)."""
+    try:
+        cfg = typed_config(dict(record["config"]), {})
+        return id_of(identity(cfg, dict(record.get("choices") or {}), str(record["device_type"]),
+                              record.get("autocast"), record.get("teacher_run_id")))
+    except (ConfigError, KeyError, TypeError, ValueError, OmegaConfBaseException):
+        return None
+
+
+def older_runs(root: Path, planned: set[str], look: int = 3) -> list[str]:
+    """Of the newest ``look`` finished runs under ``root`` that this command did not plan, those recorded under an
+    id that this version would not give them (an earlier version's id scheme, CHANGELOG.md): this command cannot
+    find them, so it trains its cells again beside them."""
+    try:
+        folders = sorted((f for f in (root / "runs").iterdir() if f.name not in planned),
+                         key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    old = []
+    for folder in folders[:look]:
+        record = records.read_result(folder)
+        if record and record.get("status") in records.DONE and id_today(record) != record.get("run_id"):
+            old.append(folder.name)
+    return old
 
 
 def _without_nulls(node: Any) -> Any:

@@ -3,6 +3,7 @@ subprocess (``cli``) where only a process shows it: a signal, parallel processes
 error and one grid end to end."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -381,3 +382,21 @@ def test_a_grid_preview_lists_every_cell_with_its_id_and_fate_and_runs_nothing(d
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [done]  # nothing trained, nothing written
     bad = main_cli("-m", "pooling=max,maxx", *args, "--cfg", "job")
     assert bad.returncode == 2 and "'maxx' is not an option" in bad.stderr
+
+
+def test_runs_under_an_earlier_versions_ids_are_named_when_a_command_cannot_find_them(data_dir, tmp_path, main_cli):
+    args = [*TINY, f"data_dir={data_dir}", f"results_dir={tmp_path}"]
+    assert main_cli(*args, "pooling=max").returncode == 0
+    second = main_cli(*args, "pooling=avg")  # a run of this version beside it: nothing to say
+    assert second.returncode == 0 and "earlier version" not in second.stdout
+    (rid,) = [d.name for d in (tmp_path / "runs").iterdir() if json.loads((d / "result.json").read_text())
+              ["choices"]["pooling"] == "max"]
+    # what a run recorded when ids were computed otherwise looks like: the same record under another id
+    record = json.loads((tmp_path / "runs" / rid / "result.json").read_text()) | {"run_id": "0123456789"}
+    (tmp_path / "runs" / rid).rename(tmp_path / "runs" / "0123456789")
+    (tmp_path / "runs" / "0123456789" / "result.json").write_text(json.dumps(record))
+    preview = main_cli("-m", *args, "pooling=max,avg", "--cfg", "job")
+    assert "earlier version's run ids (0123456789)" in preview.stdout, preview.stdout
+    again = main_cli(*args, "pooling=max")
+    assert again.returncode == 0 and "earlier version's run ids (0123456789)" in again.stdout
+    assert (tmp_path / "runs" / rid / "result.json").exists()  # trained again under today's id, beside the old one
