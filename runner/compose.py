@@ -305,10 +305,16 @@ class Composer:
     # ------------------------------------------------------------ the grid
 
     def parse(self, overrides: Sequence[str]) -> list[Override]:
-        try:
-            return self.parser.parse_overrides(list(overrides))
-        except HydraException as e:
-            raise ConfigError(one_paragraph(e)) from None
+        """Hydra's parse of each override; each distinct string is parsed once per command (a grid repeats a
+        few dozen strings over its cells, and a parse costs half a millisecond of ANTLR)."""
+        cache = self.__dict__.setdefault("_parsed", {})
+        todo = [o for o in dict.fromkeys(overrides) if o not in cache]
+        if todo:
+            try:
+                cache.update(zip(todo, self.parser.parse_overrides(todo)))
+            except HydraException as e:
+                raise ConfigError(one_paragraph(e)) from None
+        return [cache[o] for o in overrides]
 
     def master(self, overrides: Sequence[str], multirun: bool) -> DictConfig:
         """The command's config as Hydra composes it before sweeping (with its ``hydra`` node)."""
@@ -357,12 +363,16 @@ class Composer:
 
     # ------------------------------------------------------------ one cell
 
-    def compose(self, cell: Sequence[str]) -> tuple[DictConfig, dict[str, str | None]]:
-        """The run config of one cell (no ``hydra`` node) and its chosen options."""
+    def split(self, cell: Sequence[str]) -> tuple[tuple[str, ...], list[Override]]:
+        """A cell's group overrides (``pooling=max``), which Hydra composes, and its value overrides (``seed=3``)."""
         parsed = self.parse(cell)
         self._check_options(parsed)
         group = tuple(o.input_line for o in parsed if self._is_group(o))
-        values = [o for o in parsed if not self._is_group(o) and not o.is_hydra_override()]
+        return group, [o for o in parsed if not self._is_group(o) and not o.is_hydra_override()]
+
+    def compose(self, cell: Sequence[str]) -> tuple[DictConfig, dict[str, str | None]]:
+        """The run config of one cell (no ``hydra`` node) and its chosen options."""
+        group, values = self.split(cell)
         if group not in self._bases:
             try:
                 with config_files():

@@ -31,14 +31,14 @@ import optuna
 import pandas as pd
 from filelock import FileLock
 from hydra._internal.utils import get_args_parser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from runner import launch, records, sequential, space
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
-from runner.plan import RunPlan, literal, plan_from_config
+from runner.plan import Planner, RunPlan, literal, no_cycle_collection, plan_from_config
 from runner.progress import encodable_streams, error, say
 from runner.prune import trial_setting
 from runner.schema import NOT_IDENTITY, ConfigError
@@ -56,9 +56,10 @@ def _key(override: str) -> str:
 
 # ---------------------------------------------------------------- the command's methods
 
-def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> tuple[list[Method], dict[str, Any]]:
+def prepare(overrides: Sequence[str], multirun: bool,
+            where: dict[str, Any]) -> tuple[list[Method], dict[str, Any], Planner]:
     """Plan every cell, group the cells into methods, check each method's space; a ConfigError for any mistake.
-    Returns the methods and the launcher's settings."""
+    Returns the methods, the launcher's settings and the planner that plans their trials."""
     tune_over = [o for o in overrides if _key(o).split(".")[0] == "tune"]
     run_over = [o for o in overrides if o not in tune_over]
     for o in run_over:
@@ -73,15 +74,14 @@ def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> 
     with Composer(**where) as composer:
         master = composer.master(run_over + tune_over, multirun)
         launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
-        checked: set[str] = set()
-        typed: dict[str, DictConfig] = {}
+        planner = Planner(launcher)
         methods: dict[tuple[str, ...], Method] = {}
         for cell in composer.cells(run_over, multirun, master):
             cfg, choices = composer.compose(cell + tune_over)
             settings = tune_settings(cfg.get("tune"))
             spaces = space.method_space(cfg)  # before planning: the plan drops what options declare for tuning
-            plan = plan_from_config(cfg, choices, cell, launcher, composer=composer, checked=checked,
-                                    typed_options=typed, skip_completed_builds=True)
+            plan = plan_from_config(cfg, choices, cell, launcher, composer=composer, checked=planner.checked,
+                                    typed_options=planner.typed, skip_completed_builds=True)
             key = tuple(o for o in cell if _key(o) != "seed")
             if key not in methods:
                 label = " ".join(o for o in key if _key(o) not in NOT_IDENTITY and _key(o).split(".")[0]
@@ -104,9 +104,7 @@ def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> 
                                   "comparison gets the same budget, seeds and metric.")
             for params in space.probes(m.space):  # every bound and choice is a valid run before any trial runs
                 try:
-                    cell = trial_cell(m, m.settings.seeds[0], params)
-                    plan_from_config(*composer.compose(cell), cell, launcher, composer=composer, checked=checked,
-                                     typed_options=typed, check_data=False)
+                    planner.plan(composer, trial_cell(m, m.settings.seeds[0], params), check_data=False)
                 except ConfigError as e:
                     shown = " ".join(f"{k}={v}" for k, v in params.items())
                     raise ConfigError(f"tune.space: {m.label} at {shown}: {e}") from None
@@ -119,7 +117,7 @@ def prepare(overrides: Sequence[str], multirun: bool, where: dict[str, Any]) -> 
                 f"(tune.seeds={list(m.settings.seeds)}); its final run would be the trial that chose the setting. "
                 f"Give final seeds apart from the tuning seeds, e.g. seed=0,1,2 or tune.seeds=[{max(m.seeds) + 100}]."
             )
-    return list(methods.values()), launcher
+    return list(methods.values()), launcher, planner
 
 
 def _method_hash(plan: RunPlan) -> str:
@@ -134,11 +132,10 @@ def trial_cell(m: Method, seed: int, params: dict[str, Any], extra: Sequence[str
 
 
 def plan_cells(cells: Sequence[Sequence[str]], job: "Job") -> list[RunPlan]:
-    with Composer(**job.where) as composer:
-        checked: set[str] = set()
-        typed: dict[str, DictConfig] = {}
-        return [plan_from_config(*composer.compose(c), c, job.launcher, composer=composer, checked=checked,
-                                 typed_options=typed, skip_completed_builds=True) for c in cells]
+    """The plans of a round's cells, by the command's planner: a trial after its method's first is its typed
+    config with the sampled values set (plan.Template), neither composed nor typed again."""
+    with Composer(**job.where) as composer, no_cycle_collection():
+        return [job.planner.plan(composer, c) for c in cells]
 
 
 @dataclass
@@ -147,6 +144,7 @@ class Job:
     where: dict[str, Any]
     launcher: dict[str, Any]
     argv: list[str]  # for Hydra: -m, the command's overrides less tune's, where Hydra writes what it launched
+    planner: Planner  # the command's: each round plans its trials from what earlier rounds composed and typed
     rebuild: set[Path] = field(default_factory=set)  # roots whose tables need a finished run's new stage
 
 
@@ -440,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         error(f"error: {e}")
         return 2
     try:
-        methods, launcher = prepare(args.overrides, args.multirun, where)
+        methods, launcher, planner = prepare(args.overrides, args.multirun, where)
         if any(m.plan.cfg.force for m in methods):
             raise ConfigError(
                 "force=true: a study reuses the runs it already has (it is how a stopped study continues); "
@@ -459,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     hydra_argv += tuning
     if not any(_key(a) == "hydra.sweep.dir" for a in argv):  # one folder for what Hydra writes of each round
         hydra_argv.append(f"hydra.sweep.dir={literal(str(methods[0].root / 'tune' / 'launch'))}")
-    job = Job(methods, where, launcher, hydra_argv)
+    job = Job(methods, where, launcher, hydra_argv, planner)
     budget = methods[0].settings.trials
     say(
         f"tuning {len(methods)} methods with {budget} trials each on seed "

@@ -290,3 +290,28 @@ def test_a_batch_statistics_norm_at_batch_size_1_names_the_norms_that_can_train_
 
     assert all(trains_on_one(o) for o in offered)
     assert not any(trains_on_one(o) for o in set(groups()["norm"]) - set(offered) - {"weight_norm", "spectral_norm"})
+
+
+def test_a_grid_plans_each_cell_exactly_as_planning_it_alone(tmp_path, monkeypatch):
+    # A grid fills later cells' run-level values into an earlier cell's typed config (plan.Template) instead of
+    # composing again; every cell must come out as the same command for that cell alone would plan it.
+    poolings = groups()["pooling"]
+    grid = [f"pooling={','.join(poolings)}", "seed=0,7", "lr=0.05,1", "dataset.val_fraction=0.25",
+            f"results_dir={tmp_path}"]
+    composed = []
+    compose = Composer.compose
+    monkeypatch.setattr(Composer, "compose", lambda self, cell: composed.append(cell) or compose(self, cell))
+    plans = make_plans(grid, multirun=True)
+    assert len(plans) == len(poolings) * 4 and len(composed) == len(poolings)  # one composition per option
+    for p in plans:
+        alone = make_plan(list(p.overrides))
+        assert p.run_id == alone.run_id, p.overrides
+        assert OmegaConf.to_container(p.cfg) == OmegaConf.to_container(alone.cfg), p.overrides
+        assert OmegaConf.get_type(p.cfg) is OmegaConf.get_type(alone.cfg) and p.choices == alone.choices
+    assert {type(p.cfg.lr) for p in plans} == {float}  # lr=1 typed as the schema's float, as composing types it
+    # a bad value in a later cell is refused with the words a cell alone gets
+    with pytest.raises(ConfigError) as alone:
+        make_plan(["epochs=abc", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as in_grid:
+        make_plans(["epochs=2,abc", f"results_dir={tmp_path}"], multirun=True)
+    assert str(in_grid.value) == str(alone.value)
