@@ -60,6 +60,9 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
         raise ConfigError(
             f"ts_method={cfg.ts_method}: allowed: {', '.join(TS_METHODS)}.{did_you_mean(cfg.ts_method, TS_METHODS)}"
         )
+    if cfg.skip_test and cfg.ood is not None:
+        raise ConfigError(f"ood={cfg.ood} with skip_test=true: out-of-distribution scores are computed on the test "
+                          "split, which skip_test leaves out; drop one of them.")
     if cfg.ood is not None:
         _check_ood(cfg, ood, [o for o in dataset_options if o != choices.get("dataset")])
     if cfg.warmup_epochs > cfg.epochs:

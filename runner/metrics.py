@@ -268,7 +268,12 @@ def ood_pair(name: str, in_scores: np.ndarray, out_scores: np.ndarray) -> dict[s
 
 def final_metrics(saved: Mapping[str, torch.Tensor], ts_method: str = "ece_grid", n_bins: int = 15) -> dict[str, Any]:
     """``test_*`` and ``val_*`` metrics, the fitted ``temperature`` and the test metrics after scaling,
-    and ``ood_*`` when the saved logits include an OOD test set."""
+    and ``ood_*`` when the saved logits include an OOD test set. A run without a test pass (``skip_test``, a
+    tuning trial's) has the ``val_*`` metrics and the temperature only."""
+    if "test_logits" not in saved:
+        val = classification_metrics(saved["val_logits"], saved["val_target"], n_bins)
+        return {f"val_{k}": v for k, v in val.items()} | {
+            "temperature": fit_temperature(saved["val_logits"], saved["val_target"], ts_method, n_bins)}
     test = classification_metrics(saved["test_logits"], saved["test_target"], n_bins)
     val = classification_metrics(saved["val_logits"], saved["val_target"], n_bins)
     t = fit_temperature(saved["val_logits"], saved["val_target"], ts_method, n_bins)

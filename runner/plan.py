@@ -412,6 +412,8 @@ def identity(cfg: DictConfig, choices: Mapping[str, str | None], device: str, au
             node = node.get(p) or {}
         node.pop(leaf, None)
     config.pop("teacher", None)
+    if not config.get("skip_test"):  # false is the default (null): the same run, the same id
+        config.pop("skip_test", None)
     config |= {"device_type": device, "autocast": autocast, "teacher_run_id": teacher_run_id}
     chosen = {k: v for k, v in choices.items() if v is not None and k != "teacher"}
     return {"choices": chosen, "config": _without_nulls(config)}

@@ -214,6 +214,8 @@ def read_logits(folder: Path) -> dict[str, Any] | None:
     except Exception as e:  # truncated, not a torch file, or a pickle that is not plain tensors
         report_corrupt(path, f"not a logits file this runner wrote ({' '.join(str(e).split()[:16])})")
         return None
+    if isinstance(saved, dict) and "test_logits" not in saved and isinstance(saved.get("val_logits"), torch.Tensor):
+        return None  # a run without a test pass (skip_test: a tuning trial's): no test logits to read
     if not isinstance(saved, dict) or not all(
         isinstance(saved.get(k), torch.Tensor) for k in ("test_logits", "test_target")
     ):

@@ -85,11 +85,8 @@ def load_teacher(ref: TeacherRef, student_dataset: str) -> Teacher:
 # ---------------------------------------------------------------- one recorded run
 
 def _fmt(row: Mapping[str, Any]) -> str:
-    return (
-        f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  "
-        f"test_acc {row['test_acc']:.4f}  test_nll {row['test_nll']:.4f}  test_ece {row['test_ece']:.4f}  "
-        f"{row['train_s']:.1f}s"
-    )
+    shown = ("train_loss", "train_acc", "val_acc", "test_acc", "test_nll", "test_ece")
+    return "  ".join(f"{k} {row[k]:.4f}" for k in shown if k in row) + f"  {row['train_s']:.1f}s"
 
 
 def run(plan: RunPlan) -> dict[str, Any]:

@@ -108,6 +108,7 @@ class RunConfig:
     keep_resume: bool = False  # keep the last resume state after the run finishes
     teacher: Any = None  # conf/teacher/: the distillation teacher, a run of this runner
     ts_method: str = "ece_grid"  # ece_grid | nll_lbfgs: how the temperature is fitted on validation logits
+    skip_test: bool | None = None  # true: no test pass (runner.tune's trials, which read validation only)
     ood: str | None = None  # a dataset whose test split is scored as out-of-distribution
     baseline: str | None = None  # axis=value the summary compares against: the plan says if the seeds can decide
     sequential: SequentialConfig = field(default_factory=SequentialConfig)  # seeds added until decided

@@ -203,11 +203,12 @@ def fit(
         if not math.isfinite(train_loss):  # every batch's loss was finite but their sum is not
             raise Diverged(f"training loss is {train_loss} in epoch {epoch} (lr={cfg.lr})", train_seconds,
                            epoch * len(train))
-        test_logits, test_y = predict(model, test, autocast)
         val_logits, val_y = predict(model, val, autocast)
-        test_m, val_m = classification_metrics(test_logits, test_y), classification_metrics(val_logits, val_y)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
-        row |= {f"test_{k}": v for k, v in test_m.items()} | {f"val_{k}": v for k, v in val_m.items()}
+        if not cfg.skip_test:  # a tuning trial's run: the tuner reads validation only
+            test_logits, test_y = predict(model, test, autocast)
+            row |= {f"test_{k}": v for k, v in classification_metrics(test_logits, test_y).items()}
+        row |= {f"val_{k}": v for k, v in classification_metrics(val_logits, val_y).items()}
         eval_s = time.perf_counter() - t1
         row |= {"train_s": t1 - t0, "train_cpu_s": c1 - c0, "eval_s": eval_s}
         on_epoch(row)
@@ -225,7 +226,9 @@ def fit(
                     "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
                 }
             )
-    logits = {"test_logits": test_logits, "test_target": test_y, "val_logits": val_logits, "val_target": val_y}
+    logits = {"val_logits": val_logits, "val_target": val_y}
+    if not cfg.skip_test:
+        logits |= {"test_logits": test_logits, "test_target": test_y}
     if ood is not None:  # scored with this dataset's input normalization, as the model sees every input
         logits |= ood_scores(model, autocast, {"train": batches(splits.train, False), "test": test,
                                                "ood": batches(ood, False)})

@@ -88,6 +88,8 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["pooling=maxx"], "pooling=maxx: 'maxx' is not an option of config group 'pooling'. "
                        f"Allowed: {', '.join(groups()['pooling'])}. Did you mean 'max'?"),
     (["epoch=3"], "'epoch' is not a config key. Did you mean 'epochs'?"),
+    (["skip_test=true", "ood=mnist"], "ood=mnist with skip_test=true: out-of-distribution scores are computed on the "
+                                      "test split"),
     # an abbreviation of the option's own description (its YAML's first line: "Global average pooling head: ...")
     (["global_pool=gap"], "'gap' is not an option of config group 'global_pool'. Allowed: "
                           f"{', '.join(groups()['global_pool'])}. Did you mean 'avg'?"),

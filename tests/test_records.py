@@ -227,7 +227,8 @@ def test_every_setting_that_changes_the_run_id_is_a_runs_csv_column():
         if isinstance(value, (dict, list)) or OmegaConf.is_config(value) or f.name == "teacher":
             continue
         other = cfg.copy()
-        other[f.name] = changed.get(type(value), lambda v: "other")(value)
+        unset_flag = value is None and str(f.type).startswith("bool")  # an off-by-default flag (skip_test)
+        other[f.name] = True if unset_flag else changed.get(type(value), lambda v: "other")(value)
         if identity(other, choices, "cpu", None, None) != base:
             record = {"run_id": "0" * 10, "choices": choices, "config": OmegaConf.to_container(other)}
             assert f.name in records.row(record), f"{f.name} changes the run id but has no runs.csv column"

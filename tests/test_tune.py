@@ -70,6 +70,13 @@ def test_every_method_gets_the_same_budget_and_its_best_validation_trial(tuned):
         assert (finals.lr == best.lr).all() and (finals.weight_decay == best.weight_decay).all()
         assert set(finals.trial.astype(str)) == {str(best.trial)}
         assert set(finals.tuned) == {"lr,weight_decay"}
+        # the tuner reads validation only: a trial's run has no test pass, and its row says so; a final run has one
+        assert rows.skip_test.eq(True).all() and rows.test_acc.isna().all() and rows.val_acc.notna().all()
+        assert finals.skip_test.isna().all() and finals.test_acc.notna().all()
+    epochs = pd.read_csv(tuned / "epochs.csv")
+    trial_ids = set(runs[runs.stage == "tune"].run_id)
+    assert epochs[epochs.run_id.isin(trial_ids)].test_acc.isna().all()
+    assert epochs[~epochs.run_id.isin(trial_ids)].test_acc.notna().all()
 
 
 def test_trials_csv_marks_the_chosen_trial(tuned):
@@ -120,7 +127,8 @@ def test_summary_compares_the_final_runs_and_reports_the_tuning(tuned):
                          "--include-at-chance"]) == 0
     table = pd.read_csv(out / "summary.csv")
     assert table.group.nunique() == 6  # each trial's setting is a group; the finals join their chosen trial's
-    assert sorted(table[table.metric == "test_acc"].n) == [1, 1, 1, 1, 3, 3]
+    assert sorted(table[table.metric == "val_acc"].n) == [1, 1, 1, 1, 3, 3]
+    assert sorted(table[table.metric == "test_acc"].n) == [0, 0, 0, 0, 2, 2]  # trials have no test pass
 
 
 # ---------------------------------------------------------------- kill and resume

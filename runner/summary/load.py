@@ -14,8 +14,9 @@ KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
 AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
 # How a teacher was named (settings, run id, checkpoint) is not what it is: its run id is, kept as teacher_run_id.
 TEACHER_NAMING = ("teacher", "teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_test_acc")
-NOT_CONFIG = (set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch"} | set(TEACHER_NAMING)
-              | set(records.STAGE_COLUMNS))
+# skip_test says a run (a tuning trial's) had no test pass: a fact about the run, not a setting of its method
+NOT_CONFIG = (set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch", "skip_test"}
+              | set(TEACHER_NAMING) | set(records.STAGE_COLUMNS))
 
 
 class SummaryError(Exception):
