@@ -17,12 +17,16 @@ Section ``norm``: forward + backward time of every normalization block (built fr
 the convolutions, not the block: their figure adds computing (and back-propagating through) one
 reparametrized 64→64 3×3 conv weight to their inner block's time.
 
+Section ``epoch``: one training epoch of the default run (simple_cnn on mnist5k) with each pooling and each norm
+option, relative to the default run's: what a user of the option feels (norm=fixup against resnet20 with batch).
+
 Section ``sweep``: wall time of the same 8-run grid on mnist5k (``-m pooling=max,avg seed=0,1,2,3
 epochs=2``) run by ``python -m runner`` one run after another and with ``launcher=local``, and their ratio.
 
 Section ``plan``: what a user waits for before anything trains: planning a 200-cell grid in-process, the
 whole command re-running that grid when every run is complete, rejecting a 200-cell grid whose last cell
-is bad, and ``python -m runner --cfg job`` less the interpreter's own start.
+is bad, ``python -m runner --cfg job`` less the interpreter's own start, and a tuning trial's plan after its
+method's first.
 
 Section ``records``: one run's finish (its rows into the tables) with 10 and with 1,000 runs already
 recorded, and a full rebuild from 1,000 run folders for reference.
@@ -58,7 +62,7 @@ import torch.nn.functional as F
 import datasets
 from runner import build
 from runner.compose import Composer
-from runner.plan import make_plan
+from runner.plan import Planner, make_plan
 from runner.optim import warmup_cosine
 from runner.train import train_one_epoch
 
@@ -253,6 +257,52 @@ def norm_section(rounds: int) -> dict[str, float]:
     return figures
 
 
+def epoch_section(rounds: int) -> dict[str, float]:
+    """One training epoch of the default run (simple_cnn on mnist5k) with each pooling and each norm option in
+    turn, relative to the default (max, batch): what a user of the option feels, beside the layer ratios."""
+    splits = None
+    epochs: dict[str, Callable[[], None]] = {}
+    with Composer() as composer:
+        options = [(axis, o) for axis in ("pooling", "norm") for o in composer.options(axis)]
+    for axis, name in [("default", ""), *options]:
+        extra = [f"{axis}={name}"] if name else []
+        if name == "fixup":  # residual models only: compared with resnet20 under batch norm
+            extra.append("model=resnet20")
+        cfg = make_plan(extra).cfg
+        splits = splits or datasets.load(cfg.dataset, cfg.data_dir)
+        spec = datasets.SPECS[cfg.dataset.name]
+
+        def epoch(cfg=cfg, spec=spec) -> None:
+            torch.manual_seed(0)
+            model, loss_fn, opt = build.parts(cfg)
+            batches = datasets.Batches(*splits.train, cfg.batch_size, spec.mean, spec.std, shuffle=True,
+                                       drop_last=True, generator=torch.Generator().manual_seed(0))
+            train_one_epoch(model, batches, loss_fn, opt, warmup_cosine(opt, len(batches), 0), contextlib.nullcontext)
+
+        key = f"{axis}_{name}" if name else "default"
+        epochs[key] = epoch
+        if name == "fixup":
+            epochs["resnet20_batch"] = lambda cfg=make_plan(["model=resnet20"]).cfg: epoch(cfg)
+    for step in epochs.values():  # warm-up: imports, a compiled layer's compilation
+        step()
+    times: dict[str, list[float]] = {k: [] for k in epochs}
+    for _ in range(rounds):
+        for key, step in epochs.items():
+            times[key].append(timed(step))
+    base = min(times["default"])
+    print(f"\none training epoch of the default run (simple_cnn, mnist5k, {len(splits.train[1])} images) per option, "
+          f"relative to the default (max pooling, batch norm: {base:.2f} s)")
+    figures = {"epoch_default_s": base}
+    for key in epochs:
+        if key in ("default", "resnet20_batch"):
+            continue
+        ref = min(times["resnet20_batch"]) if key == "norm_fixup" else base
+        figures[f"epoch_{key}_over_default"] = min(times[key]) / ref
+        print(f"  {key:<20}{figures[f'epoch_{key}_over_default']:>7.2f}×" + ("  (against resnet20, batch)"
+                                                                          if key == "norm_fixup" else ""))
+    return figures
+
+
 PLAN_GRID = ["pooling=max,avg,lp,softpool", "seed=range(50)"]  # 200 cells
 
 
@@ -272,6 +322,16 @@ def plan_section(rounds: int) -> dict[str, float]:
         start = time.perf_counter()
         plans = make_plans(PLAN_GRID, multirun=True)
         planning.append(time.perf_counter() - start)
+    trial = []  # a tuning trial after its method's first: its cell planned by the command's Planner
+    with Composer() as composer:
+        planner = Planner(None)
+        planner.plan(composer, ["pooling=lp", "seed=100", "lr=0.05", "weight_decay=0.0005", "skip_test=true"])
+        for i in range(rounds * 5):
+            cell = ["pooling=lp", "seed=100", f"lr={0.01 + i / 1000}", f"weight_decay={1e-4 + i / 1e5}",
+                    "skip_test=true"]
+            start = time.perf_counter()
+            planner.plan(composer, cell)
+            trial.append(time.perf_counter() - start)
 
     def command(*args: str) -> float:
         start = time.perf_counter()
@@ -292,12 +352,13 @@ def plan_section(rounds: int) -> dict[str, float]:
     best = {k: min(v) for k, v in times.items()}
     figures = {"plan_200_cells_s": min(planning), "plan_rerun_completed_200_s": best["rerun"],
                "plan_reject_200_last_bad_s": best["reject"], "plan_cfg_job_s": best["cfg"] - best["python"],
-               "plan_python_start_s": best["python"], "plan_cells": len(plans)}
+               "plan_python_start_s": best["python"], "plan_cells": len(plans), "plan_trial_s": min(trial)}
     print(f"\nplanning `-m {' '.join(PLAN_GRID)}` ({len(plans)} cells) in-process: {figures['plan_200_cells_s']:.2f} s "
           f"(target <= 2)\nre-running it when every run is complete (the whole command): {best['rerun']:.2f} s "
           f"(target <= 10)\nrejecting a 200-cell grid whose last cell is bad: {best['reject']:.2f} s\n"
           f"--cfg job after the interpreter starts: {figures['plan_cfg_job_s']:.2f} s (target <= 2; "
-          f"the interpreter alone {best['python']:.2f} s)")
+          f"the interpreter alone {best['python']:.2f} s)\n"
+          f"a tuning trial's plan after its method's first: {min(trial) * 1e3:.0f} ms (target <= 100)")
     return figures
 
 
@@ -444,6 +505,7 @@ def seeds_section(rounds: int) -> dict[str, float]:
 
 
 SECTIONS = {"seeds": seeds_section, "loop": loop_section, "pool": pool_section, "norm": norm_section,
+            "epoch": epoch_section,
             "sweep": sweep_section, "plan": plan_section, "records": records_section, "threads": threads_section}
 
 
