@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -179,10 +180,10 @@ def pool_section(rounds: int) -> dict[str, float]:
     for name in poolings:
         cfg = make_plan([f"pooling={name}"]).cfg
         layers[name] = instantiate(cfg.pooling)(shape[1]).train()
-    layers["softpool_eager"] = instantiate(make_plan(["pooling=softpool", "pooling.compile=false"]).cfg.pooling)(
-        shape[1]
-    )
-    layers = {"max": layers.pop("max"), "softpool": layers.pop("softpool"), **layers}  # softpool compiles first
+        if "compile" in cfg.pooling:  # a fused kernel: also its eager run, the same code uncompiled
+            eager = make_plan([f"pooling={name}", "pooling.compile=false"]).cfg.pooling
+            layers[f"{name}_eager"] = instantiate(eager)(shape[1]).train()
+    layers = {"max": layers.pop("max"), **layers}
 
     x = torch.randn(shape).requires_grad_()
     grad = torch.ones(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
@@ -209,7 +210,37 @@ def pool_section(rounds: int) -> dict[str, float]:
         figures[f"pool_{name}_over_max"], figures[f"pool_{name}_mem_over_max"] = t, m
         print(f"  {name:<16}{t:>7.2f}×{m:>7.2f}×{figures[f'pool_{name}_first_call_s']:>11.2f}s")
     figures["pool_max_ms"], figures["pool_max_mib"] = base_t * 1e3, base_m / 2**20
+    for name in [n.removesuffix("_eager") for n in layers if n.endswith("_eager")]:
+        figures[f"pool_{name}_first_call_cold_s"] = cold_first_call(name, shape)
+        print(f"  {name}: first call on an empty Inductor cache, in a fresh process: "
+              f"{figures[f'pool_{name}_first_call_cold_s']:.1f} s")
     return figures
+
+
+COLD = """
+import sys, time, torch
+from hydra.utils import instantiate
+from runner.plan import make_plan
+layer = instantiate(make_plan([f"pooling={sys.argv[1]}"]).cfg.pooling)(int(sys.argv[3]))
+x = torch.randn(*map(int, sys.argv[2:6])).requires_grad_()
+start = time.perf_counter()
+layer(x).sum().backward()
+print(time.perf_counter() - start)
+"""
+
+
+def cold_first_call(name: str, shape: tuple[int, ...]) -> float:
+    """A compiled layer's first forward + backward in a new process whose Inductor cache is empty: what a user
+    waits for on a machine that never compiled it (imports and building the layer not counted)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache}
+        out = subprocess.run([sys.executable, "-c", COLD, name, *map(str, shape)], env=env, capture_output=True,
+                             text=True, check=True)
+    return float(out.stdout.split()[-1])
 
 
 def norm_section(rounds: int) -> dict[str, float]:
@@ -281,10 +312,11 @@ def epoch_section(rounds: int) -> dict[str, float]:
 
         key = f"{axis}_{name}" if name else "default"
         epochs[key] = epoch
+        if axis == "pooling" and "compile" in cfg.pooling:  # compiled: its eager run too, to see when compiling pays
+            epochs[f"{key}_eager"] = functools.partial(epoch, make_plan([*extra, "pooling.compile=false"]).cfg, spec)
         if name == "fixup":
             epochs["resnet20_batch"] = lambda cfg=make_plan(["model=resnet20"]).cfg: epoch(cfg)
-    for step in epochs.values():  # warm-up: imports, a compiled layer's compilation
-        step()
+    first = {key: timed(step) for key, step in epochs.items()}  # warm-up: imports, a compiled layer's compilation
     times: dict[str, list[float]] = {k: [] for k in epochs}
     for _ in range(rounds):
         for key, step in epochs.items():
@@ -300,6 +332,14 @@ def epoch_section(rounds: int) -> dict[str, float]:
         figures[f"epoch_{key}_over_default"] = min(times[key]) / ref
         print(f"  {key:<20}{figures[f'epoch_{key}_over_default']:>7.2f}×" + ("  (against resnet20, batch)"
                                                                           if key == "norm_fixup" else ""))
+    for key in [k.removesuffix("_eager") for k in epochs if k.endswith("_eager")]:
+        # compiling costs its first epoch's extra time once and saves (eager − compiled) every epoch after
+        extra, saved = first[key] - min(times[key]), min(times[f"{key}_eager"]) - min(times[key])
+        figures[f"epoch_{key}_compile_s"] = extra
+        figures[f"epoch_{key}_compile_pays_after_epochs"] = extra / saved if saved > 0 else float("inf")
+        print(f"  {key}: compiling adds {extra:.1f} s to the first epoch (this process's Inductor cache as it is) and "
+              f"saves {saved:.2f} s an epoch: it pays after {figures[f'epoch_{key}_compile_pays_after_epochs']:.1f} "
+              "epochs")
     return figures
 
 

@@ -185,8 +185,8 @@ def test_softpool_falls_back_to_eager_when_compilation_fails(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return fail
 
-    monkeypatch.setattr(softpool, "_compiled", broken)
-    monkeypatch.setattr(softpool, "_compile_error", None)
+    monkeypatch.setattr(softpool.KERNELS, "compiled", broken)
+    monkeypatch.setattr(softpool.KERNELS, "error", None)
     with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eager"):
         y = soft_pool2d(window(1, 2, 3, 4), 2, compile=True)
     assert y.item() == pytest.approx(3.492653, abs=1e-6)
@@ -302,6 +302,30 @@ def test_power_average_values_by_hand():
     y = LpPool(1, p=0.5)(-x)  # negative inputs are clamped to eps, fractional p: no NaN
     assert y.item() == pytest.approx(1e-6, rel=1e-4)
     assert torch.nn.LPPool2d(0.5, 2)(-x).isnan().all()  # torch's own LPPool2d here
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_power_average_fused_kernels_equal_the_definition_in_value_and_gradient(compile):
+    # the fused kernels against power_mean over unfolded windows differentiated by autograd, float64, every
+    # window shape the kernels treat apart (tiling, overlapping, gapped, a map the windows do not cover)
+    torch.manual_seed(0)
+    for (h, w, k, s), p in zip([(9, 8, 2, 2), (9, 10, 3, 2), (7, 7, 3, 1), (8, 9, 2, 3), (9, 9, 3, 3)],
+                               [3.0, 0.7, 2.5, 12.0, 1.0]):
+        layer = LpPool(3, k, s, p=p, compile=compile).double()
+        x = torch.randn(2, 3, h, w, dtype=torch.float64).mul(2).requires_grad_()  # a third are clamped to eps
+        y, ref = layer(x), layer.reference(x)
+        assert torch.allclose(y, ref, rtol=1e-10, atol=1e-12), (h, w, k, s)
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, layer.power.p), g)
+        want = torch.autograd.grad(ref, (x, layer.power.p), g)
+        assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(got, want)), (h, w, k, s)
+    if not compile:  # and against finite differences, input and exponent together
+        layer = LpPool(2, 2, 2, p=2.0, compile=False).double()
+        x = torch.rand(2, 2, 5, 4, dtype=torch.float64).add(0.1).requires_grad_()
+        p = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+        from models.pooling.lp import lp_pool2d
+
+        assert torch.autograd.gradcheck(lambda t, q: lp_pool2d(t, q, 2, 2, 1e-6, compile=False), (x, p))
 
 
 def test_stochastic_pooling_samples_in_proportion_and_averages_in_eval():

@@ -24,30 +24,19 @@ functions run eagerly with a warning, and ``compile=False`` asks for that direct
 from __future__ import annotations
 
 import functools
-import logging
-import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.pooling.basic import check_window, out_size, windows
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _taps(x: torch.Tensor, k: int, s: int) -> list[torch.Tensor]:
-    """The k² strided views ``x[..., i::s, j::s]`` cropped to the output grid: tap (i, j) of every window."""
-    ho, wo = out_size(x.shape[-2], k, s), out_size(x.shape[-1], k, s)
-    return [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
-
+from models.pooling.basic import check_window, windows
+from models.pooling.fused import LOW_PRECISION, Kernels, spread, taps
 
 def _forward(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, lse), both float32 or wider: the SoftPool output and each window's log Σ exp(a_j)."""
-    taps = _taps(x.float() if x.dtype in _LOW_PRECISION else x, k, s)  # k² × (N, C, Ho, Wo)
-    m = functools.reduce(torch.maximum, taps)
+    window = taps(x.float() if x.dtype in LOW_PRECISION else x, k, s)  # k² × (N, C, Ho, Wo)
+    m = functools.reduce(torch.maximum, window)
     num = den = torch.zeros_like(m)
-    for a in taps:
+    for a in window:
         e = torch.exp(a - m)  # in (0, 1]
         num, den = num + e * (a - m), den + e
     return m + num / den, m + torch.log(den)
@@ -55,59 +44,18 @@ def _forward(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _backward(x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor, k: int, s: int) -> torch.Tensor:
     """∂L/∂a_i = w_i (1 + a_i − y) ∂L/∂y over every window containing a_i, with w_i = exp(a_i − lse)."""
-    n, c, ho, wo = y.shape
-    h, w = x.shape[-2:]
-    xf = x.float() if x.dtype in _LOW_PRECISION else x
+    xf = x.float() if x.dtype in LOW_PRECISION else x
     g = grad.to(y.dtype)
-    if k == s:  # windows tile the map: one elementwise pass over (N, C, Ho, k, Wo, k)
-        a = xf[..., :ho * k, :wo * k].reshape(n, c, ho, k, wo, k)
-        b = lambda t: t.view(n, c, ho, 1, wo, 1)  # noqa: E731 - broadcast a per-window value over its window
-        gx = (torch.exp(a - b(lse)) * (1 + a - b(y)) * b(g)).view(n, c, ho * k, wo * k)
-        gx = F.pad(gx, (0, w - wo * k, 0, h - ho * k))  # rows/columns no window covers get no gradient
-    else:  # overlapping or gapped windows: accumulate tap by tap
-        gx = torch.zeros_like(xf)
-        for i in range(k):
-            for j in range(k):
-                at = (..., slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
-                a = xf[at]
-                gx[at] += torch.exp(a - lse) * (1 + a - y) * g
-    return gx.to(x.dtype)
+    return spread(xf, y, k, s, lambda a, at: torch.exp(a - at(lse)) * (1 + a - at(y)) * at(g)).to(x.dtype)
 
 
-_EAGER = {"forward": _forward, "backward": _backward}
-_compile_error: str | None = None
-
-
-@functools.cache
-def _compiled(kind: str):
-    # Inductor imports cpp_extension, which warns that no CUDA toolkit is installed: irrelevant to these kernels.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    return torch.compile(_EAGER[kind], dynamic=False)  # created on first use: importing dynamo takes ~1.5 s
-
-
-def _run(kind: str, use_compile: bool, *args):
-    """Run the compiled kernel, or the eager one when compilation is off or has failed once."""
-    global _compile_error
-    if use_compile and _compile_error is None:
-        for t in args:
-            if isinstance(t, torch.Tensor) and t.dim() == 4:
-                torch._dynamo.maybe_mark_dynamic(t, 0)  # one compile per layer shape, whatever the batch size
-        try:
-            # Each model has a few pooling shapes (and a sweep in one process several models): allow
-            # more than dynamo's default of 8 compiled versions before it silently falls back.
-            with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024):
-                return _compiled(kind)(*args)
-        except Exception as e:  # no C++ compiler, an unsupported backend: same values, eagerly
-            _compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warnings.warn(f"SoftPool: torch.compile failed ({_compile_error}); using the eager kernels "
-                          "(same values, about 4× slower). Set pooling.compile=false to silence this.", stacklevel=3)
-    return _EAGER[kind](*args)
+KERNELS = Kernels("SoftPool", {"forward": _forward, "backward": _backward})
 
 
 class _SoftPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: int, s: int, use_compile: bool) -> torch.Tensor:
-        y, lse = _run("forward", use_compile, x.detach(), k, s)  # detached: the same compiled code as in eval
+        y, lse = KERNELS.run("forward", use_compile, x.detach(), k, s)  # detached: the same compiled code as in eval
         ctx.save_for_backward(x, y, lse)
         ctx.window, ctx.use_compile = (k, s), use_compile
         return y.to(x.dtype)
@@ -116,7 +64,7 @@ class _SoftPool2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, y, lse = ctx.saved_tensors
-        gx = _run("backward", ctx.use_compile, x.detach(), y, lse, grad.contiguous(), *ctx.window)
+        gx = KERNELS.run("backward", ctx.use_compile, x.detach(), y, lse, grad.contiguous(), *ctx.window)
         return gx, None, None, None
 
 
@@ -126,7 +74,7 @@ def soft_pool2d(x: torch.Tensor, kernel_size: int = 2, stride: int | None = None
     s = kernel_size if stride is None else stride
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftPool2d.apply(x, kernel_size, s, compile)
-    return _run("forward", compile, x, kernel_size, s)[0].to(x.dtype)
+    return KERNELS.run("forward", compile, x, kernel_size, s)[0].to(x.dtype)
 
 
 def soft_pool2d_reference(x: torch.Tensor, kernel_size: int = 2, stride: int | None = None) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""Fused pooling kernels: a layer's forward and backward written over the k² strided "taps" of its windows (pure
+elementwise work on the output grid), which ``torch.compile`` fuses into one loop each, with the same functions
+run eagerly where compilation is off or has failed. SoftPool and power-average pooling use it.
+
+Hand-written because no library ships these windowed reductions fused on the CPU: an ``autograd.Function``
+around two compiled functions saves only what its backward reads (the input, the output, one value per window)
+where autograd through ``unfold`` would keep k² copies of every intermediate.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from models.pooling.basic import out_size
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def taps(x: torch.Tensor, k: int, s: int) -> list[torch.Tensor]:
+    """The k² strided views ``x[..., i::s, j::s]`` cropped to the output grid: tap (i, j) of every window."""
+    ho, wo = out_size(x.shape[-2], k, s), out_size(x.shape[-1], k, s)
+    return [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+
+
+def spread(x: torch.Tensor, y: torch.Tensor, k: int, s: int,
+           per_tap: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """The input gradient of a windowed function: ``per_tap(a, at)`` gives the gradient of input values ``a``,
+    where ``at(t)`` places a per-window tensor (N, C, Ho, Wo) beside them; each input element sums it over the
+    windows that hold it."""
+    n, c, ho, wo = y.shape
+    h, w = x.shape[-2:]
+    if k == s:  # windows tile the map: one elementwise pass over the input's own layout
+        # (a nearest upsampling compiles to index arithmetic over contiguous rows: 2-3× faster than a
+        # (N, C, Ho, k, Wo, k) view, whose innermost axis of k elements does not vectorize)
+        gx = per_tap(x[..., :ho * k, :wo * k], lambda t: F.interpolate(t, scale_factor=k, mode="nearest"))
+        return F.pad(gx, (0, w - wo * k, 0, h - ho * k))  # rows/columns no window covers get no gradient
+    gx = torch.zeros_like(x)  # overlapping or gapped windows: accumulate tap by tap
+    for i in range(k):
+        for j in range(k):
+            at = (..., slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
+            gx[at] += per_tap(x[at], lambda t: t)
+    return gx
+
+
+class Kernels:
+    """A layer's kernels by name, compiled on first use (``dynamic=False``; the batch size marked dynamic, so one
+    compilation per layer shape), or run eagerly when ``use_compile`` is off or compilation failed once."""
+
+    def __init__(self, layer: str, eager: dict[str, Callable]) -> None:
+        self.layer, self.eager = layer, eager
+        self.error: str | None = None
+
+    @functools.cache
+    def compiled(self, kind: str) -> Callable:
+        # Inductor imports cpp_extension, which warns that no CUDA toolkit is installed: irrelevant to these kernels.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        return torch.compile(self.eager[kind], dynamic=False)  # created on first use: importing dynamo takes ~1.5 s
+
+    def run(self, kind: str, use_compile: bool, *args):
+        if use_compile and self.error is None:
+            for t in args:
+                if isinstance(t, torch.Tensor) and t.dim() == 4:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)  # one compile per layer shape, whatever the batch size
+            try:
+                # Each model has a few pooling shapes (and a sweep in one process several models): allow
+                # more than dynamo's default of 8 compiled versions before it silently falls back.
+                with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024):
+                    return self.compiled(kind)(*args)
+            except Exception as e:  # no C++ compiler, an unsupported backend: same values, eagerly
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                warnings.warn(f"{self.layer}: torch.compile failed ({self.error}); using the eager kernels "
+                              "(same values, several times slower). Set pooling.compile=false to silence this.",
+                              stacklevel=3)
+        return self.eager[kind](*args)
