@@ -34,10 +34,14 @@ def spread(x: torch.Tensor, y: torch.Tensor, k: int, s: int,
     windows that hold it."""
     n, c, ho, wo = y.shape
     h, w = x.shape[-2:]
-    if k == s:  # windows tile the map: one elementwise pass over the input's own layout
-        # (a nearest upsampling compiles to index arithmetic over contiguous rows: 2-3× faster than a
-        # (N, C, Ho, k, Wo, k) view, whose innermost axis of k elements does not vectorize)
-        gx = per_tap(x[..., :ho * k, :wo * k], lambda t: F.interpolate(t, scale_factor=k, mode="nearest"))
+    if k == s:  # windows tile the map: one elementwise pass
+        if torch.compiler.is_compiling():
+            # over the input's own layout: a nearest upsampling compiles to index arithmetic over contiguous
+            # rows, 2-3× faster than the (N, C, Ho, k, Wo, k) view, whose innermost k elements do not vectorize
+            gx = per_tap(x[..., :ho * k, :wo * k], lambda t: F.interpolate(t, scale_factor=k, mode="nearest"))
+        else:  # eagerly the view is faster: it broadcasts per-window values instead of materializing them
+            a = x[..., :ho * k, :wo * k].reshape(n, c, ho, k, wo, k)
+            gx = per_tap(a, lambda t: t.view(n, c, ho, 1, wo, 1)).reshape(n, c, ho * k, wo * k)
         return F.pad(gx, (0, w - wo * k, 0, h - ho * k))  # rows/columns no window covers get no gradient
     gx = torch.zeros_like(x)  # overlapping or gapped windows: accumulate tap by tap
     for i in range(k):
