@@ -141,10 +141,11 @@ def test_a_killed_study_continues_without_losing_or_repeating_a_trial(tmp_path, 
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # kill it while its second trial trains
-            if (res / "tune" / "journal.log").exists():
+        while time.monotonic() < deadline:  # kill it while its second trial trains, its settings written
+            if (res / "tune" / "journal.log").exists():  # (a kill before them: the test after the guard rails)
                 trials = next(iter(studies(res).values()), None)
-                if trials is not None and len(trials.trials) >= 2:
+                if trials is not None and len(trials.trials) >= 2 and trials.trials[1].params.keys() >= {
+                        "lr", "weight_decay"}:
                     break
             time.sleep(0.2)
         else:
