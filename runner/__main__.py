@@ -97,7 +97,7 @@ def report(plans: list) -> int:
 
 def earlier_ids(plans: list) -> None:
     """Say so when the results folder holds runs under an earlier version's ids, which this command cannot find."""
-    from runner.plan import older_runs
+    from runner.earlier import older_runs
 
     for root in dict.fromkeys(p.root for p in plans):
         old = older_runs(root, {p.run_id for p in plans})

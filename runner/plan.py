@@ -10,7 +10,6 @@ Typing and the ``_target_`` allow-list are runner/targets.py's; the checks befor
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import hashlib
 import json
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from datasets import SPECS
 from runner import checks, records
@@ -29,6 +27,7 @@ from runner import compose
 from runner.compose import Composer
 from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError
 from runner.targets import TARGET_HOMES, resolve_target, typed_config
+from runner.template import Template, interpolations
 
 __all__ = ["RunPlan", "TeacherRef", "make_plan", "make_plans", "plan_from_config", "checkpoint_plan", "identity",
            "literal", "device_type"]
@@ -141,7 +140,7 @@ class Planner:
                                     typed_options=self.typed, typed=True, build=False, check_data=check_data)
         else:
             cfg, choices = composer.compose(cell)
-            referenced = _interpolations(cfg)
+            referenced = interpolations(cfg)
             plan = plan_from_config(cfg, choices, cell, self.launcher, composer=composer, typed_options=self.typed,
                                     build=False, check_data=check_data)
             self.templates.setdefault(key, Template(plan.cfg, plan.choices, referenced))
@@ -151,52 +150,6 @@ class Planner:
 
     def check_built(self, plan: RunPlan, check_data: bool = True) -> None:
         check_built(plan, self.checked, self.skip_completed_builds, check_data)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A cell's typed config, from which a cell with the same options and other run-level scalars is planned
-    without composing and typing again (a grid's seeds; a study's trials): its config is this one with the
-    values set, which OmegaConf checks against the schema's types as Hydra's composition would."""
-    cfg: DictConfig
-    choices: dict[str, str | None]
-    referenced: str  # every interpolation of the composed config: a key named there is never filled in
-
-    def fill(self, values: Sequence[Any]) -> DictConfig | None:
-        """The config with ``values`` (parsed overrides) set, or None where only composing gives it (a key of
-        a method's node, which its target's signature types; a key an interpolation reads; a list; a null)."""
-        for o in values:
-            key, value = o.key_or_group, o.value()
-            plain = o.package is None and not (o.is_delete() or o.is_add() or o.is_force_add())
-            if (not plain or key.split(".")[0] in (*TARGET_HOMES, "teacher") or key in self.referenced
-                    or not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and "${" in value)
-                    or not isinstance(OmegaConf.select(self.cfg, key, default=None), (bool, int, float, str))):
-                return None
-        cfg = copy.deepcopy(self.cfg)
-        try:
-            for o in values:
-                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
-        except OmegaConfBaseException:
-            return None  # composing says what is wrong, as for any cell
-        return cfg
-
-
-def _interpolations(cfg: DictConfig) -> str:
-    """Every interpolation string of a composed config, joined."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, str) and "${" in node:
-            found.append(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=False))
-    return "\n".join(found)
 
 
 @contextlib.contextmanager
@@ -422,34 +375,6 @@ def identity(cfg: DictConfig, choices: Mapping[str, str | None], device: str, au
 def id_of(ident: Mapping[str, Any]) -> str:
     """A run's id: the first 10 hex digits of the SHA-1 of its identity as canonical JSON."""
     return hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
-
-
-def id_today(record: Mapping[str, Any]) -> str | None:
-    """The id this version gives the run a record describes; None where its config no longer types (a key an
-    earlier version had)."""
-    try:
-        cfg = typed_config(dict(record["config"]), {})
-        return id_of(identity(cfg, dict(record.get("choices") or {}), str(record["device_type"]),
-                              record.get("autocast"), record.get("teacher_run_id")))
-    except (ConfigError, KeyError, TypeError, ValueError, OmegaConfBaseException):
-        return None
-
-
-def older_runs(root: Path, planned: set[str], look: int = 3) -> list[str]:
-    """Of the newest ``look`` finished runs under ``root`` that this command did not plan, those recorded under an
-    id that this version would not give them (an earlier version's id scheme, CHANGELOG.md): this command cannot
-    find them, so it trains its cells again beside them."""
-    try:
-        folders = sorted((f for f in (root / "runs").iterdir() if f.name not in planned),
-                         key=lambda f: f.stat().st_mtime, reverse=True)
-    except OSError:
-        return []
-    old = []
-    for folder in folders[:look]:
-        record = records.read_result(folder)
-        if record and record.get("status") in records.DONE and id_today(record) != record.get("run_id"):
-            old.append(folder.name)
-    return old
 
 
 def _without_nulls(node: Any) -> Any:

@@ -133,7 +133,7 @@ def trial_cell(m: Method, seed: int, params: dict[str, Any], extra: Sequence[str
 
 def plan_cells(cells: Sequence[Sequence[str]], job: "Job") -> list[RunPlan]:
     """The plans of a round's cells, by the command's planner: a trial after its method's first is its typed
-    config with the sampled values set (plan.Template), neither composed nor typed again."""
+    config with the sampled values set (runner/template.py), neither composed nor typed again."""
     with Composer(**job.where) as composer, no_cycle_collection():
         return [job.planner.plan(composer, c) for c in cells]
 

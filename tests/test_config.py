@@ -295,7 +295,7 @@ def test_a_batch_statistics_norm_at_batch_size_1_names_the_norms_that_can_train_
 
 
 def test_a_grid_plans_each_cell_exactly_as_planning_it_alone(tmp_path, monkeypatch):
-    # A grid fills later cells' run-level values into an earlier cell's typed config (plan.Template) instead of
+    # A grid fills later cells' run-level values into an earlier cell's typed config (runner/template.py) instead of
     # composing again; every cell must come out as the same command for that cell alone would plan it.
     poolings = groups()["pooling"]
     grid = [f"pooling={','.join(poolings)}", "seed=0,7", "lr=0.05,1", "dataset.val_fraction=0.25",
