@@ -72,13 +72,14 @@ class RunPlan:
         return " ".join(told) or " ".join(f"{k}={v}" for k, v in self.choices.items() if v is not None)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """``+pooling.p=3`` -> ``pooling.p``."""
     return override.lstrip("+~").split("=", 1)[0]
 
 
 def _setting(override: str) -> bool:
     """Whether an override only says where or how a run runs (results_dir=, threads=, logger=...)."""
-    key = _key(override)
+    key = override_key(override)
     return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
 
 
@@ -86,14 +87,14 @@ def labelled(plans: list[RunPlan]) -> list[RunPlan]:
     """The plans of a grid, each labelled by the overrides that differ between its cells, and its seed."""
     if len(plans) < 2:
         return plans
-    keys = {_key(o) for p in plans for o in p.overrides}
+    keys = {override_key(o) for p in plans for o in p.overrides}
     values: dict[str, set[str]] = {k: set() for k in keys}
     for p in plans:
-        given = {_key(o): o for o in p.overrides}
+        given = {override_key(o): o for o in p.overrides}
         for key in keys:
             values[key].add(given.get(key, ""))
     varying = {k for k, v in values.items() if len(v) > 1} | {"seed"}
-    return [replace(p, shown=" ".join(o for o in p.overrides if _key(o) in varying) or None) for p in plans]
+    return [replace(p, shown=" ".join(o for o in p.overrides if override_key(o) in varying) or None) for p in plans]
 
 
 # ---------------------------------------------------------------- the command

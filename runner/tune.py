@@ -16,7 +16,6 @@ process tunes a study at a time.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from runner import launch, records, sequential, space
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
-from runner.plan import Planner, RunPlan, literal, no_cycle_collection, plan_from_config
+from runner.plan import Planner, RunPlan, id_of, literal, no_cycle_collection, override_key, plan_from_config
 from runner.progress import encodable_streams, error, say
 from runner.prune import trial_setting
 from runner.schema import NOT_IDENTITY, ConfigError
@@ -50,26 +49,22 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what hap
 
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
 # ---------------------------------------------------------------- the command's methods
 
 def prepare(overrides: Sequence[str], multirun: bool,
             where: dict[str, Any]) -> tuple[list[Method], dict[str, Any], Planner]:
     """Plan every cell, group the cells into methods, check each method's space; a ConfigError for any mistake.
     Returns the methods, the launcher's settings and the planner that plans their trials."""
-    tune_over = [o for o in overrides if _key(o).split(".")[0] == "tune"]
+    tune_over = [o for o in overrides if override_key(o).split(".")[0] == "tune"]
     run_over = [o for o in overrides if o not in tune_over]
     for o in run_over:
-        if _key(o).split(".")[0] == "trial":
+        if override_key(o).split(".")[0] == "trial":
             raise ConfigError(f"{o}: trial is set by python -m runner.tune itself, on the trials it may prune.")
     if any(o.startswith("~tune") for o in tune_over):
         raise ConfigError(
             "tune=null: python -m runner.tune needs tune settings (conf/tune/); leave tune unset for default."
         )
-    if not any(_key(o) == "tune" for o in tune_over):
+    if not any(override_key(o) == "tune" for o in tune_over):
         tune_over = ["tune=default"] + tune_over
     with Composer(**where) as composer:
         master = composer.master(run_over + tune_over, multirun)
@@ -82,11 +77,11 @@ def prepare(overrides: Sequence[str], multirun: bool,
             spaces = space.method_space(cfg)  # before planning: the plan drops what options declare for tuning
             plan = plan_from_config(cfg, choices, cell, launcher, composer=composer, checked=planner.checked,
                                     typed_options=planner.typed, skip_completed_builds=True)
-            key = tuple(o for o in cell if _key(o) != "seed")
+            key = tuple(o for o in cell if override_key(o) != "seed")
             if key not in methods:
-                label = " ".join(o for o in key if _key(o) not in NOT_IDENTITY and _key(o).split(".")[0]
+                label = " ".join(o for o in key if override_key(o) not in NOT_IDENTITY and override_key(o).split(".")[0]
                                  not in ("launcher", "hydra")) or "default"
-                fixed = {_key(o): o for o in key if "=" in o}
+                fixed = {override_key(o): o for o in key if "=" in o}
                 dists = {k: space.distribution(k, spec, plan.cfg, fixed, label) for k, spec in spaces.items()}
                 if not dists:
                     raise ConfigError(f"tune.space: {label} has nothing to tune: the space is empty (give e.g. "
@@ -124,7 +119,7 @@ def _method_hash(plan: RunPlan) -> str:
     """The identity of a method's runs, the seed aside: a study is the same whatever the cell's spelling."""
     ident = json.loads(json.dumps(plan.identity))
     ident["config"].pop("seed", None)
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    return id_of(ident)[:8]
 
 
 def trial_cell(m: Method, seed: int, params: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
@@ -451,11 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra composes its own record of the command (multirun.yaml) from these; tune.* stay in it, while each
     # launched cell is the trial's or final run's own overrides
-    tuning = [a for a in argv if _key(a).split(".")[0] == "tune"]
-    tuning = tuning if any(_key(a) == "tune" for a in tuning) else ["tune=default", *tuning]
-    hydra_argv = ["-m"] + [a for a in argv if a not in ("-m", "--multirun") and _key(a).split(".")[0] != "tune"]
+    tuning = [a for a in argv if override_key(a).split(".")[0] == "tune"]
+    tuning = tuning if any(override_key(a) == "tune" for a in tuning) else ["tune=default", *tuning]
+    hydra_argv = ["-m"] + [a for a in argv if a not in ("-m", "--multirun") and override_key(a).split(".")[0] != "tune"]
     hydra_argv += tuning
-    if not any(_key(a) == "hydra.sweep.dir" for a in argv):  # one folder for what Hydra writes of each round
+    if not any(override_key(a) == "hydra.sweep.dir" for a in argv):  # one folder for what Hydra writes of each round
         hydra_argv.append(f"hydra.sweep.dir={literal(str(methods[0].root / 'tune' / 'launch'))}")
     job = Job(methods, where, launcher, hydra_argv, planner)
     budget = methods[0].settings.trials
