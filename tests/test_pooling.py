@@ -41,11 +41,13 @@ from models.vgg import STAGES, VGG
 LOCAL = {  # every local pooling option, eager where a layer can compile (the compiled path is tested below)
     "max": MaxPool, "avg": AvgPool,
     "softpool": functools.partial(SoftPool, compile=False),
-    "mixed": MixedPool, "mixed_channel": functools.partial(MixedPool, per="channel"),
-    "gated": GatedPool, "gated_channel": functools.partial(GatedPool, per="channel"),
-    "tree": TreePool, "tree3": functools.partial(TreePool, depth=3),
+    "mixed": functools.partial(MixedPool, compile=False),
+    "mixed_channel": functools.partial(MixedPool, per="channel", compile=False),
+    "gated": functools.partial(GatedPool, compile=False),
+    "gated_channel": functools.partial(GatedPool, per="channel", compile=False),
+    "tree": functools.partial(TreePool, compile=False), "tree3": functools.partial(TreePool, depth=3, compile=False),
     "lp": LpPool, "lp_fixed": functools.partial(LpPool, p=2.5, learnable=False),
-    "stochastic": StochasticPool,
+    "stochastic": functools.partial(StochasticPool, compile=False),
     "adapool": functools.partial(AdaPool, compile=False),
     "adapool_channel": functools.partial(AdaPool, beta="channel", compile=False),
     "adapool_region": functools.partial(AdaPool, beta="region", compile=False),
@@ -236,23 +238,28 @@ def test_adapool_region_beta_runs_at_any_resolution():
 
 # ------------------------------------------------------------------ mixed, gated, tree (METHODS.md §3)
 
+def values(layer, x: torch.Tensor) -> list[float]:
+    """A mixed, gated or tree layer's output for x by its reference form and by its fused kernels run eagerly."""
+    return [layer.reference(x).item(), layer.kernels(x, use_compile=False).item()]
+
+
 def test_mixed_gated_tree_values_by_hand():
     x = window(1, 2, 3, 4)  # max 4, avg 2.5
     mixed = MixedPool(1)
     with torch.no_grad():
         mixed.theta.fill_(math.log(0.25 / 0.75))  # a = σ(θ) = 0.25
-    assert mixed(x).item() == pytest.approx(0.25 * 4 + 0.75 * 2.5)
+    assert values(mixed, x) == pytest.approx([0.25 * 4 + 0.75 * 2.5] * 2)
     gated = GatedPool(1)
-    assert gated(x).item() == pytest.approx(3.25)  # ω = 0: σ = ½
+    assert values(gated, x) == pytest.approx([3.25] * 2)  # ω = 0: σ = ½
     with torch.no_grad():
         gated.mask.view(-1)[0] = math.log(3)  # ωᵀx = ln 3: σ = 0.75
-    assert gated(x).item() == pytest.approx(0.75 * 4 + 0.25 * 2.5)
+    assert values(gated, x) == pytest.approx([0.75 * 4 + 0.25 * 2.5] * 2)
     tree = TreePool(1)
     with torch.no_grad():
         tree.filters.zero_()
         tree.filters[0, 0].view(-1)[0] = 1.0  # v₁ = [1, 0, 0, 0]
         tree.filters[0, 1] = 0.25  # v₂ = average
-    assert tree(x).item() == pytest.approx(0.5 * 1 + 0.5 * 2.5)
+    assert values(tree, x) == pytest.approx([0.5 * 1 + 0.5 * 2.5] * 2)
 
 
 def test_three_level_tree_mixes_leaf_pairs_then_the_pairs():
@@ -266,7 +273,7 @@ def test_three_level_tree_mixes_leaf_pairs_then_the_pairs():
         tree.filters[0, 5].view(-1)[0] = 0.0          # left gate σ = 0.5
         tree.filters[0, 6].view(-1)[0] = -math.log(3)  # right gate σ = 0.25
     left, right = 0.5 * 1 + 0.5 * 2, 0.25 * 3 + 0.75 * 4
-    assert tree(x).item() == pytest.approx(0.75 * left + 0.25 * right)
+    assert values(tree, x) == pytest.approx([0.75 * left + 0.25 * right] * 2)
 
 
 def test_mixed_with_a_1_is_max_and_a_0_is_avg():
@@ -277,6 +284,7 @@ def test_mixed_with_a_1_is_max_and_a_0_is_avg():
         with torch.no_grad():
             layer.theta.fill_(theta)
         assert torch.allclose(layer(x), expected, atol=1e-6)
+        assert torch.allclose(layer.kernels(x, use_compile=False), expected, atol=1e-6)
 
 
 def test_gate_masks_are_shared_over_channels_per_layer_and_separate_per_channel():
@@ -287,8 +295,60 @@ def test_gate_masks_are_shared_over_channels_per_layer_and_separate_per_channel(
     layer = GatedPool(2, per="channel")
     with torch.no_grad():
         layer.mask[1].fill_(100.0)  # channel 1: σ → 1 (max); channel 0: σ = ½
-    y = layer(window(1, 2, 3, 4).repeat(1, 2, 1, 1))
-    assert y.flatten().tolist() == pytest.approx([3.25, 4.0])
+    x = window(1, 2, 3, 4).repeat(1, 2, 1, 1)
+    assert layer.reference(x).flatten().tolist() == pytest.approx([3.25, 4.0])
+    assert layer.kernels(x, use_compile=False).flatten().tolist() == pytest.approx([3.25, 4.0])
+
+
+LEARNED = {"mixed": functools.partial(MixedPool, per="channel"), "gated": GatedPool,
+           "gated_channel": functools.partial(GatedPool, per="channel"), "tree": TreePool,
+           "tree3_channel": functools.partial(TreePool, depth=3, per="channel")}
+
+
+def kernels_against_reference(layer, x: torch.Tensor, use_compile: bool) -> None:
+    """Value and gradient (input and parameters) of the fused kernels equal the reference's, float64."""
+    y, ref = layer.kernels(x, use_compile), layer.reference(x)
+    assert torch.allclose(y, ref, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(y)
+    wrt = (x, *layer.parameters())
+    got, want = torch.autograd.grad(y, wrt, g), torch.autograd.grad(ref, wrt, g)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_mixed_gated_tree_kernels_equal_the_definition_in_value_and_gradient(name):
+    # every window shape the kernels treat apart: tiling, overlapping, gapped, a map the windows do not cover;
+    # random parameters (not the zero-gate start), so that every gate and filter gradient is exercised
+    torch.manual_seed(0)
+    for h, w, k, s in [(9, 8, 2, 2), (9, 10, 3, 2), (7, 7, 3, 1), (8, 9, 2, 3), (9, 9, 3, 3)]:
+        layer = LEARNED[name](3, k, s).double()
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_()
+        kernels_against_reference(layer, torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True), False)
+
+
+@pytest.mark.parametrize("name", ["mixed", "gated_channel", "tree3_channel"])
+def test_mixed_gated_tree_compiled_kernels_equal_the_definition(name):
+    torch.manual_seed(0)
+    layer = LEARNED[name](3, 2, 2).double()  # the tiling windows the layers compile (every config's)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    kernels_against_reference(layer, torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True), True)
+
+
+@pytest.mark.parametrize("cls", [MixedPool, GatedPool])
+def test_fused_max_gives_its_gradient_to_the_first_of_tied_values_as_max_pool2d_does(cls):
+    # after a ReLU most windows are ties (all zeros): max_pool2d's gradient goes to one element, not split
+    layer = cls(1, per="layer").double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(3.0)  # a = σ(3): mostly max
+    x = torch.tensor([[0.0, 0.0, 5.0, 1.0], [0.0, 0.0, 5.0, 5.0]], dtype=torch.float64).view(1, 1, 2, 4)
+    got = torch.autograd.grad(layer.kernels(x.requires_grad_(), False).sum(), x)[0]
+    want = torch.autograd.grad(layer.reference(x).sum(), x)[0]
+    assert torch.equal(got, want)
 
 
 # ------------------------------------------------------------------ Lp / GeM, stochastic (METHODS.md §4)
@@ -328,23 +388,52 @@ def test_power_average_fused_kernels_equal_the_definition_in_value_and_gradient(
         assert torch.autograd.gradcheck(lambda t, q: lp_pool2d(t, q, 2, 2, 1e-6, compile=False), (x, p))
 
 
-def test_stochastic_pooling_samples_in_proportion_and_averages_in_eval():
+STOCHASTIC_FORMS = {  # training's sampling: the definition, and the fused kernels run eagerly
+    "reference": lambda layer, x: layer.reference(x), "kernels": lambda layer, x: layer.sample(x, use_compile=False)}
+
+
+@pytest.mark.parametrize("form", STOCHASTIC_FORMS)
+def test_stochastic_pooling_samples_in_proportion_and_averages_in_eval(form):
     layer = StochasticPool(1)
     x = window(1, 2, 3, 4)
     assert layer.eval()(x).item() == pytest.approx((1 + 4 + 9 + 16) / 10)
     torch.manual_seed(0)
-    draws = layer.train()(x.expand(40_000, 1, 2, 2)).flatten()
+    draws = STOCHASTIC_FORMS[form](layer.train(), x.expand(40_000, 1, 2, 2)).flatten()
     freq = torch.stack([(draws == v).float().mean() for v in (1, 2, 3, 4)])
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)  # 4σ of a binomial frequency is 0.01
     assert draws.mean().item() == pytest.approx(3.0, abs=0.02)
 
 
-def test_stochastic_pooling_zero_windows_and_gradient_to_the_sample():
-    layer = StochasticPool(1)
-    assert layer.train()(torch.zeros(1, 1, 2, 2)).item() == 0 and layer.eval()(-window(1, 2, 3, 4)).item() == 0
+@pytest.mark.parametrize("form", STOCHASTIC_FORMS)
+def test_stochastic_pooling_zero_windows_and_gradient_to_the_sample(form):
+    layer, sample = StochasticPool(1).train(), STOCHASTIC_FORMS[form]
+    assert sample(layer, torch.zeros(1, 1, 2, 2)).item() == 0 and layer.eval()(-window(1, 2, 3, 4)).item() == 0
     x = window(0, 0, 5, 0).requires_grad_()
-    layer.train()(x).backward()
+    sample(layer.train(), x).backward()
     assert x.grad.flatten().tolist() == [0, 0, 1, 0]
+    x = window(-1, -2, -3, -4).requires_grad_()  # nothing positive: the last tap is sampled, clamped to 0
+    sample(layer, x).backward()
+    assert x.grad.flatten().tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_stochastic_kernels_sample_what_the_definition_samples_from_the_same_seed(compile):
+    # the same uniform numbers in the same order: the same taps, the same values, the same gradients; every window
+    # shape the kernels treat apart, eagerly; the tiling windows the layer compiles, compiled
+    shapes = [(9, 8, 2, 2), (9, 10, 3, 2), (7, 7, 3, 1), (8, 9, 2, 3), (9, 9, 3, 3)]
+    for h, w, k, s in shapes[:1] if compile else shapes:
+        layer = StochasticPool(3, k, s).double().train()
+        x = torch.randn(4, 3, h, w, dtype=torch.float64)
+        x[0, 0] = 0.0  # all-zero windows
+        x.requires_grad_()
+        torch.manual_seed(1)
+        y = layer.sample(x, compile)
+        torch.manual_seed(1)
+        ref = layer.reference(x)
+        assert torch.equal(y, ref), (h, w, k, s)
+        g = torch.randn_like(y)
+        got, want = torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0]
+        assert torch.allclose(got, want, rtol=0, atol=1e-12), (h, w, k, s)  # overlaps sum in another order
 
 
 # ------------------------------------------------------------------ global heads

@@ -27,28 +27,49 @@ def taps(x: torch.Tensor, k: int, s: int) -> list[torch.Tensor]:
     return [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
 
 
+Place = Callable[[torch.Tensor], torch.Tensor]
+
+
 def spread(x: torch.Tensor, y: torch.Tensor, k: int, s: int,
-           per_tap: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]) -> torch.Tensor:
-    """The input gradient of a windowed function: ``per_tap(a, at)`` gives the gradient of input values ``a``,
-    where ``at(t)`` places a per-window tensor (N, C, Ho, Wo) beside them; each input element sums it over the
-    windows that hold it."""
+           per_tap: Callable[[torch.Tensor, Place, Place], torch.Tensor]) -> torch.Tensor:
+    """The input gradient of a windowed function: ``per_tap(a, at, tile)`` gives the gradient of input values
+    ``a``, where ``at(t)`` places a per-window tensor (N, C, Ho, Wo) beside them and ``tile(t)`` a per-tap one
+    (1, C or 1, k, k), such as a learned k×k mask or ``tap_index(k)``; each input element sums the gradient over
+    the windows that hold it."""
     n, c, ho, wo = y.shape
     h, w = x.shape[-2:]
     if k == s:  # windows tile the map: one elementwise pass
         if torch.compiler.is_compiling():
             # over the input's own layout: a nearest upsampling compiles to index arithmetic over contiguous
             # rows, 2-3× faster than the (N, C, Ho, k, Wo, k) view, whose innermost k elements do not vectorize
-            gx = per_tap(x[..., :ho * k, :wo * k], lambda t: F.interpolate(t, scale_factor=k, mode="nearest"))
+            gx = per_tap(x[..., :ho * k, :wo * k], lambda t: F.interpolate(t, scale_factor=k, mode="nearest"),
+                         lambda t: t.repeat(1, 1, ho, wo))
         else:  # eagerly the view is faster: it broadcasts per-window values instead of materializing them
             a = x[..., :ho * k, :wo * k].reshape(n, c, ho, k, wo, k)
-            gx = per_tap(a, lambda t: t.view(n, c, ho, 1, wo, 1)).reshape(n, c, ho * k, wo * k)
+            gx = per_tap(a, lambda t: t.view(n, c, ho, 1, wo, 1),
+                         lambda t: t.view(t.shape[0], t.shape[1], 1, k, 1, k)).reshape(n, c, ho * k, wo * k)
         return F.pad(gx, (0, w - wo * k, 0, h - ho * k))  # rows/columns no window covers get no gradient
     gx = torch.zeros_like(x)  # overlapping or gapped windows: accumulate tap by tap
     for i in range(k):
         for j in range(k):
             at = (..., slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
-            gx[at] += per_tap(x[at], lambda t: t)
+            gx[at] += per_tap(x[at], lambda t: t, lambda t, i=i, j=j: t[..., i:i + 1, j:j + 1])
     return gx
+
+
+def tap_index(k: int, device: torch.device) -> torch.Tensor:
+    """Each tap's number in a window, row-major: (1, 1, k, k), for ``tile``; ``taps`` lists them in that order."""
+    return torch.arange(k * k, device=device, dtype=torch.float32).view(1, 1, k, k)
+
+
+def first_max(window: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's maximum and the number of its first tap that holds it (as float32), like ``max_pool2d``'s
+    index: the tap its gradient goes to, ties included. NaN propagates as in ``max_pool2d``."""
+    m, index = window[0], torch.zeros_like(window[0], dtype=torch.float32)
+    for i, a in enumerate(window[1:], 1):
+        later = (a > m) | torch.isnan(a)
+        m, index = torch.where(later, a, m), torch.where(later, float(i), index)
+    return m, index
 
 
 class Kernels:

@@ -75,7 +75,7 @@ def _backward(x: torch.Tensor, p: torch.Tensor, y: torch.Tensor, lse: torch.Tens
     xf = x.float() if x.dtype in LOW_PRECISION else x
     g = grad.to(y.dtype)
 
-    def per_tap(a: torch.Tensor, at) -> torch.Tensor:
+    def per_tap(a: torch.Tensor, at, _) -> torch.Tensor:
         grad_a = torch.exp((p - 1) * a.clamp(min=eps).log() - at(lse)) * at(y * g)  # y · a_i^(p−1) / Σ a^p
         return torch.where(a >= eps, grad_a, torch.zeros_like(grad_a))
 

@@ -46,7 +46,7 @@ def _backward(x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, grad: torch.T
     """∂L/∂a_i = w_i (1 + a_i − y) ∂L/∂y over every window containing a_i, with w_i = exp(a_i − lse)."""
     xf = x.float() if x.dtype in LOW_PRECISION else x
     g = grad.to(y.dtype)
-    return spread(xf, y, k, s, lambda a, at: torch.exp(a - at(lse)) * (1 + a - at(y)) * at(g)).to(x.dtype)
+    return spread(xf, y, k, s, lambda a, at, _: torch.exp(a - at(lse)) * (1 + a - at(y)) * at(g)).to(x.dtype)
 
 
 KERNELS = Kernels("SoftPool", {"forward": _forward, "backward": _backward})
