@@ -201,7 +201,12 @@ def test_adapool_values_by_hand():
     x = window(0, 2, 0, 2)
     assert dice_pool2d(x, 2, 2).item() == pytest.approx(1.379949, abs=1e-6)
     assert soft_pool2d(x, 2).item() == pytest.approx(1.761594, abs=1e-6)
-    assert ada_pool2d(x, 0.5, 2).item() == pytest.approx(1.570772, abs=1e-6)
+    assert ada_pool2d(x, 0.5, 2, compile=False).item() == pytest.approx(1.570772, abs=1e-6)
+    layer = AdaPool(1)  # θ = 0: β = ½
+    assert layer.kernels(x, use_compile=False).item() == pytest.approx(1.570772, abs=1e-6)
+    with torch.no_grad():
+        layer.theta.fill_(60.0)  # β = 1: eDSCW alone
+    assert layer.kernels(window(1, 2, 3, 4), use_compile=False).item() == pytest.approx(2.572250, abs=1e-6)
     assert dice_pool2d(window(1, 2, 3, 4), 2, 2).item() == pytest.approx(2.572250, abs=1e-6)
     assert dice_pool2d(window(5, 5, 5, 5), 2, 2).item() == 5.0
 
@@ -224,6 +229,28 @@ def test_adapool_zero_windows_give_zero_not_nan():
     y = AdaPool(1, compile=False)(x)
     y.backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("beta", ["scalar", "channel", "region"])
+def test_adapool_kernels_equal_the_definition_in_value_and_gradient(beta):
+    # input and β gradients, float64; every window shape the kernels treat apart, with zero windows, a zero mean
+    # beside nonzero values and lone zeros (DSC's 0/0 and |·|'s kink); compiled on the tiling windows it compiles
+    torch.manual_seed(0)
+    shapes = [(9, 8, 2, 2), (9, 10, 3, 2), (7, 7, 3, 1), (8, 9, 2, 3), (9, 9, 3, 3)]
+    for (h, w, k, s), use_compile in [*((shape, False) for shape in shapes), ((9, 8, 2, 2), beta == "channel")]:
+        layer = AdaPool(3, k, s, beta=beta).double()
+        with torch.no_grad():
+            layer.theta.normal_()
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        x[0, 0], x[1, 1, :3, :3], x[1, 2, 0, 0] = 0.0, 0.0, 0.0
+        x[1, 0, :2, :2] = torch.tensor([[-1.0, 1.0], [0.0, 0.0]])
+        x.requires_grad_()
+        y, ref = layer.kernels(x, use_compile), layer.reference(x)
+        assert torch.allclose(y, ref, rtol=1e-10, atol=1e-12), (h, w, k, s)
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, layer.theta), g)
+        want = torch.autograd.grad(ref, (x, layer.theta), g)
+        assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(got, want)), (h, w, k, s)
 
 
 def test_adapool_region_beta_runs_at_any_resolution():
