@@ -17,7 +17,7 @@ from hydra._internal.utils import get_args_parser
 from runner import launch
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.progress import encodable_streams, error, say
-from runner.schema import ConfigError
+from runner.schema import ConfigError, override_key
 
 
 def await_others(plans: list) -> None:
@@ -51,7 +51,7 @@ def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], whe
     from runner.plan import make_plans
     from runner.records import completed
 
-    cells = {method_key(p.overrides): [o for o in p.overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
+    cells = {method_key(p.overrides): [o for o in p.overrides if override_key(o) != "seed"]
              for p in plans}
 
     def plans_for(keys, seeds):
@@ -146,7 +146,7 @@ def main() -> int:
     except ConfigError as e:
         error(f"error: {e}")
         return 2
-    tuning = [o for o in args.overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("tune", "trial")]
+    tuning = [o for o in args.overrides if override_key(o).split(".")[0] in ("tune", "trial")]
     if tuning:  # a plain run would ignore them: say so rather than run one setting untuned
         error(f"error: {tuning[0]}: tune settings are read by python -m runner.tune (same overrides, plus tune.*); "
               "python -m runner runs the setting it is given.")

@@ -4,6 +4,7 @@ The plan has already checked every ``_target_`` (runner/plan.py), so building on
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hydra.utils import get_object, instantiate
@@ -57,6 +58,30 @@ def optimizer(
     if own:
         params.append({"params": own})
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# Compiling a fused pooling layer costs about 10 s per layer shape on an empty Inductor cache (2 cores; half a second
+# once the disk cache holds it) and then saves time every step. A run shorter than this many optimizer steps is
+# finished sooner without it (make bench, section epoch: compile_pays_after_epochs, at 56 steps an epoch), so it
+# runs the layer eagerly: the same values, as ``pooling.compile=false`` gives (which is not part of a run's id).
+COMPILE_MIN_STEPS = 200
+
+
+def steps(cfg: DictConfig, n_train: int) -> int:
+    """The optimizer steps a run takes: ``epochs`` × its full training batches."""
+    return cfg.epochs * max(n_train // cfg.batch_size, 1)
+
+
+def for_run(cfg: DictConfig, n_train: int) -> tuple[DictConfig, str | None]:
+    """``cfg`` as a run of ``n_train`` training images builds it, and why it differs: a pooling layer that would
+    compile runs eagerly when the run is too short to pay its compilation back (``COMPILE_MIN_STEPS``)."""
+    if not cfg.pooling.get("compile") or steps(cfg, n_train) >= COMPILE_MIN_STEPS:
+        return cfg, None
+    eager = copy.deepcopy(cfg)  # the plan's own config stays as planned
+    with open_dict(eager):
+        eager.pooling.compile = False
+    return eager, (f"{steps(cfg, n_train)} steps < {COMPILE_MIN_STEPS}: too few to pay back compiling the pooling "
+                   "layer, which runs eagerly (same values)")
 
 
 def parts(cfg: DictConfig) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:

@@ -12,13 +12,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from runner import stats
-from runner.schema import NOT_IDENTITY, ConfigError
+from runner.schema import NOT_IDENTITY, ConfigError, override_key
 
 SKIP = {"seed", "baseline"} | set(NOT_IDENTITY)
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _value(override: str) -> str:
@@ -62,7 +58,7 @@ class Design:
 
 def method_key(overrides: Sequence[str]) -> tuple[str, ...]:
     """A cell's overrides that make its method (the settings of the comparison, less seed and bookkeeping)."""
-    return tuple(o for o in overrides if "=" in o and _counts(_key(o)))
+    return tuple(o for o in overrides if "=" in o and _counts(override_key(o)))
 
 
 def design(cells: Sequence[tuple[Sequence[str], int]], baseline: str | None) -> Design | None:
@@ -78,10 +74,11 @@ def design(cells: Sequence[tuple[Sequence[str], int]], baseline: str | None) -> 
     values: dict[str, list[str]] = {}
     for key in methods:
         for o in key:
-            values.setdefault(_key(o), [])
-            if _value(o) not in values[_key(o)]:
-                values[_key(o)].append(_value(o))
-    varying = [k for k, v in values.items() if len(v) > 1 or any(k not in {_key(o) for o in m} for m in methods)]
+            values.setdefault(override_key(o), [])
+            if _value(o) not in values[override_key(o)]:
+                values[override_key(o)].append(_value(o))
+    keys_of = [{override_key(o) for o in m} for m in methods]
+    varying = [k for k, v in values.items() if len(v) > 1 or any(k not in keys for keys in keys_of)]
     guessed = baseline is None
     if baseline is None:
         if len(varying) != 1:  # several axes: every method against the first, in one family
@@ -97,8 +94,8 @@ def design(cells: Sequence[tuple[Sequence[str], int]], baseline: str | None) -> 
     family = [k for k in values if k == axis or k.startswith(axis + ".")]
     tasks: dict[tuple[str, ...], dict[tuple[str, ...], tuple[str, ...]]] = {}
     for key in methods:
-        task = tuple(o for o in key if _key(o) not in family)
-        tasks.setdefault(task, {})[tuple(o for o in key if _key(o) in family)] = key
+        task = tuple(o for o in key if override_key(o) not in family)
+        tasks.setdefault(task, {})[tuple(o for o in key if override_key(o) in family)] = key
     out, pairs = [], []
     for task, group in tasks.items():
         base = [m for m in group if f"{axis}={value}" in m]

@@ -25,7 +25,7 @@ from runner.checkpoint import read_checkpoint
 from runner.checks import check_builds, check_values, check_writable, device_type
 from runner import compose
 from runner.compose import Composer
-from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError
+from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError, override_key
 from runner.targets import TARGET_HOMES, resolve_target, typed_config
 from runner.template import Template, interpolations
 
@@ -70,11 +70,6 @@ class RunPlan:
             return self.shown
         told = [o for o in self.overrides if not _setting(o)]
         return " ".join(told) or " ".join(f"{k}={v}" for k, v in self.choices.items() if v is not None)
-
-
-def override_key(override: str) -> str:
-    """``+pooling.p=3`` -> ``pooling.p``."""
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _setting(override: str) -> bool:

@@ -268,7 +268,10 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
                 "teacher_test_acc": teacher_record.get("metrics", {}).get("test_acc"),
             }
         torch.manual_seed(cfg.seed)  # the initial weights
-        model, loss_fn, optimizer = build.parts(cfg)
+        built, why = build.for_run(cfg, record["n_train"])
+        if why:
+            say(f"run {rid}: {why}")
+        model, loss_fn, optimizer = build.parts(built)
         record["params"] = sum(p.numel() for p in model.parameters())
         ood = None
         if plan.ood is not None:

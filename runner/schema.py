@@ -39,6 +39,11 @@ class ConfigError(Exception):
     """A user mistake in the config: printed as one paragraph, exit status 2."""
 
 
+def override_key(override: str) -> str:
+    """``+pooling.p=3`` -> ``pooling.p``."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """The closest candidate (difflib's ratio ≥ 0.6) that also starts alike or contains the word (or is contained
     in it): a typo keeps its first letter, so 'foo' is not offered 'ood', while 'flip' is offered 'crop_flip'."""

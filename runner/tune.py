@@ -37,10 +37,10 @@ from runner import launch, records, sequential, space
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
-from runner.plan import Planner, RunPlan, id_of, literal, no_cycle_collection, override_key, plan_from_config
+from runner.plan import Planner, RunPlan, id_of, literal, no_cycle_collection, plan_from_config
 from runner.progress import encodable_streams, error, say
 from runner.prune import trial_setting
-from runner.schema import NOT_IDENTITY, ConfigError
+from runner.schema import NOT_IDENTITY, ConfigError, override_key
 from runner.study import (FINISHED, UNSAMPLED, Method, check_trial, chosen, counted, journal, open_studies, sampler,
                           startup_trials, tune_settings)
 

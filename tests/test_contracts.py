@@ -32,7 +32,10 @@ DISTILLATION = [o for o in options("loss") if getattr(
 
 @pytest.mark.parametrize("option", options("pooling"))
 def test_local_pooling_contract(option, planned):
-    make = instantiate(planned("pooling", option).cfg.pooling)
+    node = planned("pooling", option).cfg.pooling.copy()
+    if "compile" in node:  # as a short run builds it; the compiled kernels against the reference: test_pooling.py
+        node.compile = False
+    make = instantiate(node)
     k, s = planned("pooling", option).cfg.pooling.kernel_size, planned("pooling", option).cfg.pooling.stride
     layer = make(3)
     x = torch.randn(2, 3, 9, 8, requires_grad=True)

@@ -109,6 +109,21 @@ def test_same_seed_same_metrics(data_dir, tmp_path):
     assert a["metrics"] != c["metrics"]
 
 
+def test_a_run_too_short_to_pay_back_compiling_runs_its_pooling_eagerly(data_dir, tmp_path, capsys, monkeypatch):
+    from models.pooling import softpool
+
+    asked = []  # which compiled kernels the run asked for; the eager ones stand in (no compilation in this test)
+    monkeypatch.setattr(softpool.KERNELS, "compiled", lambda kind: asked.append(kind) or softpool.KERNELS.eager[kind])
+    short = run(tiny(data_dir, tmp_path / "short", "pooling=softpool", "epochs=2"))  # 2 × 15 steps of 16 images
+    assert short["status"] == "ok" and asked == []
+    assert f"steps < {build.COMPILE_MIN_STEPS}: too few to pay back compiling" in capsys.readouterr().out
+    monkeypatch.setattr(build, "COMPILE_MIN_STEPS", 30)
+    long = run(tiny(data_dir, tmp_path / "long", "pooling=softpool", "epochs=2"))
+    assert long["status"] == "ok" and set(asked) == {"forward", "backward"}
+    assert "too few to pay back" not in capsys.readouterr().out
+    assert long["metrics"]["test_acc"] == pytest.approx(short["metrics"]["test_acc"], abs=0.02)  # same values
+
+
 def test_completed_run_is_skipped_and_force_reruns(data_dir, tmp_path, capsys):
     first = run(tiny(data_dir, tmp_path))
     again = run(tiny(data_dir, tmp_path))
