@@ -60,11 +60,12 @@ def optimizer(
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-# Compiling a fused pooling layer costs about 10 s per layer shape on an empty Inductor cache (2 cores; half a second
-# once the disk cache holds it) and then saves time every step. A run shorter than this many optimizer steps is
-# finished sooner without it (make bench, section epoch: compile_pays_after_epochs, at 56 steps an epoch), so it
-# runs the layer eagerly: the same values, as ``pooling.compile=false`` gives (which is not part of a run's id).
-COMPILE_MIN_STEPS = 200
+# Compiling a fused pooling layer costs seconds per layer shape (about 10 s on an empty Inductor cache on 2 cores,
+# half a second once the disk cache holds it) and then saves a little every step. make bench (section epoch: the
+# default run, 56 steps an epoch) found it paying after 5-25 epochs for every layer but tree (235), so a run of
+# fewer steps than this runs the layer eagerly: the same values, as ``pooling.compile=false`` gives (which is not
+# part of a run's id). A longer run compiles.
+COMPILE_MIN_STEPS = 1000
 
 
 def steps(cfg: DictConfig, n_train: int) -> int:
