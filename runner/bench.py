@@ -253,25 +253,28 @@ def norm_section(rounds: int) -> dict[str, float]:
     with Composer() as composer:
         norms = composer.options("norm")
     for name in norms:
-        cfg = make_plan([f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])).cfg
-        factory = instantiate(cfg.norm)
-        block = factory(shape[1]).train()
-        conv = None
-        if hasattr(factory, "reparametrize"):  # weight/spectral norm: a 64→64 3×3 conv's weight, computed each step
-            conv = torch.nn.Conv2d(shape[1], shape[1], 3)
-            factory.reparametrize(conv.train())
+        extra = [f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])
+        variants = {name: make_plan(extra).cfg.norm}
+        if "compile" in variants[name]:  # a compiled block: also its eager run, the same code uncompiled
+            variants[f"{name}_eager"] = make_plan([*extra, "norm.compile=false"]).cfg.norm
+        for key, node in variants.items():
+            factory = instantiate(node)
+            block = factory(shape[1]).train()
+            conv = None
+            if hasattr(factory, "reparametrize"):  # weight/spectral norm: a 64→64 3×3 conv's weight, each step
+                conv = torch.nn.Conv2d(shape[1], shape[1], 3)
+                factory.reparametrize(conv.train())
 
-        def step(block=block, conv=conv) -> None:
-            block(x.clone()).backward(grad)  # a copy: in-place activations may not write to a leaf
-            if conv is not None:
-                conv.weight.sum().backward()
-            x.grad = None
+            def step(block=block, conv=conv) -> None:
+                block(x.clone()).backward(grad)  # a copy: in-place activations may not write to a leaf
+                if conv is not None:
+                    conv.weight.sum().backward()
+                x.grad = None
 
-        blocks[name] = step
+            blocks[key] = step
     blocks = {"batch": blocks.pop("batch"), **blocks}
     times = {name: [] for name in blocks}
-    for name, step in blocks.items():  # warm-up call
-        step()
+    first = {name: timed(step) for name, step in blocks.items()}  # warm-up call; a compiled block compiles in it
     for _ in range(rounds):
         for name, step in blocks.items():
             times[name].append(min(timed(step) for _ in range(3)))
@@ -284,7 +287,8 @@ def norm_section(rounds: int) -> dict[str, float]:
     figures = {"norm_batch_ms": base * 1e3}
     for name in blocks:
         figures[f"norm_{name}_over_batch"] = min(times[name]) / base
-        print(f"  {name:<16}{figures[f'norm_{name}_over_batch']:>7.2f}×")
+        figures[f"norm_{name}_first_call_s"] = first[name]
+        print(f"  {name:<16}{figures[f'norm_{name}_over_batch']:>7.2f}×   first call {first[name]:.2f} s")
     return figures
 
 
@@ -312,8 +316,8 @@ def epoch_section(rounds: int) -> dict[str, float]:
 
         key = f"{axis}_{name}" if name else "default"
         epochs[key] = epoch
-        if axis == "pooling" and "compile" in cfg.pooling:  # compiled: its eager run too, to see when compiling pays
-            epochs[f"{key}_eager"] = functools.partial(epoch, make_plan([*extra, "pooling.compile=false"]).cfg, spec)
+        if axis in ("pooling", "norm") and "compile" in cfg[axis]:  # its eager run too, to see when compiling pays
+            epochs[f"{key}_eager"] = functools.partial(epoch, make_plan([*extra, f"{axis}.compile=false"]).cfg, spec)
         if name == "fixup":
             epochs["resnet20_batch"] = lambda cfg=make_plan(["model=resnet20"]).cfg: epoch(cfg)
     first = {key: timed(step) for key, step in epochs.items()}  # warm-up: imports, a compiled layer's compilation

@@ -60,11 +60,11 @@ def optimizer(
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-# Compiling a fused pooling layer costs seconds per layer shape (about 10 s on an empty Inductor cache on 2 cores,
-# half a second once the disk cache holds it) and then saves a little every step. make bench (section epoch: the
-# default run, 56 steps an epoch) found it paying after 5-25 epochs for every layer but tree (235), so a run of
-# fewer steps than this runs the layer eagerly: the same values, as ``pooling.compile=false`` gives (which is not
-# part of a run's id). A longer run compiles.
+# Compiling a fused pooling layer or an EvoNorm block costs seconds per layer shape (about 10 s on an empty Inductor
+# cache on 2 cores, half a second once the disk cache holds it) and then saves a little every step. make bench
+# (section epoch: the default run, 56 steps an epoch) found it paying after 5-25 epochs for every pooling layer but
+# tree (235), so a run of fewer steps than this runs the layer eagerly: the same values, as ``pooling.compile=false``
+# (``norm.compile``) gives, which is not part of a run's id. A longer run compiles.
 COMPILE_MIN_STEPS = 1000
 
 
@@ -74,15 +74,18 @@ def steps(cfg: DictConfig, n_train: int) -> int:
 
 
 def for_run(cfg: DictConfig, n_train: int) -> tuple[DictConfig, str | None]:
-    """``cfg`` as a run of ``n_train`` training images builds it, and why it differs: a pooling layer that would
-    compile runs eagerly when the run is too short to pay its compilation back (``COMPILE_MIN_STEPS``)."""
-    if not cfg.pooling.get("compile") or steps(cfg, n_train) >= COMPILE_MIN_STEPS:
+    """``cfg`` as a run of ``n_train`` training images builds it, and why it differs: a pooling layer or norm block
+    that would compile runs eagerly when the run is too short to pay its compilation back (``COMPILE_MIN_STEPS``)."""
+    compiling = [axis for axis in ("pooling", "norm") if cfg[axis].get("compile")]
+    if not compiling or steps(cfg, n_train) >= COMPILE_MIN_STEPS:
         return cfg, None
     eager = copy.deepcopy(cfg)  # the plan's own config stays as planned
     with open_dict(eager):
-        eager.pooling.compile = False
-    return eager, (f"{steps(cfg, n_train)} steps < {COMPILE_MIN_STEPS}: too few to pay back compiling the pooling "
-                   "layer, which runs eagerly (same values)")
+        for axis in compiling:
+            eager[axis].compile = False
+    what = " and ".join({"pooling": "the pooling layer", "norm": "the norm blocks"}[axis] for axis in compiling)
+    return eager, (f"{steps(cfg, n_train)} steps < {COMPILE_MIN_STEPS}: too few to pay back compiling {what}, "
+                   "which run eagerly (same values)")
 
 
 def parts(cfg: DictConfig) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:

@@ -235,8 +235,9 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
 def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
     cfg = cfg.copy()
     with open_dict(cfg):
-        if "compile" in cfg.pooling:  # checking shapes is no reason to compile (importing dynamo alone takes 1.5 s)
-            cfg.pooling.compile = False
+        for axis in ("pooling", "norm"):  # checking shapes is no reason to compile (importing dynamo takes 1.5 s)
+            if "compile" in cfg[axis]:
+                cfg[axis].compile = False
     return build.model(cfg)
 
 

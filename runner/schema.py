@@ -31,7 +31,8 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
-                "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "ood_source_dir",
+                "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "norm.compile",
+                "ood_source_dir",
                 "checkpoint_every", "keep_resume", "tune", "trial", "logger", "baseline", "sequential")
 
 

@@ -60,7 +60,10 @@ def test_global_pooling_contract(option, planned):
 
 @pytest.mark.parametrize("option", options("norm"))
 def test_norm_block_contract(option, planned):
-    block = instantiate(planned("norm", option).cfg.norm)(8)
+    node = planned("norm", option).cfg.norm.copy()
+    if "compile" in node:  # as a short run builds it; compiled against eager: test_norm.py
+        node.compile = False
+    block = instantiate(node)(8)
     x = torch.randn(4, 8, 6, 6, requires_grad=True)
     y = block.train()(x * 1)  # not a leaf: blocks may apply their activation in place
     assert y.shape == x.shape and torch.isfinite(y).all()

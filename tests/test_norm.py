@@ -28,8 +28,8 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "weight_norm": (WeightNorm(NoNormAct), False),
     "spectral_norm": (SpectralNorm(NoNormAct), False),
     "weight_norm+batch": (WeightNorm(BatchNormAct), True),
-    "evonorm_b0": (EvoNormB0, True),
-    "evonorm_s0": (EvoNormS0, False),
+    "evonorm_b0": (P(EvoNormB0, compile=False), True),
+    "evonorm_s0": (P(EvoNormS0, compile=False), False),
     "selu": (SELU(), False),
     "online_norm": (OnlineNormAct, False),
     "powernorm": (PowerNormAct, True),
@@ -145,15 +145,15 @@ def test_group_counts_that_do_not_divide_the_channels_are_errors():
 
 def test_evonorm_s0_by_hand():
     # one group, one channel, x = [-1, 1]: group variance 1, so y = x·sigmoid(x)/sqrt(1 + 1e-5)
-    y = EvoNormS0(1, groups=1)(as_map([-1.0, 1.0])).flatten()
+    y = EvoNormS0(1, groups=1, compile=False)(as_map([-1.0, 1.0])).flatten()
     assert y.tolist() == pytest.approx([-0.268940, 0.731055], abs=1e-6)
-    assert torch.equal(EvoNormS0(1, groups=1).eval()(as_map([-1.0, 1.0])).flatten(), y)  # no batch statistics
+    assert torch.equal(EvoNormS0(1, groups=1, compile=False).eval()(as_map([-1.0, 1.0])).flatten(), y)  # per sample
 
 
 def test_evonorm_b0_by_hand_and_its_running_variance():
     # N=2, C=1, 1×1 maps, x = [1, 3]: batch variance 1 -> left sqrt(1 + 1e-3) = 1.000500;
     # instance variance 0 -> right = x + sqrt(1e-3) = [1.031623, 3.031623]; y = x / max(left, right)
-    block = EvoNormB0(1).train()
+    block = EvoNormB0(1, compile=False).train()
     y = block(as_map([1.0, 3.0], n=2).view(2, 1, 1, 1)).flatten()
     assert y.tolist() == pytest.approx([0.969347, 0.989569], abs=1e-6)
     # running variance: 0.9·1 + 0.1·(1 · n/(n-1)) with n = 2 -> 1.1, used in eval
@@ -178,12 +178,25 @@ def test_evonorm_forward_and_gradient_follow_the_definition(kind):
     # timm computes the statistics in float32, so compare with the float64 definition rather than gradcheck
     torch.manual_seed(0)
     x = torch.randn(3, 8, 4, 4, dtype=torch.float64, requires_grad=True)
-    block = (EvoNormB0(8) if kind == "b0" else EvoNormS0(8, groups=4)).double().train()
-    ours = block(x)
-    ours_grad, = torch.autograd.grad(ours.square().sum(), x)
-    ref = evonorm_definition(x, kind)
-    ref_grad, = torch.autograd.grad(ref.square().sum(), x)
-    assert torch.allclose(ours, ref, atol=1e-5) and torch.allclose(ours_grad, ref_grad, atol=1e-4)
+    for compile in (False, True):  # timm's forward eagerly, and compiled with its backward derived by AOTAutograd
+        block = (EvoNormB0(8, compile=compile) if kind == "b0" else EvoNormS0(8, groups=4, compile=compile))
+        block = block.double().train()
+        ours = block(x)
+        ours_grad, = torch.autograd.grad(ours.square().sum(), x)
+        ref = evonorm_definition(x, kind)
+        ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+        assert torch.allclose(ours, ref, atol=1e-5) and torch.allclose(ours_grad, ref_grad, atol=1e-4), compile
+
+
+def test_compiled_evonorm_b0_updates_its_running_variance_and_evaluates_as_eager():
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 4, 4, dtype=torch.float64)
+    eager, compiled = EvoNormB0(8, compile=False).double().train(), EvoNormB0(8).double().train()
+    eager(x), compiled(x)
+    # timm takes the statistics in float32: equal to its rounding, in whatever order the compiled loop sums
+    assert torch.allclose(compiled.running_var, eager.running_var, rtol=1e-6)
+    z = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    assert torch.allclose(compiled.eval()(z), eager.eval()(z), rtol=1e-6, atol=1e-6)
 
 
 def test_batch_norm_uses_running_statistics_in_eval():

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.compiled import Kernels
 from models.pooling.basic import check_window, out_size, windows
-from models.pooling.fused import LOW_PRECISION, Kernels, spread, taps
+from models.pooling.fused import LOW_PRECISION, spread, taps
 from models.pooling.softpool import soft_pool2d, soft_pool2d_reference
 
 BETA = ("scalar", "channel", "region")

@@ -8,9 +8,6 @@ where autograd through ``unfold`` would keep k² copies of every intermediate.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
 from typing import Callable
 
 import torch
@@ -70,35 +67,3 @@ def first_max(window: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         later = (a > m) | torch.isnan(a)
         m, index = torch.where(later, a, m), torch.where(later, float(i), index)
     return m, index
-
-
-class Kernels:
-    """A layer's kernels by name, compiled on first use (``dynamic=False``; the batch size marked dynamic, so one
-    compilation per layer shape), or run eagerly when ``use_compile`` is off or compilation failed once."""
-
-    def __init__(self, layer: str, eager: dict[str, Callable]) -> None:
-        self.layer, self.eager = layer, eager
-        self.error: str | None = None
-
-    @functools.cache
-    def compiled(self, kind: str) -> Callable:
-        # Inductor imports cpp_extension, which warns that no CUDA toolkit is installed: irrelevant to these kernels.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        return torch.compile(self.eager[kind], dynamic=False)  # created on first use: importing dynamo takes ~1.5 s
-
-    def run(self, kind: str, use_compile: bool, *args):
-        if use_compile and self.error is None:
-            for t in args:
-                if isinstance(t, torch.Tensor) and t.dim() == 4:
-                    torch._dynamo.maybe_mark_dynamic(t, 0)  # one compile per layer shape, whatever the batch size
-            try:
-                # Each model has a few pooling shapes (and a sweep in one process several models): allow
-                # more than dynamo's default of 8 compiled versions before it silently falls back.
-                with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024):
-                    return self.compiled(kind)(*args)
-            except Exception as e:  # no C++ compiler, an unsupported backend: same values, eagerly
-                self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                warnings.warn(f"{self.layer}: torch.compile failed ({self.error}); using the eager kernels "
-                              "(same values, several times slower). Set pooling.compile=false to silence this.",
-                              stacklevel=3)
-        return self.eager[kind](*args)

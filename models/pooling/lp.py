@@ -27,8 +27,9 @@ import math
 import torch
 from torch import nn
 
+from models.compiled import Kernels
 from models.pooling.basic import check_window, windows
-from models.pooling.fused import LOW_PRECISION, Kernels, spread, taps
+from models.pooling.fused import LOW_PRECISION, spread, taps
 
 
 def power_mean(a: torch.Tensor, p: torch.Tensor | float, dim: int, eps: float = 1e-6) -> torch.Tensor:

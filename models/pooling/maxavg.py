@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.compiled import Kernels
 from models.pooling.basic import check_window
-from models.pooling.fused import LOW_PRECISION, Kernels, first_max, spread, tap_index, taps
+from models.pooling.fused import LOW_PRECISION, first_max, spread, tap_index, taps
 
 PER = ("layer", "channel")
 

@@ -28,8 +28,9 @@ import functools
 import torch
 from torch import nn
 
+from models.compiled import Kernels
 from models.pooling.basic import check_window, windows
-from models.pooling.fused import LOW_PRECISION, Kernels, spread, taps
+from models.pooling.fused import LOW_PRECISION, spread, taps
 
 def _forward(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, lse), both float32 or wider: the SoftPool output and each window's log Σ exp(a_j)."""

@@ -23,8 +23,9 @@ import functools
 import torch
 from torch import nn
 
+from models.compiled import Kernels
 from models.pooling.basic import check_window, windows
-from models.pooling.fused import LOW_PRECISION, Kernels, spread, tap_index, taps
+from models.pooling.fused import LOW_PRECISION, spread, tap_index, taps
 
 
 def _forward(x: torch.Tensor, u: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
