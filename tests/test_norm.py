@@ -1,6 +1,7 @@
 """The normalization library: every block against its definition (METHODS.md §9), in every model."""
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -32,7 +33,7 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "evonorm_s0": (P(EvoNormS0, compile=False), False),
     "selu": (SELU(), False),
     "online_norm": (OnlineNormAct, False),
-    "powernorm": (PowerNormAct, True),
+    "powernorm": (P(PowerNormAct, compile=False), True),
 }
 RESIDUAL_ONLY = {"fixup": Fixup()}  # blocks that need residual models: their own section below
 # VGG-11's stages at an eighth of its widths (its structure, a fiftieth of the cost; test_pooling.py has the full one)
@@ -391,6 +392,28 @@ def test_powernorm_by_hand_in_and_after_warmup():
     scale, gamma = math.sqrt(1.4 + 1e-5), 2 / math.sqrt(1 + 1e-5)
     want = [(1 - 0.1 * gamma * v / scale) / scale for v in (1.0, 3.0)]
     assert x2.grad.flatten().tolist() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("group_scaling,apply_act,warmup", [(True, True, 10), (True, False, 1), (False, True, 1),
+                                                            (False, False, 10)])
+def test_powernorm_fused_training_equals_the_block_as_written(group_scaling, apply_act, warmup):
+    # three steps in and after warmup: output, the gradients of x, γ and β, and both buffers; the fused functions
+    # eagerly, and compiled for the configs' block (group scaling and ReLU)
+    torch.manual_seed(0)
+    written = PowerNormAct(6, apply_act=apply_act, group_scaling=group_scaling, warmup_iters=warmup,
+                           compile=False).train()
+    with torch.no_grad():
+        written.weight.normal_(), written.bias.normal_()
+    fused = copy.deepcopy(written)
+    for _ in range(3):
+        x, g = torch.randn(4, 6, 5, 5, requires_grad=True), torch.randn(4, 6, 5, 5)
+        a, b = written(x), fused.fused(x, use_compile=group_scaling and apply_act)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+        want = torch.autograd.grad(a, (x, written.weight, written.bias), g)
+        got = torch.autograd.grad(b, (x, fused.weight, fused.bias), g)
+        assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(want, got))
+        assert all(torch.allclose(u.float(), v.float(), rtol=1e-5, atol=1e-6)
+                   for u, v in zip(written.buffers(), fused.buffers()))
 
 
 def test_powernorm_group_scaling_divides_each_pixel_by_the_rms_of_its_channels():
