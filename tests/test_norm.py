@@ -32,7 +32,7 @@ BLOCKS = {  # name: (factory, batch_dependent)
     "evonorm_b0": (P(EvoNormB0, compile=False), True),
     "evonorm_s0": (P(EvoNormS0, compile=False), False),
     "selu": (SELU(), False),
-    "online_norm": (OnlineNormAct, False),
+    "online_norm": (P(OnlineNormAct, compile=False), False),
     "powernorm": (P(PowerNormAct, compile=False), True),
 }
 RESIDUAL_ONLY = {"fixup": Fixup()}  # blocks that need residual models: their own section below
@@ -356,6 +356,25 @@ def test_online_norm_backward_is_the_papers_control_process_across_batches():
         assert np.allclose(x.grad.numpy(), dx_ref, atol=1e-5)
     for buffer, ref in zip((block.running_mean, block.running_var, block.u, block.v), (mu, var, u, v)):
         assert np.allclose(buffer.numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("ecm,apply_act", [("ls", True), ("ls", False), ("ac", True), ("none", False)])
+def test_online_norm_fused_training_equals_the_block_as_written(ecm, apply_act):
+    # three steps: output, the gradients of x, γ and β, and all four streams; the fused functions eagerly, and
+    # compiled for the config's block (layer scaling and ReLU)
+    torch.manual_seed(0)
+    written = OnlineNormAct(6, apply_act=apply_act, alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, compile=False).train()
+    with torch.no_grad():
+        written.weight.normal_(), written.bias.normal_()
+    fused = copy.deepcopy(written)
+    for _ in range(3):
+        x, g = (torch.randn(4, 6, 5, 5) * 3).requires_grad_(), torch.randn(4, 6, 5, 5)
+        a, b = written(x), fused.fused(x, use_compile=ecm == "ls" and apply_act)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+        want = torch.autograd.grad(a, (x, written.weight, written.bias), g)
+        got = torch.autograd.grad(b, (x, fused.weight, fused.bias), g)
+        assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(want, got))
+        assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(written.buffers(), fused.buffers()))
 
 
 def test_online_norm_error_compensation():
