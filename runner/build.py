@@ -60,12 +60,13 @@ def optimizer(
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-# Compiling a fused pooling layer or an EvoNorm block costs seconds per layer shape (about 10 s on an empty Inductor
-# cache on 2 cores, half a second once the disk cache holds it) and then saves a little every step. make bench
-# (section epoch: the default run, 56 steps an epoch) found it paying after 5-25 epochs for every pooling layer but
-# tree (235), so a run of fewer steps than this runs the layer eagerly: the same values, as ``pooling.compile=false``
-# (``norm.compile``) gives, which is not part of a run's id. A longer run compiles.
-COMPILE_MIN_STEPS = 1000
+# Compiling a fused pooling layer or norm block costs seconds per layer shape (about 10 s on an empty Inductor cache
+# on 2 cores, 1-2 s once the disk cache holds the shape, as from a grid's second run on) and then saves a little
+# every step. make bench (section epoch: the default run, 56 steps an epoch) found it paying after 1-10 epochs with
+# the cache holding the shapes and 3-25 on an empty one, so a run of fewer steps than this (short tests, tuning
+# trials, quick looks) runs the layer eagerly: the same values, as ``pooling.compile=false`` (``norm.compile``)
+# gives, which is not part of a run's id. A longer run compiles.
+COMPILE_MIN_STEPS = 500
 
 
 def steps(cfg: DictConfig, n_train: int) -> int:

@@ -125,12 +125,12 @@ def test_a_run_too_short_to_pay_back_compiling_runs_its_pooling_eagerly(data_dir
 
 
 def test_a_short_run_builds_compiling_layers_eagerly_and_leaves_its_plan_as_planned():
-    cfg = make_plan(["pooling=softpool", "norm=evonorm_s0", "dataset=mnist5k"]).cfg
-    assert build.steps(cfg, 3600) == 12 * (3600 // 64) < build.COMPILE_MIN_STEPS  # the default run's 672 steps
+    cfg = make_plan(["pooling=softpool", "norm=evonorm_s0", "dataset=mnist5k", "epochs=3"]).cfg
+    assert build.steps(cfg, 3600) == 3 * (3600 // 64) < build.COMPILE_MIN_STEPS  # 168 steps
     built, why = build.for_run(cfg, 3600)
     assert not built.pooling.compile and not built.norm.compile and cfg.pooling.compile and cfg.norm.compile
     assert "too few to pay back compiling the pooling layer and the norm blocks" in why
-    assert build.for_run(cfg, 54_000) == (cfg, None)  # 12 × 843 steps: compiles
+    assert build.for_run(cfg, 54_000) == (cfg, None)  # 3 × 843 steps: compiles
 
 
 def test_completed_run_is_skipped_and_force_reruns(data_dir, tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Fused pooling kernels: a layer's forward and backward written over the k² strided "taps" of its windows (pure
 elementwise work on the output grid), which ``torch.compile`` fuses into one loop each, with the same functions
-run eagerly where compilation is off or has failed. SoftPool and power-average pooling use it.
+run eagerly where compilation is off or has failed (``models.compiled.Kernels``). SoftPool, power-average, mixed,
+gated, tree, stochastic pooling and adaPool use it.
 
 Hand-written because no library ships these windowed reductions fused on the CPU: an ``autograd.Function``
-around two compiled functions saves only what its backward reads (the input, the output, one value per window)
+around two compiled functions saves only what its backward reads (the input and a few values per window)
 where autograd through ``unfold`` would keep k² copies of every intermediate.
 """
 from __future__ import annotations
