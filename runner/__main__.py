@@ -17,7 +17,7 @@ from hydra._internal.utils import get_args_parser
 from runner import launch
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.progress import encodable_streams, error, say
-from runner.schema import ConfigError, override_key
+from runner.schema import ConfigError, check_sweep_ranges, override_key
 
 
 def await_others(plans: list) -> None:
@@ -154,13 +154,14 @@ def main() -> int:
     if args.help or args.hydra_help or args.shell_completion or args.info:
         return launch.hydra(argv)
     try:
-        if preview:
-            return show_grid(args.overrides, where)
-        if args.cfg:  # composing is enough to print it: no model is built, torch is not imported
+        if args.cfg and not preview:  # composing is enough to print it: no model is built, torch is not imported
             with Composer(**where) as composer:
                 composer.master(args.overrides, multirun=False)
                 composer.compose(args.overrides)
             return launch.hydra(argv)
+        check_sweep_ranges(args.overrides)  # a bad value anywhere in a grid, before planning imports torch
+        if preview:
+            return show_grid(args.overrides, where)
         from runner.plan import make_plans  # here, so that --cfg and --help stay fast
 
         plans = make_plans(args.overrides, args.multirun, **where)

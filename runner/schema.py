@@ -13,11 +13,12 @@ import math
 import difflib
 import functools
 import inspect
+import itertools
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import annotated_types as at
 from hydra.core.config_store import ConfigStore
@@ -173,6 +174,33 @@ def check_range(key: str, value: Any, bounds: Mapping[str, float]) -> None:
         if isinstance(v, (int, float)) and not all(_OPS[op][1](v, lim) for op, lim in bounds.items()):
             allowed = " and ".join(f"{_OPS[op][0]} {lim}" for op, lim in bounds.items())
             raise ConfigError(f"{key}={_show(value)}: out of range; allowed: {allowed}.")
+
+
+def check_sweep_ranges(overrides: Sequence[str]) -> None:
+    """A top-level key's number outside its range, in any value a command line gives it (``-m seed=0,1,-1``):
+    the error planning would give for that cell, found before planning (and importing torch) starts, so a bad
+    grid is refused in a second whatever its size. Values that are not plain numbers are left to planning."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    fields = {f.name: f for f in dataclasses.fields(RunConfig) if f.metadata and type(f.default) in (int, float)}
+    parser = OverridesParser.create()
+    for text in overrides:
+        key = override_key(text)
+        if key not in fields or "=" not in text:
+            continue
+        try:
+            override = parser.parse_override(text)
+            # a range(...) can be huge: its first values here, the rest (if a grid that big is ever planned) later
+            values = itertools.islice(override.sweep_iterator(), 100_000) if override.is_sweep_override() else [
+                override.value()]
+        except HydraException:  # a malformed value, an interval sweep (tune's): planning words that error itself
+            continue
+        kind = type(fields[key].default)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind, type(value)) == (int, float):
+                continue  # not a number of this key's type: planning says what is wrong with it
+            check_range(key, kind(value), fields[key].metadata)  # as the typed config holds it: lr=0 is 0.0
 
 
 def check_dataclass_ranges(node: DictConfig, schema: type, prefix: str = "") -> None:

@@ -145,6 +145,21 @@ def options(group: str) -> str:
 POOLINGS = options("pooling")
 
 
+@pytest.mark.parametrize("preview", [False, True])
+def test_a_grid_with_a_value_out_of_range_is_refused_before_planning(main_cli, tmp_path, monkeypatch, preview):
+    # the last of 200 cells is bad: refused with planning's own words, without planning (or importing torch for it)
+    import runner.plan
+
+    monkeypatch.setattr(runner.plan, "make_plans", lambda *a, **k: pytest.fail("planned a grid it should refuse"))
+    monkeypatch.setattr(runner.plan, "Planner", lambda *a, **k: pytest.fail("planned a grid it should refuse"))
+    extra = ["--cfg", "job"] if preview else []
+    res = main_cli("-m", "seed=" + ",".join(map(str, range(199))) + ",-1", f"results_dir={tmp_path}", *extra)
+    assert res.returncode == 2 and "error: seed=-1: out of range; allowed: >= 0." in res.stderr
+    res = main_cli("-m", "lr=0.1,0", f"results_dir={tmp_path}", *extra)  # as the typed config holds it: 0.0
+    assert res.returncode == 2 and "error: lr=0.0: out of range; allowed: > 0." in res.stderr
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_every_pooling_option_trains(data_dir, tmp_path, main_cli):
     # the tests' MNIST files (IDX, 270 training images with a class signal): every option, the real code path
