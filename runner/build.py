@@ -74,19 +74,29 @@ def steps(cfg: DictConfig, n_train: int) -> int:
     return cfg.epochs * max(n_train // cfg.batch_size, 1)
 
 
+def compiling(cfg: DictConfig) -> list[str]:
+    """The axes whose layer would compile (``pooling.compile`` or ``norm.compile`` true)."""
+    return [axis for axis in ("pooling", "norm") if cfg[axis].get("compile")]
+
+
+def eager(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose layers run eagerly: the same values; the plan's own config stays as planned."""
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for axis in compiling(cfg):
+            out[axis].compile = False
+    return out
+
+
 def for_run(cfg: DictConfig, n_train: int) -> tuple[DictConfig, str | None]:
     """``cfg`` as a run of ``n_train`` training images builds it, and why it differs: a pooling layer or norm block
     that would compile runs eagerly when the run is too short to pay its compilation back (``COMPILE_MIN_STEPS``)."""
-    compiling = [axis for axis in ("pooling", "norm") if cfg[axis].get("compile")]
-    if not compiling or steps(cfg, n_train) >= COMPILE_MIN_STEPS:
+    axes = compiling(cfg)
+    if not axes or steps(cfg, n_train) >= COMPILE_MIN_STEPS:
         return cfg, None
-    eager = copy.deepcopy(cfg)  # the plan's own config stays as planned
-    with open_dict(eager):
-        for axis in compiling:
-            eager[axis].compile = False
-    what = " and ".join({"pooling": "the pooling layer", "norm": "the norm blocks"}[axis] for axis in compiling)
-    return eager, (f"{steps(cfg, n_train)} steps < {COMPILE_MIN_STEPS}: too few to pay back compiling {what}, "
-                   "which run eagerly (same values)")
+    what = " and ".join({"pooling": "the pooling layer", "norm": "the norm blocks"}[axis] for axis in axes)
+    return eager(cfg), (f"{steps(cfg, n_train)} steps < {COMPILE_MIN_STEPS}: too few to pay back compiling {what}, "
+                        "which run eagerly (same values)")
 
 
 def parts(cfg: DictConfig) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from datasets import SPECS, DataError, check_available, load_cached
 from datasets.batches import AUGMENTS
@@ -233,12 +233,7 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
 
 
 def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        for axis in ("pooling", "norm"):  # checking shapes is no reason to compile (importing dynamo takes 1.5 s)
-            if "compile" in cfg[axis]:
-                cfg[axis].compile = False
-    return build.model(cfg)
+    return build.model(build.eager(cfg))  # checking shapes is no reason to compile (importing dynamo takes 1.5 s)
 
 
 def _dry_forward(cfg: DictConfig) -> None:
