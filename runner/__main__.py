@@ -26,7 +26,8 @@ def await_others(plans: list) -> None:
     taking it in turn waits exactly as long as the other needs. Their outcomes are then this grid's too."""
     from filelock import Timeout
 
-    from runner.records import DONE, read_epochs, read_result, run_lock
+    from runner.rundir import DONE, read_result, run_lock
+    from runner.records import read_epochs
 
     for p in plans:
         if (read_result(p.folder) or {}).get("status") in DONE:
@@ -49,7 +50,7 @@ def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], whe
     from runner.design import method_key
     from runner.monitor import GridProgress
     from runner.plan import make_plans
-    from runner.records import completed
+    from runner.rundir import completed
 
     cells = {method_key(p.overrides): [o for o in p.overrides if override_key(o) != "seed"]
              for p in plans}
@@ -79,7 +80,7 @@ def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], whe
 
 def report(plans: list) -> int:
     """Print what a grid did and return the exit status: 0 when every cell finished (ok or diverged)."""
-    from runner.records import DONE, read_result  # here, as below: records imports pandas, which --help never needs
+    from runner.rundir import DONE, read_result  # here, as below: records imports pandas, which --help never needs
 
     await_others(plans)
     statuses = [(read_result(p.folder) or {}).get("status", "not recorded") for p in plans]
@@ -110,7 +111,7 @@ def earlier_ids(plans: list) -> None:
 def show_grid(overrides: list[str], where: dict) -> int:
     """``python -m runner -m <grid> --cfg job``: every cell of the grid planned (a mistake anywhere is exit 2), with
     its run id and whether the command would run it or skip it; nothing is trained or written."""
-    from runner.records import completed, read_result
+    from runner.rundir import completed, read_result
     from runner.plan import make_plans
 
     plans = make_plans(overrides, True, **where)
@@ -137,7 +138,7 @@ def main() -> int:
         error(f"error: {' and '.join(modes)} cannot be combined; give one of them.")
         return 2
     argv = unset_nulls(sys.argv[1:])
-    # each run records it (records.COMMAND; records is imported later: it needs pandas, which --help does not)
+    # each run records it (rundir.COMMAND; imported later, as everything --help does not need)
     os.environ["RUNNER_COMMAND"] = shlex.join(["python", "-m", "runner", *sys.argv[1:]])
     args.overrides = unset_nulls(args.overrides)
     where = dict(config_dir=args.config_dir, config_path=args.config_path, config_name=args.config_name)
@@ -187,7 +188,8 @@ def main() -> int:
         return 2
     if rounds is not None:
         return add_seeds(plans, planned, rounds, argv, where)
-    from runner.records import RESUME, completed, repair_tables  # here, as make_plans
+    from runner.rundir import RESUME, completed
+    from runner.records import repair_tables  # here, as make_plans
 
     for root in dict.fromkeys(p.root for p in plans):  # a finish cut off between a run's record and its rows
         repaired = repair_tables(root, [p.run_id for p in plans if p.root == root])

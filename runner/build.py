@@ -60,6 +60,19 @@ def optimizer(
     return instantiate(cfg.optim)(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def check_optimizer(cfg: DictConfig) -> None:
+    """Raise the ValueError the optimizer raises for its settings (nesterov without momentum, a beta of 1...).
+
+    torch's optimizers check their settings before their parameters, and given none stop at that ("optimizer got
+    an empty parameter list"): the check without adding a parameter group, whose first call imports dynamo
+    (1 s of a grid preview's start) and which the settings do not need."""
+    try:
+        instantiate(cfg.optim)([], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    except ValueError as e:
+        if "empty parameter list" not in str(e):
+            raise
+
+
 # Compiling a fused pooling layer or norm block costs seconds per layer shape (about 10 s on an empty Inductor cache
 # on 2 cores, 1-2 s once the disk cache holds the shape, as from a grid's second run on) and then saves a little
 # every step. make bench (section epoch: the default run, 56 steps an epoch) found it paying after 1-10 epochs with

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner.records import atomic_path
+from runner.rundir import atomic_path
 from runner.schema import ConfigError
 
 

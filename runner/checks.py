@@ -23,7 +23,7 @@ from datasets import SPECS, DataError, check_available, load_cached
 from datasets.batches import AUGMENTS
 from datasets.registry import cache_path
 from models import declared
-from runner import build, records
+from runner import build, rundir
 from runner.compose import CONF_DIR, option_yaml
 from runner.metrics import TS_METHODS
 from runner.schema import (ConfigError, DatasetConfig, RunConfig, SequentialConfig, check_dataclass_ranges,
@@ -219,7 +219,7 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
     for key, check, what in ((arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}"),
                              (loss_key, lambda: build.loss(cfg, _uncompiled_model(cfg) if sized else None), loss_what),
                              (json.dumps(OmegaConf.to_container(cfg.optim), sort_keys=True),
-                              lambda: build.optimizer(cfg, torch.nn.Linear(1, 1)), f"optim={choices['optim']}")):
+                              lambda: build.check_optimizer(cfg), f"optim={choices['optim']}")):
         if key in checked:
             continue
         try:
@@ -294,6 +294,6 @@ def check_launch(hydra: DictConfig, overrides: Sequence[str], multirun: bool) ->
 
 
 def check_writable(key: str, folder: str) -> None:
-    why = records.cannot_write(Path(folder))
+    why = rundir.cannot_write(Path(folder))
     if why:
         raise ConfigError(f"{key}={folder}: {why}")

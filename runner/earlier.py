@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import records
+from runner import rundir
 from runner.plan import id_of, identity
 from runner.schema import ConfigError
 from runner.targets import typed_config
@@ -34,7 +34,7 @@ def older_runs(root: Path, planned: set[str], look: int = 3) -> list[str]:
         return []
     old = []
     for folder in folders[:look]:
-        record = records.read_result(folder)
-        if record and record.get("status") in records.DONE and id_today(record) != record.get("run_id"):
+        record = rundir.read_result(folder)
+        if record and record.get("status") in rundir.DONE and id_today(record) != record.get("run_id"):
             old.append(folder.name)
     return old

@@ -34,7 +34,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     >>> run = load_run("results/runs/2c96d5f665")   # doctest: +SKIP
     >>> run.model(images).argmax(1)                  # doctest: +SKIP
     """
-    from runner import build, records
+    from runner import build, rundir
     from runner.checkpoint import read_checkpoint
     from runner.plan import checkpoint_plan
 
@@ -49,6 +49,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     except RuntimeError as e:
         raise ConfigError(f"run_dir={folder}: its weights do not fit the model its config builds "
                           f"({' '.join(str(e).split()[:20])})") from None
-    record = records.read_result(folder) or {}
+    record = rundir.read_result(folder) or {}
     return LoadedRun(model.eval(), plan.cfg, dict(record.get("metrics") or {}), record,
                      str(ckpt.get("run_id") or folder.name))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from runner import records
+from runner import rundir
 
 TS_METHODS = ("ece_grid", "nll_lbfgs")
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
     for folder in args.runs:
-        record, saved = records.read_result(folder), records.read_logits(folder)
+        record, saved = rundir.read_result(folder), rundir.read_logits(folder)
         if record is None or saved is None:
             console.print(f"error: {folder}: not a finished run folder (needs result.json and logits.pt)", style="red")
             return 2
@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                           "" if old is None else f"{old:.6g}" if isinstance(old, float) else str(old))
         console.print(table)
         if args.write:
-            records.write_json(folder / "result.json", record | {"metrics": record.get("metrics", {}) | metrics})
+            from runner import records  # here: the tables need pandas, which a plan's metric checks do not
+
+            rundir.write_json(folder / "result.json", record | {"metrics": record.get("metrics", {}) | metrics})
             records.rebuild_tables(folder.parent.parent)
     return 0
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from runner import records
+from runner import rundir
 from runner.progress import duration, say
 
 POLL_S = 5.0
@@ -29,7 +29,7 @@ class GridProgress:
     def __enter__(self) -> "GridProgress":
         if len(self.plans) > 1:
             # a run counts when an attempt that started after this point ends (an earlier record is not news)
-            self.before = {p.run_id: (records.read_result(p.folder) or {}).get("started_at") for p in self.plans}
+            self.before = {p.run_id: (rundir.read_result(p.folder) or {}).get("started_at") for p in self.plans}
             self.started: set[str] = set()
             self.counted: set[str] = set()
             self.t0 = time.monotonic()
@@ -49,7 +49,7 @@ class GridProgress:
     def poll(self) -> None:
         running, ended = 0, []
         for p in self.plans:
-            record = records.read_result(p.folder) or {}
+            record = rundir.read_result(p.folder) or {}
             status, started = record.get("status"), record.get("started_at")
             fresh = started is not None and started != self.before[p.run_id]
             if status == "running":

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runner import records
+from runner import rundir
 from runner.metrics import per_image, per_image_column
 
 
@@ -24,7 +24,7 @@ class PerImage:
     def scores(self, run_id: str) -> dict[str, np.ndarray] | None:
         if run_id not in self.cache:
             folder = self.rows.at[run_id, "folder"] if "folder" in self.rows else None
-            saved = records.read_logits(Path(folder)) if isinstance(folder, str) and folder else None
+            saved = rundir.read_logits(Path(folder)) if isinstance(folder, str) and folder else None
             self.cache[run_id] = None if saved is None else {
                 "target": saved["test_target"].numpy(),
                 **{k: v.numpy() for k, v in per_image(saved["test_logits"], saved["test_target"]).items()}}

@@ -10,6 +10,7 @@ Typing and the ``_target_`` allow-list are runner/targets.py's; the checks befor
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import hashlib
 import json
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from datasets import SPECS
-from runner import checks, records
+from runner import checks, rundir
 from runner.checkpoint import read_checkpoint
 from runner.checks import check_builds, check_values, check_writable, device_type
 from runner import compose
@@ -130,10 +131,12 @@ class Planner:
              check_data: bool = True) -> RunPlan:
         group, values = composer.split(cell)
         key = (group, tuple(o.key_or_group for o in values))
-        cfg = self.templates[key].fill(values) if key in self.templates else None
+        template = self.templates.get(key)
+        cfg = template.fill(values) if template else None
         if cfg is not None:
-            plan = plan_from_config(cfg, self.templates[key].choices, cell, self.launcher, composer=composer,
-                                    typed_options=self.typed, typed=True, build=False, check_data=check_data)
+            plan = plan_from_config(cfg, template.choices, cell, self.launcher, composer=composer,
+                                    typed_options=self.typed, build=False, check_data=check_data,
+                                    typed=template.plain(cfg, values))
         else:
             cfg, choices = composer.compose(cell)
             referenced = interpolations(cfg)
@@ -179,15 +182,16 @@ def plan_from_config(
     typed_options: dict[str, DictConfig] | None = None,
     skip_completed_builds: bool = False,
     check_data: bool = True,
-    typed: bool = False,
+    typed: dict[str, Any] | None = None,
     build: bool = True,
 ) -> RunPlan:
     """Type, validate and identify one composed config. Raises ConfigError (nothing is written).
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
     architecture is built once and each distinct option node is typed once per command; ``build=False`` leaves
-    ``check_built`` to the caller."""
-    if not typed:  # ``typed``: a Template's config, typed already
+    ``check_built`` to the caller; ``typed``: ``cfg`` is a Template's config, typed already, and this is it as a
+    plain container (what its identity is made of)."""
+    if typed is None:
         cfg = typed_config(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
     if check_data:
@@ -197,7 +201,8 @@ def plan_from_config(
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
     teacher = _teacher(cfg, choices, launcher, composer) if cfg.teacher is not None else None
-    ident = identity(cfg, choices, kind, autocast, teacher.run_id if teacher else None)
+    ident = identity(typed if typed is not None else cfg, choices, kind, autocast,
+                     teacher.run_id if teacher else None)
     rid = id_of(ident)
     plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     if build:
@@ -208,7 +213,7 @@ def plan_from_config(
 def check_built(plan: RunPlan, checked: set[str], skip_completed_builds: bool, check_data: bool = True) -> None:
     """The checks that build a model or read data, each distinct one once per command (``checked``): a grid
     runs them after every cell's values passed, so a bad last cell is refused before any model is built."""
-    if not (skip_completed_builds and not plan.cfg.force and records.completed(plan.folder) is not None):
+    if not (skip_completed_builds and not plan.cfg.force and rundir.completed(plan.folder) is not None):
         check_builds(plan.cfg, plan.choices, checked)
     if check_data:
         checks.check_data(plan.cfg, plan.ood, checked)
@@ -348,12 +353,12 @@ def _check_teacher_shape(teacher_dataset: str, dataset: str, key: str) -> None:
 
 # ---------------------------------------------------------------- identity
 
-def identity(cfg: DictConfig, choices: Mapping[str, str | None], device: str, autocast: str | None,
-             teacher_run_id: str | None) -> dict[str, Any]:
+def identity(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str | None], device: str,
+             autocast: str | None, teacher_run_id: str | None) -> dict[str, Any]:
     """What can change the numbers: the chosen options, the typed config less NOT_IDENTITY, the device type and
     autocast dtype, and the teacher's run (not how it was named). A key set to null is left out, so a new key
     whose default (null) keeps the old behaviour leaves every existing run id as it was."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
     for dotted in NOT_IDENTITY:
         *parents, leaf = dotted.split(".")
         node = config

@@ -24,7 +24,7 @@ from filelock import Timeout
 from omegaconf import OmegaConf
 
 import datasets
-from runner import build, records, stats
+from runner import build, records, rundir, stats
 from runner.checkpoint import read_checkpoint, save_checkpoint
 from runner.machine import usable_cores
 from runner.loggers import open_tracker, run_axes
@@ -93,21 +93,21 @@ def run(plan: RunPlan) -> dict[str, Any]:
     """Train, evaluate and record one planned run; return its record (``status`` ok, diverged, failed,
     interrupted, or busy when another process holds the same run). A completed run is skipped
     unless ``force``. Nothing is validated here: the plan was."""
-    done = records.completed(plan.folder)
+    done = rundir.completed(plan.folder)
     if done and not plan.cfg.force:
         say(f"skip {plan.run_id} ({plan.label}): already completed, status={done['status']} (force=true reruns it)")
         return done
-    lock = records.run_lock(plan.root, plan.run_id)
+    lock = rundir.run_lock(plan.root, plan.run_id)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         say(f"skip {plan.run_id} ({plan.label}): running in another process")
         return {"run_id": plan.run_id, "status": "busy"}
     try:
-        if records.restore_previous(plan.folder):  # a forced rerun that was killed: its earlier result comes back
+        if rundir.restore_previous(plan.folder):  # a forced rerun that was killed: its earlier result comes back
             records.rebuild_tables(plan.root)
             say(f"{plan.run_id}: a forced rerun of it was killed; its earlier complete result is restored")
-            done = records.completed(plan.folder)
+            done = rundir.completed(plan.folder)
             if done and not plan.cfg.force:
                 say(f"skip {plan.run_id} ({plan.label}): already completed, status={done['status']} "
                     "(force=true reruns it)")
@@ -122,7 +122,7 @@ def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
     ref = plan.teacher
     if ref is None:
         return None
-    if ref.trains and not records.completed(ref.plan.folder):
+    if ref.trains and not rundir.completed(ref.plan.folder):
         say(f"teacher {ref.run_id} ({plan.choices['teacher']}) is not in {plan.cfg.results_dir}: training it first")
         record = run(ref.plan)
         if record.get("status") == "busy":
@@ -130,7 +130,7 @@ def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
                 f"teacher {ref.run_id} is being trained by another process: waiting for it (at most "
                 f"{TEACHER_WAIT_S // 3600} h)"
             )
-            lock = records.run_lock(ref.plan.root, ref.run_id)
+            lock = rundir.run_lock(ref.plan.root, ref.run_id)
             try:
                 lock.acquire(timeout=TEACHER_WAIT_S)
                 lock.release()
@@ -138,12 +138,12 @@ def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
                 raise RuntimeError(
                     f"the teacher run {ref.run_id} was still training after {TEACHER_WAIT_S} s"
                 ) from None
-            record = records.read_result(ref.plan.folder) or {}
+            record = rundir.read_result(ref.plan.folder) or {}
         if record.get("status") != "ok":
             raise RuntimeError(
                 f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}"
             )
-    return ref, records.read_result(ref.checkpoint.parent) or {}
+    return ref, rundir.read_result(ref.checkpoint.parent) or {}
 
 
 def _slurm_job_id() -> str | None:
@@ -182,7 +182,7 @@ def where_it_ran(device: torch.device) -> dict[str, Any]:
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "versions": versions(),
-        "command": os.environ.get(records.COMMAND),
+        "command": os.environ.get(rundir.COMMAND),
     }
 
 
@@ -211,11 +211,11 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads or usable_cores())  # never more threads than the cores this process may use
     resume = None if cfg.force else read_resume(folder, plan)
     recorded_before = (folder / "result.json").exists()  # then its rows may be in the tables: they are rebuilt
-    if cfg.force and records.completed(folder):  # kept aside until the new result is complete
-        records.set_aside(folder)
-    for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", records.RESUME)):
+    if cfg.force and rundir.completed(folder):  # kept aside until the new result is complete
+        rundir.set_aside(folder)
+    for stale in ("result.json", "checkpoint.pt", "logits.pt") + (() if resume else ("epochs.csv", rundir.RESUME)):
         (folder / stale).unlink(missing_ok=True)
-    records.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    rundir.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
         "run_id": rid, "choices": dict(plan.choices), "config": OmegaConf.to_container(cfg, resolve=True),
         "device_type": plan.device_type, "autocast": plan.autocast, "started_at": _now(), "error": None,
@@ -229,7 +229,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         report = reporter(cfg.trial)
 
     tracker = open_tracker(cfg, rid, plan.label,
-                           run_axes(plan.choices, cfg.seed, rid, git_commit(), records.stage_of(folder)))
+                           run_axes(plan.choices, cfg.seed, rid, git_commit(), rundir.stage_of(folder)))
 
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -240,13 +240,13 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             report(row)
 
     def on_state(state: dict[str, Any]) -> None:  # one file per run, replaced atomically: only the latest state
-        with records.atomic_path(folder / records.RESUME) as tmp:
+        with rundir.atomic_path(folder / rundir.RESUME) as tmp:
             torch.save(state | {"run_id": rid, "rows": rows, "spent": spent(clock, before)}, tmp)
 
     try:
         device = resolve_device(plan)
         record |= where_it_ran(device)
-        records.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
+        rundir.write_json(folder / "result.json", record | {"status": "running"})  # read as interrupted if killed
         splits = datasets.load(cfg.dataset, cfg.data_dir, cfg.download)
         record |= splits.sizes() | {"val_hash": splits.val_hash}
         say(
@@ -255,7 +255,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         )
         if resume:
             say(f"resuming {rid} after epoch {resume['epoch']}/{cfg.epochs} "
-                f"(its saved state: {folder / records.RESUME})")
+                f"(its saved state: {folder / rundir.RESUME})")
             record["resumed_from_epoch"] = int(resume["epoch"])
             records.write_csv(folder / "epochs.csv", pd.DataFrame(rows))
         teacher = None
@@ -281,7 +281,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
             cfg, model, loss_fn, optimizer, splits, device, on_epoch, teacher, resume, on_state, plan.autocast, ood
         )
         save_checkpoint(folder / "checkpoint.pt", model, cfg, plan.choices, rid)
-        with records.atomic_path(folder / "logits.pt") as tmp:
+        with rundir.atomic_path(folder / "logits.pt") as tmp:
             torch.save(out["logits"], tmp)
         record |= {
             "status": "ok",
@@ -299,7 +299,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
         else:
             why = {"SIGTERM": "SIGTERM (scancel, a time limit or kill)"}.get(str(e), "SIGINT (Ctrl-C)")
         record |= {"status": "interrupted", "error": why}
-        if records.restore_previous(folder):  # force=true: the earlier complete result stays
+        if rundir.restore_previous(folder):  # force=true: the earlier complete result stays
             say(f"interrupted {rid} ({why}): its earlier result is kept; force=true replaces it only with a "
                 "complete run")
             raise
@@ -311,18 +311,18 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
     except Exception as e:  # a bug, bad data or a numerical failure in this cell: record it, let the grid go on
         error(traceback.format_exc())
         record |= {"status": "failed", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
-        if records.restore_previous(folder):
+        if rundir.restore_previous(folder):
             tracker.finish(record)
             say(f"failed {rid} ({record['error']}): its earlier result is kept (force=true replaces it only with a "
                 "complete run)")
-            return records.read_result(folder) or record
+            return rundir.read_result(folder) or record
     record |= spent(clock, before)
-    if not _finish_or_fail(record, rows, folder, recorded_before) and records.restore_previous(folder):
-        return records.read_result(folder) or record
-    records.drop_previous(folder)  # the new result is complete: the one it replaces goes
+    if not _finish_or_fail(record, rows, folder, recorded_before) and rundir.restore_previous(folder):
+        return rundir.read_result(folder) or record
+    rundir.drop_previous(folder)  # the new result is complete: the one it replaces goes
     tracker.finish(record)
-    if record["status"] in records.DONE and not cfg.keep_resume:
-        (folder / records.RESUME).unlink(missing_ok=True)
+    if record["status"] in rundir.DONE and not cfg.keep_resume:
+        (folder / rundir.RESUME).unlink(missing_ok=True)
     final = record.get("metrics", {})
     metrics = ", ".join(
         f"{k} {final[k]:.4f}" for k in ("test_acc", "test_nll", "test_ece", "test_ece_ts") if k in final
@@ -341,7 +341,7 @@ def _execute(plan: RunPlan) -> dict[str, Any]:
 
 def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
     """The saved state of an unfinished run of this plan, or None (a state that does not fit is reported, ignored)."""
-    path = folder / records.RESUME
+    path = folder / rundir.RESUME
     if not path.exists():
         return None
     try:
@@ -353,7 +353,7 @@ def read_resume(folder: Path, plan: RunPlan) -> dict[str, Any] | None:
         fits_parts(state, plan.cfg)
         return state
     except Exception as e:  # truncated, foreign or stale: the run starts from its first epoch
-        records.report_corrupt(path, f"{' '.join(str(e).split()[:20])}; the run starts from its first epoch")
+        rundir.report_corrupt(path, f"{' '.join(str(e).split()[:20])}; the run starts from its first epoch")
         return None
 
 
@@ -385,12 +385,12 @@ def _finish_or_fail(record: dict[str, Any], rows: list[dict[str, Any]], folder: 
                                                 f"{e.filename or folder}); free space or fix the file, then rerun"}
         error(f"error: {record['run_id']}: {record['error']}")
         try:
-            records.write_json(folder / "result.json", record)
+            rundir.write_json(folder / "result.json", record)
         except OSError:  # too full even for the record: its old copy goes, and the essentials take its place
             (folder / "result.json").unlink(missing_ok=True)
             short = {k: record.get(k) for k in ("run_id", "status", "error", "choices", "config", "started_at")}
             with contextlib.suppress(OSError):
-                records.write_text(folder / "result.json", json.dumps(short, separators=(",", ":"), default=str))
+                rundir.write_text(folder / "result.json", json.dumps(short, separators=(",", ":"), default=str))
         return False
 
 

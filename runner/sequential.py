@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from runner import records, stats
+from runner import records, rundir, stats
 from runner.design import Design
 from runner.metrics import higher_is_better
 from runner.paired import PerImage
@@ -87,7 +87,7 @@ def run_rounds(planned: Design, r: Rounds, plans_for: Callable[[Sequence[tuple[s
         for i in open_:
             method, base = planned.pairs[i]
             pairs = [(plans[(method, s)], plans[(base, s)]) for s in seeds[:n]]
-            rows = {p.run_id: (records.read_result(p.folder) or {}) for pair in pairs for p in pair}
+            rows = {p.run_id: (rundir.read_result(p.folder) or {}) for pair in pairs for p in pair}
             value = {rid: records.row(rec).get(r.decide_on) for rid, rec in rows.items() if rec.get("status") == "ok"}
             ok = [(a, b) for a, b in pairs if all(isinstance(value.get(p.run_id), (int, float)) for p in (a, b))]
             if len(ok) < len(pairs):
@@ -107,7 +107,7 @@ def run_rounds(planned: Design, r: Rounds, plans_for: Callable[[Sequence[tuple[s
     rows = [{"task": planned.comparisons[i][0], "method": planned.comparisons[i][1], "baseline": planned.baseline,
              "decision": decided.get(i, ("undecided", at[-1]))[0], "seeds": decided.get(i, ("", at[-1]))[1]}
             for i in range(len(planned.pairs))]
-    records.write_json(root / FILE, {"metric": r.decide_on, "alpha": stats.ALPHA, "comparisons": len(planned.pairs),
+    rundir.write_json(root / FILE, {"metric": r.decide_on, "alpha": stats.ALPHA, "comparisons": len(planned.pairs),
                                      "looks": at, "max_seeds": r.max_seeds, "rope": r.rope, "rows": rows})
     say("sequential: " + "; ".join(f"{row['method']} vs {row['baseline']}: {row['decision']} at {row['seeds']} seeds"
                                    for row in rows)

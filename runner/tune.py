@@ -33,7 +33,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from runner import launch, records, sequential, space
+from runner import launch, records, rundir, sequential, space
 from runner.compose import Composer, searchpath, unset_nulls
 from runner.design import Design, design, method_key
 from runner.monitor import GridProgress
@@ -151,7 +151,7 @@ def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
         if repaired:
             say(f"added the missing rows of {len(repaired)} finished run(s) to {root}/runs.csv and epochs.csv "
                 f"({', '.join(repaired)})")
-    pending = [p for p in unique.values() if not records.completed(p.folder)]
+    pending = [p for p in unique.values() if not rundir.completed(p.folder)]
     if not pending:
         return
     with GridProgress(pending):
@@ -159,14 +159,14 @@ def launch_plans(plans: Sequence[RunPlan], job: Job) -> None:
 
 
 def mark(plan: RunPlan, m: Method, trial: FrozenTrial, stage: str, job: Job) -> None:
-    if records.add_stage(plan.folder, {"study": m.study_name, "trial": trial.number, "stage": stage,
-                                       "params": dict(trial.params)}) and records.completed(plan.folder):
+    if rundir.add_stage(plan.folder, {"study": m.study_name, "trial": trial.number, "stage": stage,
+                                       "params": dict(trial.params)}) and rundir.completed(plan.folder):
         job.rebuild.add(plan.root)  # its row in runs.csv was written without this stage
 
 
 def outcome(plans: Sequence[RunPlan], metric: str) -> tuple[TrialState | None, float | None, str]:
     """A trial's result from its runs' records: (state, value, why); state None while a run has not finished."""
-    recs = [records.read_result(p.folder) for p in plans]
+    recs = [rundir.read_result(p.folder) for p in plans]
     statuses = [(r or {}).get("status") for r in recs]
     if all(s == "ok" for s in statuses):
         values = [records.row(r).get(metric) for r in recs if r]
@@ -280,8 +280,8 @@ def run_finals(job: Job) -> int:
     launch_plans(plans, job)
     for root in job.rebuild:
         records.rebuild_tables(root)
-    statuses = [(records.read_result(p.folder) or {}).get("status") for p in plans]
-    if any(s not in records.DONE for s in statuses):
+    statuses = [(rundir.read_result(p.folder) or {}).get("status") for p in plans]
+    if any(s not in rundir.DONE for s in statuses):
         status = 1
     counts = pd.Series(statuses, dtype=object).fillna("not run").value_counts()
     say(f"tuned {len(job.methods)} methods × {job.methods[0].settings.trials} trials; final runs: "
@@ -346,8 +346,8 @@ def trial_costs(root: Path) -> dict[tuple[str, int], dict[str, float]]:
     costs: dict[tuple[str, int], dict[str, float]] = {}
     folders = (root / "runs").iterdir() if (root / "runs").is_dir() else ()
     for folder in folders:
-        served = [e for e in records.read_stages(folder) if e["stage"] == "tune"]
-        record = records.read_result(folder) if served else None
+        served = [e for e in rundir.read_stages(folder) if e["stage"] == "tune"]
+        record = rundir.read_result(folder) if served else None
         if not record:
             continue
         for e in served:
@@ -413,7 +413,7 @@ def write_trials(job: Job) -> None:
 def main(argv: list[str] | None = None) -> int:
     encodable_streams()
     argv = unset_nulls(list(sys.argv[1:] if argv is None else argv))
-    os.environ[records.COMMAND] = shlex.join(["python", "-m", "runner.tune", *argv])  # with tune.*: each run records it
+    os.environ[rundir.COMMAND] = shlex.join(["python", "-m", "runner.tune", *argv])  # with tune.*: each run records it
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help:
         print(__doc__)

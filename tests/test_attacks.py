@@ -69,7 +69,7 @@ CASES = [
     ),
     (
         "target of another group's package",
-        ["loss._target_=runner.records.write_text", "+loss.path={p}/" + MARKER, "+loss.text=x"],
+        ["loss._target_=runner.rundir.write_text", "+loss.path={p}/" + MARKER, "+loss.text=x"],
         {},
         "not allowed",
     ),

@@ -329,6 +329,31 @@ def test_cfg_job_builds_nothing_and_imports_neither_torch_nor_timm():
     assert "torch" not in imported and "timm" not in imported
 
 
+def test_a_grid_preview_and_a_completed_grids_rerun_import_neither_pandas_nor_dynamo(tmp_path):
+    # The imports a grid command would pay before anything trains: pandas (0.3 s) only when a table is written,
+    # dynamo (1 s) only when an optimizer steps. The preview builds every distinct model and optimizer.
+    from runner import records, rundir
+    from runner.plan import make_plans
+
+    grid = ["-m", "pooling=max,avg", "seed=0,1", f"results_dir={tmp_path}"]
+
+    def imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        return res, {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+
+    res, names = imported(*grid, "--cfg", "job")
+    assert res.returncode == 0 and "grid of 4 cells: 4 would run" in res.stdout, res.stderr
+    assert "torch" in names and not names & {"pandas", "torch._dynamo"}
+    for p in make_plans(grid[1:], multirun=True):  # the grid, finished: records and rows
+        rundir.write_json(p.folder / "result.json", {"run_id": p.run_id, "status": "ok", "choices": p.choices,
+                                                     "config": {}, "metrics": {}})
+    records.rebuild_tables(tmp_path)
+    res, names = imported(*grid)
+    assert res.returncode == 0 and res.stdout.count("already completed") == 4, res.stderr
+    assert not names & {"pandas", "torch._dynamo"}
+
+
 def test_timm_is_imported_only_for_an_evonorm():
     code = ("import sys; from runner.plan import make_plan; make_plan(['norm=batch']); a = 'timm' in sys.modules; "
             "make_plan(['norm=evonorm_s0']); print(a, 'timm' in sys.modules)")

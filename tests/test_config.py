@@ -122,7 +122,7 @@ def test_every_yaml_with_a_target_names_a_class_that_exists():
     (["+pooling._target_=builtins.eval"], "Could not append"),
     (["pooling._target_=runner.train.subprocess.call"], "not allowed; a pooling option instantiates only classes and "
                                                         "functions defined in this project's models.pooling package"),
-    (["loss._target_=runner.records.write_text"], "not allowed"),
+    (["loss._target_=runner.rundir.write_text"], "not allowed"),
     (["+pooling._args_=[1]"], "pooling._args_: not allowed"),
     (["optim.momentum=-1"], "optim.momentum=-1.0: out of range; allowed: >= 0 and < 1."),
     (["optim=adamw", "optim.betas=[0.9]"], "optim=adamw: betas must be two numbers"),

@@ -312,7 +312,7 @@ FINISH_STEPS = {
     "checkpoint saved, logits not": "runner.run:save_checkpoint:after",
     "logits saved, record not": "runner.run:final_metrics:before",
     "record written, rows not": "runner.records:_columns_to_append:before",
-    "rows written, the finish not returned": "runner.records:drop_previous:before",
+    "rows written, the finish not returned": "runner.rundir:drop_previous:before",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import monitor, records
+from runner import monitor, rundir
 
 
 @dataclass
@@ -15,7 +15,7 @@ class FakePlan:
 
 
 def _record(plan: FakePlan, status: str, started: str, **extra) -> None:
-    records.write_json(plan.folder / "result.json", {"run_id": plan.run_id, "status": status, "config": {},
+    rundir.write_json(plan.folder / "result.json", {"run_id": plan.run_id, "status": status, "config": {},
                                                      "choices": {}, "started_at": started} | extra)
 
 
@@ -28,7 +28,7 @@ def test_progress_counts_new_attempts_and_estimates_the_rest(tmp_path, monkeypat
     monkeypatch.setattr(monitor.time, "monotonic", lambda: next(clock))
     progress = monitor.GridProgress(plans, poll_s=3600)
     progress.__enter__()  # the clock reads 100
-    lock = records.run_lock(tmp_path, plans[1].run_id)  # a running run holds its lock (else it reads as killed)
+    lock = rundir.run_lock(tmp_path, plans[1].run_id)  # a running run holds its lock (else it reads as killed)
     lock.acquire()
     try:
         _record(plans[0], "ok", "now")

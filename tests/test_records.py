@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner import records
+from runner import records, rundir
 
 CHOICES = {"dataset": "mnist5k", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
            "loss": "ce", "optim": "sgd"}
@@ -27,7 +27,7 @@ def fake_run(root: Path, rid: str, seed: int, status: str = "ok", epochs: int = 
               "pooling": {"_target_": "models.pooling.MaxPool", "kernel_size": 2}, "results_dir": str(root)}
     rows = pd.DataFrame({"epoch": range(1, epochs + 1), "test_acc": [0.5] * epochs})
     records.write_csv(folder / "epochs.csv", rows)
-    records.write_json(folder / "result.json", {"run_id": rid, "status": status, "choices": CHOICES, "config": config,
+    rundir.write_json(folder / "result.json", {"run_id": rid, "status": status, "choices": CHOICES, "config": config,
                                                 "metrics": {"test_acc": 0.9}, "error": None})
 
 
@@ -47,16 +47,16 @@ def test_row_puts_axes_first_then_hyperparameters_metrics_and_bookkeeping(tmp_pa
 def test_completed_means_ok_or_diverged(tmp_path):
     for rid, status in (("a", "ok"), ("b", "diverged"), ("c", "failed"), ("d", "interrupted")):
         fake_run(tmp_path, rid * 10, 0, status)
-    done = {rid for rid in "abcd" if records.completed(tmp_path / "runs" / (rid * 10))}
+    done = {rid for rid in "abcd" if rundir.completed(tmp_path / "runs" / (rid * 10))}
     assert done == {"a", "b"}
-    assert records.completed(tmp_path / "runs" / "missing") is None
+    assert rundir.completed(tmp_path / "runs" / "missing") is None
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
     target = tmp_path / "table.csv"
-    records.write_text(target, "old\n")
+    rundir.write_text(target, "old\n")
     with pytest.raises(KeyboardInterrupt):
-        with records.atomic_path(target) as tmp:
+        with rundir.atomic_path(target) as tmp:
             Path(tmp).write_text("half")
             raise KeyboardInterrupt
     assert target.read_text() == "old\n"
@@ -97,7 +97,7 @@ def test_result_json_is_plain_json(tmp_path):
 def _finisher(root: str, rid: str, seed: int, barrier) -> None:
     fake_run(Path(root), rid, seed)
     barrier.wait()  # every process finishes at the same moment
-    records.update_tables(Path(root), records.read_result(Path(root) / "runs" / rid))
+    records.update_tables(Path(root), rundir.read_result(Path(root) / "runs" / rid))
 
 
 def test_a_finish_appends_its_rows_and_eight_at_once_lose_none(tmp_path):
@@ -129,13 +129,13 @@ def test_a_rerun_or_a_new_column_rebuilds_instead_of_appending(tmp_path):
     fake_run(tmp_path, rid, 0)
     records.rebuild_tables(tmp_path)
     fake_run(tmp_path, rid, 0, epochs=4)  # the same run finished again (force=true): replaced, not doubled
-    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / rid), replace=True)
+    records.update_tables(tmp_path, rundir.read_result(tmp_path / "runs" / rid), replace=True)
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 1 and len(pd.read_csv(tmp_path / "epochs.csv")) == 4
     other = hexid("other")
     fake_run(tmp_path, other, 1)
-    record = records.read_result(tmp_path / "runs" / other)
+    record = rundir.read_result(tmp_path / "runs" / other)
     record["metrics"]["test_new_metric"] = 0.5  # a column the table does not have yet
-    records.write_json(tmp_path / "runs" / other / "result.json", record)
+    rundir.write_json(tmp_path / "runs" / other / "result.json", record)
     records.update_tables(tmp_path, record)
     table = pd.read_csv(tmp_path / "runs.csv")
     assert len(table) == 2 and "test_new_metric" in table and table["test_new_metric"].notna().sum() == 1
@@ -148,7 +148,7 @@ def test_an_incomplete_last_line_is_repaired_by_the_next_finish(tmp_path):
     with open(tmp_path / "runs.csv", "ab") as f:
         f.write(b"mnist5k,simple_cn")  # a crash in the middle of an append
     fake_run(tmp_path, second, 1)
-    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / second))
+    records.update_tables(tmp_path, rundir.read_result(tmp_path / "runs" / second))
     table = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(table["run_id"]) == sorted([first, second])
 
@@ -160,7 +160,7 @@ def test_records_rebuild_command(tmp_path, capsys):
 
 
 def _hold(root: str, rid: str, held, release) -> None:
-    lock = records.run_lock(Path(root), rid)
+    lock = rundir.run_lock(Path(root), rid)
     lock.acquire()
     held.set()
     release.wait(30)
@@ -177,12 +177,12 @@ def test_a_rebuild_leaves_out_a_run_in_progress_which_adds_its_row_when_it_finis
     holder.start()
     assert held.wait(30)
     fake_run(tmp_path, done, 0)
-    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / done))  # no table yet: a rebuild
+    records.update_tables(tmp_path, rundir.read_result(tmp_path / "runs" / done))  # no table yet: a rebuild
     assert pd.read_csv(tmp_path / "runs.csv")["run_id"].tolist() == [done]
     release.set()
     holder.join(30)
     fake_run(tmp_path, busy, 1)  # it finishes
-    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / busy))
+    records.update_tables(tmp_path, rundir.read_result(tmp_path / "runs" / busy))
     assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([done, busy])
 
 
@@ -197,13 +197,13 @@ def test_a_finish_writes_its_record_and_rows_together_so_a_concurrent_rebuild_ne
     holder.start()
     assert held.wait(30)
     fake_run(tmp_path, first, 0)
-    records.update_tables(tmp_path, records.read_result(tmp_path / "runs" / first), write=True)  # a rebuild
+    records.update_tables(tmp_path, rundir.read_result(tmp_path / "runs" / first), write=True)  # a rebuild
     release.set()
     holder.join(30)
-    final = records.read_result(tmp_path / "runs" / second) | {"status": "ok"}
-    assert records.read_result(tmp_path / "runs" / second)["status"] != "ok"  # not on disk before its turn
+    final = rundir.read_result(tmp_path / "runs" / second) | {"status": "ok"}
+    assert rundir.read_result(tmp_path / "runs" / second)["status"] != "ok"  # not on disk before its turn
     records.update_tables(tmp_path, final, write=True)
-    assert records.read_result(tmp_path / "runs" / second)["status"] == "ok"
+    assert rundir.read_result(tmp_path / "runs" / second)["status"] == "ok"
     assert sorted(pd.read_csv(tmp_path / "runs.csv")["run_id"]) == sorted([first, second])
 
 
@@ -251,7 +251,7 @@ def test_a_finish_killed_at_any_step_is_completed_by_the_next_command(tmp_path, 
     fake_run(tmp_path, hexid("first"), 0)
     records.rebuild_tables(tmp_path)
     fake_run(tmp_path, hexid("second"), 1)
-    record = records.read_result(tmp_path / "runs" / hexid("second"))
+    record = rundir.read_result(tmp_path / "runs" / hexid("second"))
     with monkeypatch.context() as m:
         if step == "after the record":
             m.setattr(records, "_columns_to_append", lambda *a: (_ for _ in ()).throw(Killed()))
@@ -305,10 +305,10 @@ def test_a_forced_rerun_replaces_a_result_only_once_it_is_complete(main_cli, tmp
     done = main_cli(*args, "force=true")
     assert done.returncode == 130 and "its earlier result is kept" in done.stdout
     assert {name: (folder / name).read_bytes() for name in before} == before
-    assert (tmp_path / "runs.csv").read_bytes() == table and not (folder / records.PREVIOUS).exists()
+    assert (tmp_path / "runs.csv").read_bytes() == table and not (folder / rundir.PREVIOUS).exists()
     # killed (no chance to restore) after the old result was set aside: the next command puts it back
-    records.set_aside(folder)
-    records.write_json(folder / "result.json", {"run_id": rid, "status": "running"})
+    rundir.set_aside(folder)
+    rundir.write_json(folder / "result.json", {"run_id": rid, "status": "running"})
     monkeypatch.undo()
     done = main_cli(*args)
     assert done.returncode == 0 and "its earlier complete result is restored" in done.stdout

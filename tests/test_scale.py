@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from runner.plan import make_plan
 
-from runner import machine, records
+from runner import machine, records, rundir
 
 CHOICES = {"dataset": "mnist", "model": "simple_cnn", "pooling": "max", "global_pool": "avg", "norm": "batch",
            "loss": "ce", "optim": "sgd", "teacher": None}
@@ -29,7 +29,7 @@ def _finish_a_run(root: str, run_id: str, barrier) -> None:
     """What a run does at its end: write its record, then rebuild the tables; all at the same moment."""
     folder = records.Path(root) / "runs" / run_id
     barrier.wait()
-    records.write_json(folder / "result.json", {"run_id": run_id, "status": "ok", "choices": CHOICES,
+    rundir.write_json(folder / "result.json", {"run_id": run_id, "status": "ok", "choices": CHOICES,
                                                 "config": {"seed": 0}, "metrics": {"test_acc": 0.5}})
     records.rebuild_tables(records.Path(root))
 
@@ -65,7 +65,7 @@ def test_a_run_killed_at_a_random_moment_leaves_whole_tables_and_reruns(data_dir
     proc.wait(30)
     folders = list((tmp_path / "runs").glob("*/"))
     assert len(folders) == 1
-    record = records.read_result(folders[0])
+    record = rundir.read_result(folders[0])
     if (tmp_path / "runs.csv").exists():  # whole or absent, never half a table
         table = pd.read_csv(tmp_path / "runs.csv")
         assert len(table) <= 1 and set(table.columns) >= {"run_id", "status"}
@@ -119,7 +119,7 @@ def test_launcher_local_runs_the_grid_in_parallel_as_the_same_runs(data_dir, tmp
     assert res.returncode == 0, res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["seed"]) == [0, 1, 2, 3] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
-    threads = {records.read_result(tmp_path / "runs" / r)["config"]["threads"] for r in runs["run_id"]}
+    threads = {rundir.read_result(tmp_path / "runs" / r)["config"]["threads"] for r in runs["run_id"]}
     assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
     res = main_cli("-m", "seed=0,1,2,3", *args)  # the launcher is not part of what a run is: all four are done
     assert res.returncode == 0 and res.stdout.count("skip ") == 4, res.stdout
@@ -210,5 +210,5 @@ def test_submitit_local_requeues_a_signalled_job_which_resumes(data_dir, tmp_pat
     out, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, out
     (folder,) = (tmp_path / "runs").glob("*/")
-    record = records.read_result(folder)
+    record = rundir.read_result(folder)
     assert record["status"] == "ok" and record["epochs_done"] == 20 and record.get("resumed_from_epoch", 0) >= 2, out

@@ -18,7 +18,7 @@ import pytest
 from filelock import FileLock
 from conftest import MACHINE_CORES, ROOT, TINY, cli
 
-from runner import records
+from runner import records, rundir
 
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def running_job(root, epochs: int, timeout: float = 300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         for folder in (root / "runs").glob("*/") if (root / "runs").exists() else []:
-            record = records.read_result(folder)
+            record = rundir.read_result(folder)
             done = records.read_epochs(folder)
             if record and record["status"] == "running" and record.get("slurm_job_id") and \
                     (epochs == 0 or done is not None and len(done) >= epochs):
@@ -83,18 +83,18 @@ def test_a_cancelled_job_is_recorded_and_the_same_command_completes_it(slurm, da
     assert victim is not None, "no run started under SLURM"
     subprocess.run(["scancel", victim["slurm_job_id"]], check=True)
     out, _ = sweep.communicate(timeout=600)
-    record = records.read_result(tmp_path / "runs" / victim["run_id"])
+    record = rundir.read_result(tmp_path / "runs" / victim["run_id"])
     print(f"cancelled {victim['slurm_job_id']}: recorded {record['status']}")
     assert record["status"] in ("interrupted", "ok"), out  # SIGTERM -> interrupted (ok if it had just finished)
     if record["status"] == "interrupted":
         assert sweep.returncode != 0  # the launcher reports the cancelled job
     done = {r["run_id"]: r["started_at"] for f in (tmp_path / "runs").glob("*/")
-            if (r := records.read_result(f)) and r["status"] == "ok"}
+            if (r := rundir.read_result(f)) and r["status"] == "ok"}
     res = cli(*args, timeout=900)  # the same command: only what is missing runs
     assert res.returncode == 0, res.stdout + res.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["seed"]) == [4, 5] and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
-    again = {rid: records.read_result(tmp_path / "runs" / rid)["started_at"] for rid in done}
+    again = {rid: rundir.read_result(tmp_path / "runs" / rid)["started_at"] for rid in done}
     assert again == done  # the finished runs were not run again
 
 
@@ -117,7 +117,7 @@ def test_a_preempted_job_saves_its_epoch_is_requeued_and_resumes(slurm, data_dir
         time.sleep(0.5)
     out, _ = sweep.communicate(timeout=900)
     assert sweep.returncode == 0, out
-    record = records.read_result(tmp_path / "runs" / victim["run_id"])
+    record = rundir.read_result(tmp_path / "runs" / victim["run_id"])
     assert record["status"] == "ok" and record["epochs_done"] == 25, out
     assert record.get("resumed_from_epoch", 0) >= 2, out  # it went on from a saved epoch, not from the start
     epochs = records.read_epochs(tmp_path / "runs" / victim["run_id"])

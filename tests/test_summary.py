@@ -13,7 +13,7 @@ import torch
 from scipy import stats as sps
 from conftest import ROOT
 
-from runner import records
+from runner import records, rundir
 from runner.metrics import final_metrics, higher_is_better, is_rate, kind
 from runner.summary.cli import main as summary_main
 
@@ -51,7 +51,7 @@ def make_run(root, *, dataset="mnist5k", model="simple_cnn", pooling="max", loss
     if teacher:
         record |= {"teacher_run_id": "abcdef0123", "teacher_test_acc": 0.99}
     folder = root / "runs" / rid
-    records.write_json(folder / "result.json", record)
+    rundir.write_json(folder / "result.json", record)
     records.write_csv(
         folder / "epochs.csv",
         pd.DataFrame({"epoch": range(1, len(epochs_acc) + 1), "test_acc": epochs_acc, "val_acc": epochs_acc}),
@@ -297,8 +297,8 @@ def test_a_group_that_mixes_thread_counts_is_warned_about(tmp_path, capsys):
     # the thread count is not part of the run id (where it ran), but it changes floating-point sums
     for seed, threads in enumerate([1, 1, 2]):
         rid = make_run(tmp_path, seed=seed)
-        record = records.read_result(tmp_path / "runs" / rid)
-        records.write_json(tmp_path / "runs" / rid / "result.json", record | {"threads": threads})
+        record = rundir.read_result(tmp_path / "runs" / rid)
+        rundir.write_json(tmp_path / "runs" / rid / "result.json", record | {"threads": threads})
     assert summary_main([str(tmp_path), "--no-plots"]) == 0
     assert "mixes runs on 1, 2 torch threads" in capsys.readouterr().out
 

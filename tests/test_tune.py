@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY
 from test_contracts import DISTILLATION
-from runner import records, tune
+from runner import rundir, tune
 from runner.journal import storage as journal_storage
 from runner.compose import CONF_DIR, option_yaml
 
@@ -348,7 +348,7 @@ def test_launcher_local_runs_the_trials_of_a_round_in_parallel(tmp_path, data_di
     first, second = sorted(zip(trials.started_at, trials.finished_at))
     assert second[0] <= first[1]  # the two methods' trials overlapped (the times have whole seconds)
     cores = max(1, len(os.sched_getaffinity(0)) // 2)  # as two jobs of the joblib launcher share the machine
-    assert {records.read_result(res / "runs" / r)["config"]["threads"] for r in trials.run_id} == {cores}
+    assert {rundir.read_result(res / "runs" / r)["config"]["threads"] for r in trials.run_id} == {cores}
 
 
 def test_a_choice_at_the_bound_of_its_range_is_flagged():

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from runner import records
+from runner import records, rundir
 from runner.progress import encodable_streams
 from runner.summary import tuning as summary_tune
 from runner.summary.compare import compare, rank, summarize
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.exists() and not out.is_dir():
             raise SummaryError(f"--out {out}: a file; allowed: a folder (it is created if missing)")
-        unwritable = records.cannot_write(out)
+        unwritable = rundir.cannot_write(out)
         if unwritable:
             raise SummaryError(f"--out {out}: {unwritable}" if args.out else f"{out}: {unwritable} The summary is "
                                "written beside the runs it reads unless --out names another folder.")
@@ -159,18 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"comparison.{args.format}").unlink(missing_ok=True)
     header = provenance(every, ok, args)[2:-1]  # the facts, without the heading and the summary's own time
     if args.format == "tex":
-        records.write_text(out / "methods.tex", tex_comment(header)
+        rundir.write_text(out / "methods.tex", tex_comment(header)
                            + latex_methods(summary, shown[:3], comparison, args.baseline, metric))
         if not comparison.empty:
-            records.write_text(out / "comparison.tex", tex_comment(header)
+            rundir.write_text(out / "comparison.tex", tex_comment(header)
                                + latex_comparison(comparison, metric, args.baseline))
     elif not comparison.empty and args.format != "csv":
-        records.write_text(out / f"comparison.{args.format}", "\n".join(header) + "\n\n"
+        rundir.write_text(out / f"comparison.{args.format}", "\n".join(header) + "\n\n"
                            + export(comparison[comparison.metric == metric], args.format))
     made = provenance(every, ok, args, (time.process_time() - clock[0], time.perf_counter() - clock[1]))
     text = report(runs, ok, table, comparison, ranks, info, images, args, metric, extra, stage_note, chosen, made)
-    records.write_text(out / "report.md", text)
-    records.write_text(out / "report.html", render_html(text, out))
+    rundir.write_text(out / "report.md", text)
+    rundir.write_text(out / "report.html", render_html(text, out))
 
     if stage_note:
         console.print(stage_note, highlight=False)

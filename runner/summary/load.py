@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from runner import records, stats
+from runner import records, rundir, stats
 
 KEY_METRICS = ("test_acc", "test_nll", "test_ece", "test_ece_ts", "test_brier")
 AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
@@ -16,7 +16,7 @@ AXES = ("pooling", "global_pool", "norm", "loss", "model", "optim", "dataset")
 TEACHER_NAMING = ("teacher", "teacher.overrides", "teacher.run_id", "teacher.checkpoint", "teacher_test_acc")
 # skip_test says a run (a tuning trial's) had no test pass: a fact about the run, not a setting of its method
 NOT_CONFIG = (set(records.BOOKKEEPING) | {"seed", "folder", "at_chance", "best_epoch", "skip_test"}
-              | set(TEACHER_NAMING) | set(records.STAGE_COLUMNS))
+              | set(TEACHER_NAMING) | set(rundir.STAGE_COLUMNS))
 
 
 class SummaryError(Exception):
@@ -107,7 +107,7 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 try:
                     frame = _table(folder.parent / "epochs.csv")
                 except SummaryError as e:  # the curves are a figure, not the statistics: said, and left out
-                    records.report_corrupt(folder.parent / "epochs.csv", str(e))
+                    rundir.report_corrupt(folder.parent / "epochs.csv", str(e))
                     frame = None
                 if frame is not None and {"run_id", "epoch"} <= set(frame.columns):
                     epochs.append(frame)
@@ -115,7 +115,7 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         if folder.resolve() in seen:  # one run folder reached twice (a root given twice, or a root and its run)
             continue
         seen.add(folder.resolve())
-        record = records.read_result(folder)
+        record = rundir.read_result(folder)
         if record is None:
             continue
         row = records.row(record) | {"folder": str(folder)}

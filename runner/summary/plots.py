@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from runner import records, stats
+from runner import rundir, stats
 from runner.metrics import calibration_errors, higher_is_better, reliability, top_label
 
 FIGURES = ("differences", "intervals", "probability_of_improvement", "improvement_intervals",
@@ -38,7 +38,7 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
 
     def save(fig: Any, name: str) -> None:
         for fmt in FORMATS:
-            with records.atomic_path(folder / f"{name}.{fmt}") as tmp:
+            with rundir.atomic_path(folder / f"{name}.{fmt}") as tmp:
                 fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
         plt.close(fig)
         written.append(folder / f"{name}.png")
@@ -85,7 +85,7 @@ def draw(ok: pd.DataFrame, epochs: pd.DataFrame, comparison: pd.DataFrame, info:
         fig, ax = figure((7, 4))
         tuning_curves(ax, curves)
         save(fig, "tuning_curves")
-    logits = {g: [s for s in (records.read_logits(Path(f)) for f in ok[ok.group == g].folder if f) if s is not None]
+    logits = {g: [s for s in (rundir.read_logits(Path(f)) for f in ok[ok.group == g].folder if f) if s is not None]
               for g in dict.fromkeys(ok.group)}
     logits = {g: saved for g, saved in logits.items() if saved}
     if logits:  # runs read from a table have no logits to draw

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from runner import records
+from runner import rundir
 from runner.metrics import is_rate
 
 TRIAL_COLUMNS = ("study", "method", "trial", "state", "value", "metric", "direction", "budget", "in_budget", "chosen",
@@ -57,7 +57,7 @@ def _read_tables(roots: Iterable[Path], name: str, required: set[str]) -> pd.Dat
             if missing:
                 raise ValueError(f"it lacks {', '.join(sorted(missing))}")
         except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            records.report_corrupt(path, f"not a table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
+            rundir.report_corrupt(path, f"not a table of python -m runner.tune ({' '.join(str(e).split()[:12])})")
             continue
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -96,7 +96,7 @@ def read_sequential(roots: Iterable[Path]) -> list[dict]:
             if not isinstance(saved, dict) or not isinstance(saved.get("rows"), list) or "metric" not in saved:
                 raise ValueError("it has no metric and rows")
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            records.report_corrupt(path, f"not the tuner's sequential decisions ({' '.join(str(e).split()[:12])})")
+            rundir.report_corrupt(path, f"not the tuner's sequential decisions ({' '.join(str(e).split()[:12])})")
             continue
         out.append(saved)
     return out
