@@ -7,11 +7,7 @@ returns (result.json, checkpoint, logits, the tidy tables). Nothing is validated
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
-import socket
-import subprocess
 import time
 import traceback
 from datetime import datetime, timezone
@@ -31,6 +27,7 @@ from runner.loggers import open_tracker, run_axes
 from runner.metrics import final_metrics
 from runner.plan import RunPlan, TeacherRef
 from runner.progress import error, say
+from runner.provenance import git_commit, where_it_ran
 from runner.prune import Pruned, reporter
 from runner.train import Diverged, Teacher, fit
 
@@ -46,28 +43,6 @@ def resolve_device(plan: RunPlan) -> torch.device:
             f"run {plan.run_id} was planned for CUDA (device={plan.cfg.device}), and this machine has none"
         )
     return torch.device(name)
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the runner's own checkout, with ``-dirty`` for uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _now() -> str:
@@ -144,59 +119,6 @@ def _teacher_for(plan: RunPlan) -> tuple[TeacherRef, dict[str, Any]] | None:
                 f"the teacher run {ref.run_id} ended with status={record.get('status')}: {record.get('error')}"
             )
     return ref, rundir.read_result(ref.checkpoint.parent) or {}
-
-
-def _slurm_job_id() -> str | None:
-    """``<array job>_<task>`` (or the job id) when the run is a SLURM job, else None."""
-    env = os.environ
-    if "SLURM_ARRAY_JOB_ID" in env:
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
-    return env.get("SLURM_JOB_ID")
-
-
-def _submitit_log() -> str | None:
-    """The job's log file when submitit runs this process (launcher=slurm, submitit_local), else None."""
-    if "SUBMITIT_EXECUTOR" not in os.environ and "SUBMITIT_FOLDER" not in os.environ:
-        return None
-    try:
-        import submitit
-
-        return str(submitit.JobEnvironment().paths.stdout)
-    except Exception:  # not a submitit job after all, or an older submitit: the log is where the launcher said
-        return None
-
-
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def where_it_ran(device: torch.device) -> dict[str, Any]:
-    """Recorded beside the run, not part of its id: the device, threads, host and versions."""
-    return {
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or None,
-        "host": socket.gethostname(),
-        "slurm_job_id": _slurm_job_id(),
-        "log": _submitit_log(),
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "versions": versions(),
-        "command": os.environ.get(rundir.COMMAND),
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def versions() -> str:
-    """The versions a result depends on, as one field of the record."""
-    import importlib.metadata
-    import platform
-
-    found = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
-    for name in ("hydra-core", "optuna", "numpy", "scipy"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found.append(f"{name.removesuffix('-core')} {importlib.metadata.version(name)}")
-    return ", ".join(found)
 
 
 def spent(clock: tuple[float, float], before: Mapping[str, float]) -> dict[str, float]:
