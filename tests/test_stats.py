@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from runner import stats
+from runner import across, stats
 
 
 @pytest.mark.parametrize("d", [[1, 2, 3], [0.5, -0.1, 0.3, 0.2], [1, 1, 1, 1, 1, 1], [0.0, 0.2, -0.1, 0.3],
@@ -189,27 +189,27 @@ def test_the_power_advisor_does_not_promise_what_a_t_test_formula_would():
 
 
 def test_iqm_and_probability_of_improvement_by_hand():
-    assert stats.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # the middle 50 %: 3, 4, 5, 6
+    assert across.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # the middle 50 %: 3, 4, 5, 6
     # (1 vs 1: ½) (1 vs 0: 1) (2 vs 1: 1) (2 vs 0: 1) -> 3.5 / 4; a second task with x below y -> 0
-    assert stats.probability_of_improvement([np.array([1, 2])], [np.array([1, 0])]) == pytest.approx(0.875)
-    assert stats.probability_of_improvement([np.array([1, 2]), np.array([0.0])], [np.array([1, 0]), np.array([1.0])]) \
+    assert across.probability_of_improvement([np.array([1, 2])], [np.array([1, 0])]) == pytest.approx(0.875)
+    assert across.probability_of_improvement([np.array([1, 2]), np.array([0.0])], [np.array([1, 0]), np.array([1.0])]) \
         == pytest.approx(0.4375)
 
 
 def test_stratified_bootstrap_resamples_within_tasks():
     # one task all 1.0, another all 0.0: every resample keeps each task's values, so the mean never moves
-    lo, hi = stats.stratified_bootstrap_ci([[np.ones(5), np.zeros(3)]], lambda s: np.mean([t.mean() for t in s]))
+    lo, hi = across.stratified_bootstrap_ci([[np.ones(5), np.zeros(3)]], lambda s: np.mean([t.mean() for t in s]))
     assert lo == hi == 0.5
 
 
 def test_friedman_wilcoxon_and_ranks_against_scipy():
     m = np.array([[0.9, 0.8, 0.7], [0.91, 0.85, 0.6], [0.95, 0.7, 0.71], [0.99, 0.98, 0.5], [0.92, 0.81, 0.8]])
-    assert stats.friedman_p(m) == pytest.approx(sps.friedmanchisquare(*m.T).pvalue)
-    assert stats.average_ranks(m).tolist() == pytest.approx([1.0, 2.2, 2.8])
-    post = stats.wilcoxon_holm(m)
+    assert across.friedman_p(m) == pytest.approx(sps.friedmanchisquare(*m.T).pvalue)
+    assert across.average_ranks(m).tolist() == pytest.approx([1.0, 2.2, 2.8])
+    post = across.wilcoxon_holm(m)
     raw = [sps.wilcoxon(m[:, i], m[:, j]).pvalue for i, j in ((0, 1), (0, 2), (1, 2))]
     assert post[0, 1] == post[1, 0] and post[0, 1] == pytest.approx(stats.holm(raw)[0])
-    assert math.isnan(stats.friedman_p(m[:, :2]))
+    assert math.isnan(across.friedman_p(m[:, :2]))
 
 
 def test_bayesian_correlated_t_matches_baycomp_at_its_cross_validation_rho():

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runner import stats
+from runner import across, stats
 from runner.metrics import higher_is_better, is_rate
 from runner.paired import PerImage
 from runner.summary.load import SummaryError, _text, group_key, method_columns
@@ -111,13 +111,13 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
                           "borda": (len(names) - ranks).sum().to_numpy(), "tasks": len(used)})
     for n in names:  # rliable's aggregates with stratified bootstrap CIs over runs within tasks
         runs_n = [scores[n][t] for t in used]
-        table.loc[table.method == n, "iqm"] = stats.iqm(np.concatenate(runs_n))
-        lo, hi = stats.stratified_bootstrap_ci([runs_n], lambda s: stats.iqm(np.concatenate(s)), n_resamples=1000)
+        table.loc[table.method == n, "iqm"] = across.iqm(np.concatenate(runs_n))
+        lo, hi = across.stratified_bootstrap_ci([runs_n], lambda s: across.iqm(np.concatenate(s)), n_resamples=1000)
         table.loc[table.method == n, ["iqm_ci_low", "iqm_ci_high"]] = lo, hi
-    swiss, swiss_se = stats.swiss_expected_scores(matrix if hib else -matrix, n_sims=2000)
+    swiss, swiss_se = across.swiss_expected_scores(matrix if hib else -matrix, n_sims=2000)
     table["swiss_score"], table["swiss_score_se"] = swiss, swiss_se  # expected wins of a Swiss contest over the tasks
-    info["friedman_p"] = stats.friedman_p(matrix if hib else -matrix)
-    info["posthoc"] = pd.DataFrame(stats.wilcoxon_holm(matrix), index=names, columns=names)
+    info["friedman_p"] = across.friedman_p(matrix if hib else -matrix)
+    info["posthoc"] = pd.DataFrame(across.wilcoxon_holm(matrix), index=names, columns=names)
     info["ranks"] = dict(zip(names, ranks.mean().to_numpy()))
     poi = pd.DataFrame(index=names, columns=names, dtype=float)
     pairs = []
@@ -125,10 +125,10 @@ def rank(ok: pd.DataFrame, columns: list[str], metric: str, axis: str,
         for b in names:
             x, y = [scores[a][t] for t in used], [scores[b][t] for t in used]
             better, worse = (x, y) if hib else (y, x)
-            poi.loc[a, b] = stats.probability_of_improvement(better, worse)
+            poi.loc[a, b] = across.probability_of_improvement(better, worse)
             if a != b:  # with a stratified bootstrap CI over the runs of each task (rliable)
-                lo, hi = stats.stratified_bootstrap_ci(
-                    [better, worse], stats.probability_of_improvement, n_resamples=500
+                lo, hi = across.stratified_bootstrap_ci(
+                    [better, worse], across.probability_of_improvement, n_resamples=500
                 )
                 pairs.append({"method": a, "other": b, "p_improvement": poi.loc[a, b], "ci_low": lo, "ci_high": hi})
     info["poi"], info["poi_table"] = poi, pd.DataFrame(pairs)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from runner import rundir, stats
+from runner import across, rundir, stats
 from runner.metrics import calibration_errors, higher_is_better, reliability, top_label
 
 FIGURES = ("differences", "intervals", "probability_of_improvement", "improvement_intervals",
@@ -134,8 +134,8 @@ def intervals(ax: Any, rows: pd.DataFrame, values: dict[str, np.ndarray], metric
     iqm, low, high = [], [], []
     for g in rows.group:
         v = values[g][np.isfinite(values[g])]
-        iqm.append(stats.iqm(v) if len(v) else np.nan)
-        lo, hi = (stats.stratified_bootstrap_ci([[v]], lambda s: stats.iqm(np.concatenate(s)), n_resamples=1000)
+        iqm.append(across.iqm(v) if len(v) else np.nan)
+        lo, hi = (across.stratified_bootstrap_ci([[v]], lambda s: across.iqm(np.concatenate(s)), n_resamples=1000)
                   if len(v) > 1 else (np.nan, np.nan))
         low.append(lo)
         high.append(hi)
@@ -173,7 +173,7 @@ def performance_profiles(ax: Any, scores: dict[str, dict[str, np.ndarray]], metr
     taus = np.linspace(np.nanmin(pooled), np.nanmax(pooled), 200)
     up = higher_is_better(metric.removeprefix("best_")) is not False
     for method, per_task in scores.items():
-        ax.plot(taus, stats.score_distribution(list(per_task.values()), taus, up), label=method)
+        ax.plot(taus, across.score_distribution(list(per_task.values()), taus, up), label=method)
     ax.set(title=f"performance profiles on {metric} over {len(next(iter(scores.values())))} tasks",
            xlabel=f"{metric} threshold τ", ylabel=f"share of runs {'>' if up else '<'} τ", ylim=(0, 1.02))
     ax.legend(fontsize=7)
