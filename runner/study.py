@@ -1,5 +1,6 @@
 """The tuner's studies: its settings (conf/tune/), each method and its Optuna study in the results folder's journal,
-and which trial a study chose. ``python -m runner.tune`` (runner/tune.py) runs the trials and the finals."""
+which trial a study chose, and the studies as tables (tune/trials.csv, tune/spaces.csv). ``python -m runner.tune``
+(runner/tune.py) runs the trials and the finals."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from runner import space
+from runner import records, rundir, space
 from runner.journal import journal, repair_journal, storage
 from runner.metrics import higher_is_better, metric_names
 from runner.plan import RunPlan
@@ -217,3 +219,73 @@ def chosen(m: Method) -> FrozenTrial | None:
         return None
     sign = 1 if m.settings.direction == "maximize" else -1
     return max(trials, key=lambda t: (sign * t.value, -t.number))
+
+
+# ---------------------------------------------------------------- the studies as tables
+
+def trial_costs(root: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """Each trial's own cost, summed over its runs' records: wall and CPU seconds and the number of runs. (Optuna's
+    start and end of a trial span the whole round its runs were launched in, so they are not a trial's cost.)"""
+    costs: dict[tuple[str, int], dict[str, float]] = {}
+    folders = (root / "runs").iterdir() if (root / "runs").is_dir() else ()
+    for folder in folders:
+        served = [e for e in rundir.read_stages(folder) if e["stage"] == "tune"]
+        record = rundir.read_result(folder) if served else None
+        if not record:
+            continue
+        for e in served:
+            cost = costs.setdefault((e["study"], int(e["trial"])), {"runs": 0})
+            cost["runs"] += 1
+            for key, fallback in (("wall_seconds", "train_seconds"), ("cpu_seconds", None)):
+                value = record.get(key, record.get(fallback) if fallback else None)
+                if isinstance(value, (int, float)):
+                    cost[key] = cost.get(key, 0.0) + float(value)
+    return costs
+
+
+def write_trials(methods: list[Method]) -> None:
+    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting, value and own
+    cost (``duration_s`` and ``cpu_s``: its runs' wall and CPU seconds, summed);
+    ``spaces.csv``: each study's search space, a row per setting (low, high, log, step or choices)."""
+    for root in {m.root for m in methods}:
+        storage = next(m.study._storage for m in methods if m.root == root)
+        costs = trial_costs(root)
+        rows, ranges = [], []
+        for name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            budget = int(study.user_attrs.get("budget") or 0)
+            settings = study.user_attrs.get("settings") or {}
+            ranges += [
+                {"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
+                for key, spec in (settings.get("space") or {}).items()
+            ]
+            budgeted = {t.number for t in counted(study.get_trials(deepcopy=False), budget)}
+            finished = [t for t in study.get_trials(deepcopy=False)
+                        if t.number in budgeted and t.state == TrialState.COMPLETE]
+            sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+            best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
+            for t in study.get_trials(deepcopy=False):
+                rows.append(
+                    {
+                        "study": name,
+                        "method": study.user_attrs.get("label", name),
+                        "trial": t.number,
+                        "state": t.state.name.lower(),
+                        "value": t.value,
+                        "metric": settings.get("metric"),
+                        "direction": study.direction.name.lower(),
+                        "budget": budget,
+                        "in_budget": t.number in budgeted,
+                        "chosen": t.number == best,
+                        "epochs_reported": len(t.intermediate_values),
+                        "started": t.datetime_start,
+                        "finished": t.datetime_complete,
+                        "runs": costs.get((name, t.number), {}).get("runs", 0),
+                        "duration_s": costs.get((name, t.number), {}).get("wall_seconds"),
+                        "cpu_s": costs.get((name, t.number), {}).get("cpu_seconds"),
+                    }
+                    | dict(sorted(t.params.items()))
+                )
+        with FileLock(str(root / "tune" / ".trials.lock")):
+            records.write_csv(root / "tune" / "trials.csv", pd.DataFrame(rows))
+            records.write_csv(root / "tune" / "spaces.csv", pd.DataFrame(ranges))

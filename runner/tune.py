@@ -28,7 +28,6 @@ from typing import Any, Sequence
 import numpy as np
 import optuna
 import pandas as pd
-from filelock import FileLock
 from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
@@ -42,7 +41,7 @@ from runner.progress import encodable_streams, error, say
 from runner.prune import trial_setting
 from runner.schema import NOT_IDENTITY, ConfigError, override_key
 from runner.study import (FINISHED, UNSAMPLED, Method, check_trial, chosen, counted, journal, open_studies, sampler,
-                          startup_trials, tune_settings)
+                          startup_trials, tune_settings, write_trials)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner says what happened to each trial, once
 
@@ -244,7 +243,7 @@ def run_trials(job: Job) -> bool:
             result = f"{m.settings.metric} {value:.4f}" if value is not None else f"{state.name.lower()} ({why})"
             say(f"tune {m.label}: trial {t.number} ({done}/{m.settings.trials}) {shown}: {result}"
                 + (f"; best {best.value:.4f} (trial {best.number})" if best else ""))
-        write_trials(job)
+        write_trials(job.methods)
         if not told:
             return False
 
@@ -340,74 +339,6 @@ def run_sequential(job: Job, planned: Design) -> int:
     return status
 
 
-def trial_costs(root: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """Each trial's own cost, summed over its runs' records: wall and CPU seconds and the number of runs. (Optuna's
-    start and end of a trial span the whole round its runs were launched in, so they are not a trial's cost.)"""
-    costs: dict[tuple[str, int], dict[str, float]] = {}
-    folders = (root / "runs").iterdir() if (root / "runs").is_dir() else ()
-    for folder in folders:
-        served = [e for e in rundir.read_stages(folder) if e["stage"] == "tune"]
-        record = rundir.read_result(folder) if served else None
-        if not record:
-            continue
-        for e in served:
-            cost = costs.setdefault((e["study"], int(e["trial"])), {"runs": 0})
-            cost["runs"] += 1
-            for key, fallback in (("wall_seconds", "train_seconds"), ("cpu_seconds", None)):
-                value = record.get(key, record.get(fallback) if fallback else None)
-                if isinstance(value, (int, float)):
-                    cost[key] = cost.get(key, 0.0) + float(value)
-    return costs
-
-
-def write_trials(job: Job) -> None:
-    """``<results>/tune/trials.csv``: a row per trial of every study in the journal, with its setting, value and own
-    cost (``duration_s`` and ``cpu_s``: its runs' wall and CPU seconds, summed);
-    ``spaces.csv``: each study's search space, a row per setting (low, high, log, step or choices)."""
-    for root in {m.root for m in job.methods}:
-        storage = next(m.study._storage for m in job.methods if m.root == root)
-        costs = trial_costs(root)
-        rows, ranges = [], []
-        for name in optuna.study.get_all_study_names(storage):
-            study = optuna.load_study(study_name=name, storage=storage)
-            budget = int(study.user_attrs.get("budget") or 0)
-            settings = study.user_attrs.get("settings") or {}
-            ranges += [
-                {"study": name, "setting": key} | {k: json.dumps(v) if k == "choices" else v for k, v in spec.items()}
-                for key, spec in (settings.get("space") or {}).items()
-            ]
-            budgeted = {t.number for t in counted(study.get_trials(deepcopy=False), budget)}
-            finished = [t for t in study.get_trials(deepcopy=False)
-                        if t.number in budgeted and t.state == TrialState.COMPLETE]
-            sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-            best = max(finished, key=lambda t: (sign * t.value, -t.number)).number if finished else None
-            for t in study.get_trials(deepcopy=False):
-                rows.append(
-                    {
-                        "study": name,
-                        "method": study.user_attrs.get("label", name),
-                        "trial": t.number,
-                        "state": t.state.name.lower(),
-                        "value": t.value,
-                        "metric": settings.get("metric"),
-                        "direction": study.direction.name.lower(),
-                        "budget": budget,
-                        "in_budget": t.number in budgeted,
-                        "chosen": t.number == best,
-                        "epochs_reported": len(t.intermediate_values),
-                        "started": t.datetime_start,
-                        "finished": t.datetime_complete,
-                        "runs": costs.get((name, t.number), {}).get("runs", 0),
-                        "duration_s": costs.get((name, t.number), {}).get("wall_seconds"),
-                        "cpu_s": costs.get((name, t.number), {}).get("cpu_seconds"),
-                    }
-                    | dict(sorted(t.params.items()))
-                )
-        with FileLock(str(root / "tune" / ".trials.lock")):
-            records.write_csv(root / "tune" / "trials.csv", pd.DataFrame(rows))
-            records.write_csv(root / "tune" / "spaces.csv", pd.DataFrame(ranges))
-
-
 # ---------------------------------------------------------------- the command
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         complete = run_trials(job)
-        write_trials(job)  # also when every study was already complete: the tables follow this version
+        write_trials(job.methods)  # also when every study was already complete: the tables follow this version
         if not complete:
             error("some trials could not finish (another process holds their runs); run the same command again later")
             return 1
