@@ -230,7 +230,7 @@ def test_at_chance():
 
 
 def test_swiss_contest_expected_scores_by_hand():
-    from runner.stats import swiss_expected_scores
+    from runner.across import swiss_expected_scores
 
     # one task, A > B > C: the three start tied, so each is equally likely to get the bye (worth 1) and the
     # other two meet; A always scores 1, B scores 1 unless it meets A (2/3), C only with the bye (1/3)
@@ -242,7 +242,7 @@ def test_swiss_contest_expected_scores_by_hand():
 
 
 def test_swiss_contest_with_elimination_by_hand():
-    from runner.stats import swiss_expected_scores
+    from runner.across import swiss_expected_scores
 
     # A > B > C > D on both tasks; after round 1 the two losers leave. A wins twice; the other round-1 winner is
     # B unless B had to meet A (1/3), then C; it loses to A in round 2

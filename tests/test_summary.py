@@ -502,7 +502,7 @@ def test_each_figure_draws_on_an_axes_the_user_gives():
 
 
 def test_the_score_distribution_by_hand():
-    from runner.stats import score_distribution
+    from runner.across import score_distribution
 
     # task 1: 2 of 3 runs above 1.5, 1 of 3 above 2.5; task 2: both above 1.5, none above 2.5; each task weighs half
     tasks = [np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0])]
