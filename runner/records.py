@@ -208,7 +208,7 @@ def repair_tables(root: Path, run_ids: Iterable[str]) -> list[str]:
 
     def listed(path: Path) -> set[str]:
         try:
-            with open(path, newline="") as f:  # the csv module: pandas is imported only when a row is missing
+            with open(path, newline="", encoding="utf-8-sig") as f:  # csv: pandas only when a row is missing
                 rows = csv.reader(f)
                 at = next(rows).index("run_id")
                 return {r[at] for r in rows if len(r) > at}

@@ -272,6 +272,10 @@ def test_a_finish_killed_at_any_step_is_completed_by_the_next_command(tmp_path, 
     epochs = pd.read_csv(tmp_path / "epochs.csv", dtype={"run_id": str})
     assert sorted(runs.run_id) == sorted([hexid("first"), hexid("second")]) and len(epochs) == 6
     assert records.repair_tables(tmp_path, [hexid("first"), hexid("second")]) == []  # nothing twice
+    for name in ("runs.csv", "epochs.csv"):  # saved again by a spreadsheet: a byte-order mark before the header
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes())
+    assert records.repair_tables(tmp_path, [hexid("first"), hexid("second")]) == []
+    assert (tmp_path / "runs.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # read as it is, not rebuilt
 
 
 def test_the_command_after_a_cut_finish_adds_the_missing_rows_and_says_so(main_cli, tmp_path, data_dir):
