@@ -329,6 +329,26 @@ def online_reference(batches, afwd, abkw, eps=1e-5):
     return results, (mu, var, u, v)
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 129])
+def test_online_norm_scan_is_the_recurrence_stepped_one_sample_at_a_time(n):
+    # h_t = a_t h_{t-1} + b_t, stepped by hand; the scan has no loop over t (one coefficient: powers; one per
+    # step: a prefix scan), whatever the batch size, with zero and negative coefficients among them
+    from models.norm.online import _scan
+
+    rng = np.random.default_rng(n)
+    b, h = rng.normal(size=(n, 3)), rng.normal(size=3)
+    per_step = rng.normal(size=(n, 3)) * (rng.random((n, 3)) > 0.2)
+    for a in (0.999, 0.3, per_step):
+        coef = np.broadcast_to(a, (n, 3))
+        state, before = h.copy(), []
+        for t in range(n):
+            before.append(state)
+            state = coef[t] * state + b[t]
+        got, last = _scan(a if np.isscalar(a) else torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(h))
+        assert np.allclose(got.numpy(), np.stack(before), rtol=1e-12, atol=1e-12)
+        assert np.allclose(last.numpy(), state, rtol=1e-12, atol=1e-12)
+
+
 def test_online_norm_normalizes_each_sample_with_the_statistics_before_it():
     block = OnlineNormAct(1, apply_act=False, alpha_fwd=0.5, ecm="none").train()
     y = block(as_map([[1.0, 3.0], [2.0, 4.0]], n=2)).view(2, 2)

@@ -18,7 +18,8 @@ scaling (``ecm="ls"``, the paper's experiments: ``y / sqrt(mean_{C,H,W}(y²) + �
 clamp (``"ac"``, ±5, the authors' later default) or none.
 
 Differences from the authors' code: their PyTorch package is a C++/CUDA extension; this is plain torch, the
-per-channel statistics vectorized and only the recurrences along the batch looped. Their numpy reference
+per-channel statistics vectorized and the recurrences along the batch solved without a loop over the samples
+(``_scan``). Their numpy reference
 class returns, in training, the input normalized with the statistics *after* the batch (its forward function
 computes the per-sample output, then the class discards it); we return the per-sample output of the paper.
 
@@ -26,11 +27,12 @@ Speed: written as above, the block makes several passes over the feature map (5�
 ``compile=True`` (the config's default; a run decides as for pooling, runner/build.py) training runs four functions
 that ``torch.compile`` fuses, two per direction, over the whole block (normalization, affine map, error compensation,
 ReLU), recomputing y from the input rather than keeping it; only the per-sample statistics (N × C numbers) and the
-recurrences over them stay in plain torch between them (compiled, the loops would unroll into the graph: 55 s to
-compile). ``compile=False`` runs the block as written, which the tests compare them with.
+recurrences over them stay in plain torch between them (a loop over the samples, compiled, unrolled into the graph:
+55 s to compile). ``compile=False`` runs the block as written, which the tests compare them with.
 """
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from annotated_types import Gt, Interval
@@ -45,15 +47,31 @@ ECM = ("ls", "ac", "none")
 def _scan(a: torch.Tensor | float, b: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``h_t = a_t h_{t−1} + b_t`` along dim 0 from ``h``: returns every ``h_{t−1}`` (N, C) and the last ``h_t``.
 
-    A loop on (C,) vectors, by hand: a linear recurrence with per-step coefficients has no torch primitive,
-    and the closed form needs an (N, N, C) product table.
+    By hand, as a linear recurrence has no torch primitive, without a Python loop over the N steps (64 small
+    operations per scan cost more than the block's own compute at the late layers' small maps): with one
+    coefficient, ``h_t = Σ_{j<=t} a^(t−j) b_j + a^(t+1) h``, one product with a cached (N, N) matrix of powers;
+    with one per step, a parallel prefix scan (Hillis and Steele, 1986) over the steps' affine maps
+    ``h ↦ A h + B``, which compose as ``(A₂, B₂)∘(A₁, B₁) = (A₂A₁, A₂B₁ + B₂)``, in ⌈log₂ N⌉ rounds of whole-tensor
+    operations; no division, so a zero or negative coefficient is exact.
     """
-    coef = a if torch.is_tensor(a) else torch.full_like(b, a)
-    before = torch.empty_like(b)
-    for t in range(b.shape[0]):
-        before[t] = h
-        h = coef[t] * h + b[t]
-    return before, h
+    if not torch.is_tensor(a):  # one coefficient (the forward's α_f, the backward's α_b): one product
+        powers = _powers(float(a), b.shape[0], b.dtype, b.device)  # [t, j] = a^(t−j), j <= t
+        ends = powers @ b + powers[:, :1] * a * h  # h_t = Σ_{j<=t} a^(t−j) b_j + a^(t+1) h
+        return torch.cat([h[None], ends[:-1]]), ends[-1]
+    coef, n, d = a, b.shape[0], 1
+    while d < n:  # after this round, (coef_t, b_t) maps h_{t−2d} (or the start) to h_t
+        b = torch.cat([b[:d], torch.addcmul(b[d:], coef[d:], b[:-d])])
+        coef = torch.cat([coef[:d], coef[d:] * coef[:-d]])
+        d *= 2
+    ends = torch.addcmul(b, coef, h)
+    return torch.cat([h[None], ends[:-1]]), ends[-1]
+
+
+@functools.lru_cache(maxsize=16)
+def _powers(a: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n, n): [t, j] = a^(t−j) for j <= t, else 0: the weights of a scan with one coefficient."""
+    lag = torch.arange(n, dtype=dtype, device=device)[:, None] - torch.arange(n, dtype=dtype, device=device)
+    return torch.where(lag >= 0, torch.tensor(a, dtype=dtype, device=device) ** lag.clamp(min=0), 0)
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
