@@ -17,6 +17,10 @@ Section ``norm``: forward + backward time of every normalization block (built fr
 the convolutions, not the block: their figure adds computing (and back-propagating through) one
 reparametrized 64→64 3×3 conv weight to their inner block's time.
 
+Section ``shapes``: the same layers at the shapes they have in real models, the layers of each kind of simple_cnn
+on mnist5k and of resnet20 on CIFAR-10 (``model.downsample=pool``), forward + backward at a training batch summed
+over the model's layers, relative to max_pool2d and batch.
+
 Section ``epoch``: one training epoch of the default run (simple_cnn on mnist5k) with each pooling and each norm
 option, relative to the default run's: what a user of the option feels (norm=fixup against resnet20 with batch).
 

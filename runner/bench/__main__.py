@@ -12,11 +12,12 @@ import runner.bench
 from runner.bench.layers import norm_section, pool_section
 from runner.bench.planning import plan_section, records_section
 from runner.bench.seeds import seeds_section
+from runner.bench.shapes import shapes_section
 from runner.bench.training import epoch_section, loop_section, sweep_section, threads_section
 
 
 SECTIONS = {"seeds": seeds_section, "loop": loop_section, "pool": pool_section, "norm": norm_section,
-            "epoch": epoch_section,
+            "shapes": shapes_section, "epoch": epoch_section,
             "sweep": sweep_section, "plan": plan_section, "records": records_section, "threads": threads_section}
 
 
