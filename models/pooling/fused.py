@@ -25,6 +25,14 @@ def taps(x: torch.Tensor, k: int, s: int) -> list[torch.Tensor]:
     return [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
 
 
+def planes(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """The k² taps as one contiguous (k², N, C, Ho, Wo) tensor, made eagerly by one copy: a compiled forward that
+    reads it vectorizes on the CPU, where one reading the strided views of ``taps`` compiles to scalar loops
+    (adaPool's forward: 4× slower). Made outside the compiled function, which would fuse the copy back into
+    strided loads."""
+    return torch.stack(taps(x, k, s))
+
+
 Place = Callable[[torch.Tensor], torch.Tensor]
 
 
