@@ -1,5 +1,5 @@
 """Final seeds added in rounds until each comparison is decided (``runner.tune`` with ``tune.finals=sequential``, and
-a plain grid with ``sequential.max_seeds``): the loop around ``stats.look``, independent of how runs are planned
+a plain grid with ``sequential.max_seeds``): the loop around ``looks.look``, independent of how runs are planned
 and launched. Each look runs the seeds up to it for the comparisons still open (and their baselines), then decides
 each on its paired differences, counting the test set's variance where the saved logits give it. A killed study
 replays the same looks on the runs it has (a decision depends only on the seeds up to its look), so the same
@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from runner import records, rundir, stats
+from runner import looks, records, rundir, stats
 from runner.design import Design
 from runner.metrics import higher_is_better
 from runner.paired import PerImage
@@ -59,7 +59,7 @@ def check(planned: Design | None, r: Rounds) -> list[int]:
                           f"{max(20, 2 * planned.needed)}.")
     if higher_is_better(r.decide_on) is None or not r.decide_on.startswith("test_"):
         raise ConfigError(f"{r.decide_on}: allowed: a test metric with a direction, e.g. test_acc or test_nll.")
-    at = stats.looks(planned.needed, r.max_seeds, r.step)
+    at = looks.looks(planned.needed, r.max_seeds, r.step)
     say(f"plan: {len(planned.comparisons)} comparison(s) against {planned.baseline}, decided on {r.decide_on} by "
         f"adding seeds: looks at {', '.join(map(str, at))} seeds (the sign test's exact bounds with Lan–DeMets "
         f"Pocock-type α-spending, Bonferroni over the comparisons)"
@@ -72,7 +72,7 @@ def run_rounds(planned: Design, r: Rounds, plans_for: Callable[[Sequence[tuple[s
                launch: Callable[[list[RunPlan]], None], root: Path) -> int:
     """Run the looks; ``plans_for(keys, seeds)`` plans each method (a ``design.method_key``) on each seed and
     ``launch`` runs the plans not yet complete. The exit status: 1 when a run did not finish."""
-    seeds, at = pool(r), stats.looks(planned.needed, r.max_seeds, r.step)
+    seeds, at = pool(r), looks.looks(planned.needed, r.max_seeds, r.step)
     alpha = stats.ALPHA / len(planned.pairs)
     sign = 1 if higher_is_better(r.decide_on) else -1
     decided: dict[int, tuple[str, int]] = {}
@@ -97,7 +97,7 @@ def run_rounds(planned: Design, r: Rounds, plans_for: Callable[[Sequence[tuple[s
                                   for pair in ok for p in pair]).drop_duplicates("run_id")
             x = (PerImage(table).differences([a.run_id for a, _ in ok], [b.run_id for _, b in ok], r.decide_on)
                  if len(ok) > 1 else None)
-            verdict = stats.look(d, at, k, alpha, stats.var_from_test_set(x) if x is not None else 0.0, r.rope)
+            verdict = looks.look(d, at, k, alpha, stats.var_from_test_set(x) if x is not None else 0.0, r.rope)
             label = f"{planned.comparisons[i][1]} vs {planned.baseline}"
             if verdict:
                 decided[i] = (verdict, n)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from runner import across, stats
+from runner import across, looks, stats
 
 
 @pytest.mark.parametrize("d", [[1, 2, 3], [0.5, -0.1, 0.3, 0.2], [1, 1, 1, 1, 1, 1], [0.0, 0.2, -0.1, 0.3],
@@ -254,15 +254,15 @@ def test_swiss_contest_with_elimination_by_hand():
 def test_the_sequential_bounds_by_hand():
     # one look at 6 seeds is the fixed design: all 6 of one side (p = 2/64 = 0.031 <= 0.05); 5 of 6 would add
     # 2·6/64 = 0.19
-    bounds, level = stats.sign_bounds([6], 0.05)
+    bounds, level = looks.sign_bounds([6], 0.05)
     assert bounds.tolist() == [6] and level == pytest.approx([0.05])
     # looks at 3 and 6: by half the seeds the Pocock-type function has spent 0.05·ln(1 + (e − 1)/2) = 0.0310, and 3
     # seeds cannot go below 2/8; so no bound at 3, and the mean's α of the first look is carried to the second
     spent = 0.05 * math.log(1 + (math.e - 1) / 2)
-    assert stats.spending(0.5) == pytest.approx(spent)
-    bounds, level = stats.sign_bounds([3, 6], 0.05)
+    assert looks.spending(0.5) == pytest.approx(spent)
+    bounds, level = looks.sign_bounds([3, 6], 0.05)
     assert np.isinf(bounds[0]) and bounds[1] == 6 and level == pytest.approx([spent, 0.05])
-    assert stats.looks(7, 20, 4) == [7, 11, 15, 19, 20] and stats.looks(7, 6, 2) == []
+    assert looks.looks(7, 20, 4) == [7, 11, 15, 19, 20] and looks.looks(7, 6, 2) == []
 
 
 @pytest.mark.parametrize("null", NULLS)
@@ -270,9 +270,9 @@ def test_adding_seeds_until_decided_keeps_the_false_verdict_rate(null):
     # 2000 null studies (median difference 0), each looking after 7, 9, …, 19 and 20 seeds and stopping at its first
     # verdict: the rate of better or worse at any look is at most α (measured 0.010–0.019). Stopping when a fixed
     # test first reaches p < 0.05 instead says better or worse more often (0.059 for normal noise, checked below).
-    at = stats.looks(7, 20, 2)
+    at = looks.looks(7, 20, 2)
     d = NULLS[null](np.random.default_rng(11), (2000, 20))
-    rate = np.mean([stats.sequential(x, at)[0] in ("better", "worse") for x in d])
+    rate = np.mean([looks.sequential(x, at)[0] in ("better", "worse") for x in d])
     assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000), rate
     if null == "normal":
         naive = np.mean([any(stats.decide_p(x[:n]) < 0.05 for n in at) for x in d])

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY
 from test_contracts import DISTILLATION
 from runner import rundir, tune
+from runner.methods import prepare
 from runner.journal import storage as journal_storage
 from runner.compose import CONF_DIR, option_yaml
 
@@ -312,7 +313,7 @@ def test_every_declared_space_is_valid_for_its_option(group, option, data_dir, t
     extra = {("norm", "fixup"): ["model=resnet20"]}.get((group, option), [])
     if group == "loss" and option in DISTILLATION:  # what the loss's class declares, not what its YAML says
         extra.append("teacher=resnet20")
-    methods, _, _ = tune.prepare([f"{group}={option}", *extra, *TINY, f"data_dir={data_dir}",
+    methods, _, _ = prepare([f"{group}={option}", *extra, *TINY, f"data_dir={data_dir}",
                                f"results_dir={tmp_path}"], False, {})
     declared = option_yaml(group, option)["tune"]
     keys = set(declared.get("space", {})) if group == "optim" else {f"{group}.{k}" for k in declared}
@@ -325,10 +326,10 @@ def test_an_experiment_file_and_the_shell_change_the_space(tmp_path, data_dir):
     (presets / "wide.yaml").write_text("# @package _global_\ntune:\n  space:\n    lr: {high: 0.9}\n"
                                        "    warmup_epochs: {low: 0.0, high: 1.0}\n")
     base = ["pooling=max", *TINY, f"data_dir={data_dir}", f"results_dir={tmp_path / 'res'}"]
-    (m,), _, _ = tune.prepare([*base, "experiment=wide"], False, {"config_dir": str(tmp_path / "presets")})
+    (m,), _, _ = prepare([*base, "experiment=wide"], False, {"config_dir": str(tmp_path / "presets")})
     assert (m.space["lr"].low, m.space["lr"].high, m.space["lr"].log) == (0.005, 0.9, True)  # one bound moved
     assert (m.space["warmup_epochs"].low, m.space["warmup_epochs"].high) == (0.0, 1.0)  # a key added
-    (m,), _, _ = tune.prepare([*base, "loss=focal", "tune.space.weight_decay=null", "+tune.space.loss.gamma.high=8"],
+    (m,), _, _ = prepare([*base, "loss=focal", "tune.space.weight_decay=null", "+tune.space.loss.gamma.high=8"],
                            False, {})
     assert set(m.space) == {"lr", "loss.gamma"}  # weight decay dropped; focal declares gamma
     assert (m.space["loss.gamma"].low, m.space["loss.gamma"].high) == (1.0, 8.0)  # conf/loss/focal.yaml's low
