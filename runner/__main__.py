@@ -80,7 +80,7 @@ def add_seeds(plans: list, planned: object, rounds: object, argv: list[str], whe
 
 def report(plans: list) -> int:
     """Print what a grid did and return the exit status: 0 when every cell finished (ok or diverged)."""
-    from runner.rundir import DONE, read_result  # here, as below: records imports pandas, which --help never needs
+    from runner.rundir import DONE, read_result  # here, as below: what --help never needs is imported late
 
     await_others(plans)
     statuses = [(read_result(p.folder) or {}).get("status", "not recorded") for p in plans]

@@ -136,7 +136,7 @@ class Planner:
         if cfg is not None:
             plan = plan_from_config(cfg, template.choices, cell, self.launcher, composer=composer,
                                     typed_options=self.typed, build=False, check_data=check_data,
-                                    typed=template.plain(cfg, values))
+                                    plain=template.plain(cfg, values))
         else:
             cfg, choices = composer.compose(cell)
             referenced = interpolations(cfg)
@@ -182,16 +182,16 @@ def plan_from_config(
     typed_options: dict[str, DictConfig] | None = None,
     skip_completed_builds: bool = False,
     check_data: bool = True,
-    typed: dict[str, Any] | None = None,
+    plain: dict[str, Any] | None = None,
     build: bool = True,
 ) -> RunPlan:
     """Type, validate and identify one composed config. Raises ConfigError (nothing is written).
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
     architecture is built once and each distinct option node is typed once per command; ``build=False`` leaves
-    ``check_built`` to the caller; ``typed``: ``cfg`` is a Template's config, typed already, and this is it as a
-    plain container (what its identity is made of)."""
-    if typed is None:
+    ``check_built`` to the caller. ``plain``: ``cfg`` is a Template's config, typed already, and this is it as a
+    container (what its identity is made of)."""
+    if plain is None:
         cfg = typed_config(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
     if check_data:
@@ -201,8 +201,7 @@ def plan_from_config(
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
     teacher = _teacher(cfg, choices, launcher, composer) if cfg.teacher is not None else None
-    ident = identity(typed if typed is not None else cfg, choices, kind, autocast,
-                     teacher.run_id if teacher else None)
+    ident = identity(cfg if plain is None else plain, choices, kind, autocast, teacher.run_id if teacher else None)
     rid = id_of(ident)
     plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     if build:

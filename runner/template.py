@@ -7,7 +7,8 @@ cell's typed config with the values set, which OmegaConf checks against the sche
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +25,6 @@ class Template:
     cfg: DictConfig
     choices: dict[str, str | None]
     referenced: str  # every interpolation of the composed config: a key named there is never filled in
-    _plain: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # cfg as a container, when asked
 
     def fill(self, values: Sequence[Any]) -> DictConfig | None:
         """The config with ``values`` (parsed overrides) set, or None where only composing gives it (a key of
@@ -36,12 +36,7 @@ class Template:
                     or not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and "${" in value)
                     or not isinstance(OmegaConf.select(self.cfg, key, default=None), (bool, int, float, str))):
                 return None
-        # the method nodes are never filled (above) nor changed after planning, so the cells share them: copying
-        # them was a third of a 200-cell grid's planning. Each keeps the template as its parent, which only
-        # interpolations and flags read; a typed config has no interpolations left and one set of flags.
-        shared = {id(node): node for axis in (*TARGET_HOMES, "teacher")
-                  if isinstance(node := self.cfg._get_node(axis), DictConfig)}
-        cfg = copy.deepcopy(self.cfg, shared)
+        cfg = copy.deepcopy(self.cfg, dict(self._shared))
         try:
             for o in values:
                 OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
@@ -49,17 +44,30 @@ class Template:
             return None  # composing says what is wrong, as for any cell
         return cfg
 
+    @functools.cached_property
+    def _shared(self) -> dict[int, DictConfig]:
+        """The method nodes, as a deep copy's memo: they are never filled (above) nor changed after planning, so
+        the cells share them (copying them was a third of a 200-cell grid's planning). Each keeps the template as
+        its parent, which only interpolations and flags read; a typed config has no interpolations left and one
+        set of flags."""
+        return {id(node): node for axis in (*TARGET_HOMES, "teacher")
+                if isinstance(node := self.cfg._get_node(axis), DictConfig)}
+
+    @functools.cached_property
+    def _container(self) -> dict[str, Any]:
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
     def plain(self, cfg: DictConfig, values: Sequence[Any]) -> dict[str, Any]:
         """``fill``'s config as a plain container: this one's with the values as ``cfg`` typed them (converting
-        the whole config cost as much as filling it)."""
-        if self._plain is None:
-            object.__setattr__(self, "_plain", OmegaConf.to_container(self.cfg, resolve=True))
-        out = copy.deepcopy(self._plain)
+        the whole config cost as much as filling it). Only the mappings on the filled keys' paths are new; the
+        rest is the template's own, for a reader that copies before it changes anything (``plan.identity``)."""
+        out = dict(self._container)
         for o in values:
             *parents, leaf = o.key_or_group.split(".")
             node = out
             for k in parents:
-                node = node[k]
+                child = node[k] = dict(node[k])  # a new mapping on the path, the template's left as is
+                node = child
             node[leaf] = OmegaConf.select(cfg, o.key_or_group)
         return out
 
