@@ -27,7 +27,7 @@ class Kernels:
     def run(self, kind: str, use_compile: bool, *args):
         if use_compile and self.error is None:
             for t in args:
-                if isinstance(t, torch.Tensor) and t.dim() == 4:
+                if isinstance(t, torch.Tensor) and t.dim() >= 4:  # maps (N, C, H, W), taps (N, k², C, Ho, Wo)
                     torch._dynamo.maybe_mark_dynamic(t, 0)  # one compile per layer shape, whatever the batch size
             try:
                 # Each model has a few pooling shapes (and a sweep in one process several models): allow

@@ -48,6 +48,24 @@ def test_local_pooling_contract(option, planned):
         assert torch.equal(layer(x), layer(x))  # deterministic in eval mode
 
 
+COMPILED_POOLING = [o for o in options("pooling") if "compile" in OmegaConf.load(CONF_DIR / "pooling" / f"{o}.yaml")]
+
+
+@pytest.mark.parametrize("option", COMPILED_POOLING)
+def test_a_compiled_pooling_compiles_once_per_layer_shape_whatever_the_batch(option, planned):
+    # a grid's runs, an epoch's last batch and evaluation's larger one change the batch size: each new size must
+    # not compile the layer again (10 s a time on an empty cache); Kernels marks every tensor's first dim dynamic
+    from torch._dynamo.utils import counters
+
+    layer = instantiate(planned("pooling", option).cfg.pooling)(2).train()
+    graphs = []
+    for n in (2, 3, 5):
+        x = torch.randn(n, 2, 8, 8, requires_grad=True)
+        layer(x).sum().backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[1] == graphs[0] == graphs[2], graphs
+
+
 @pytest.mark.parametrize("option", options("global_pool"))
 def test_global_pooling_contract(option, planned):
     head = instantiate(planned("global_pool", option).cfg.global_pool)(16)  # a width the models use

@@ -70,7 +70,7 @@ def _dice(a: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def _forward(window_taps: torch.Tensor, beta: torch.Tensor):
     """y and, per window: eDSCW, Σ exp DSC, the mean's share of ∂eDSCW/∂a over n, SoftPool and its lse; from the
     windows' taps (``planes``: float32 or wider)."""
-    window = list(window_taps.unbind(0))
+    window = list(window_taps.unbind(1))
     n = len(window)
     mean = functools.reduce(torch.add, window) / n
     m = functools.reduce(torch.maximum, window)

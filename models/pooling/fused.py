@@ -26,11 +26,11 @@ def taps(x: torch.Tensor, k: int, s: int) -> list[torch.Tensor]:
 
 
 def planes(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """The k² taps as one contiguous (k², N, C, Ho, Wo) tensor, made eagerly by one copy: a compiled forward that
+    """The k² taps as one contiguous (N, k², C, Ho, Wo) tensor, made eagerly by one copy: a compiled forward that
     reads it vectorizes on the CPU, where one reading the strided views of ``taps`` compiles to scalar loops
     (adaPool's forward: 4× slower). Made outside the compiled function, which would fuse the copy back into
-    strided loads."""
-    return torch.stack(taps(x, k, s))
+    strided loads; the batch first, as ``Kernels`` marks it dynamic."""
+    return torch.stack(taps(x, k, s), dim=1)
 
 
 Place = Callable[[torch.Tensor], torch.Tensor]
