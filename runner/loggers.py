@@ -123,13 +123,14 @@ class MLflow(Tracker):
         uri = cfg.logger.uri or URL.create("sqlite", database=str(db)).render_as_string(hide_password=False)
         _probe(uri)
         self.lock = FileLock(f"{db}.lock") if not cfg.logger.uri else contextlib.nullcontext()
-        # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#' an
-        # empty folder named with the escapes, outside results_dir. Removed again below if it was made here.
-        stray = Path(uri.removeprefix("sqlite:///")).parent
+        # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#', an
+        # empty folder named with the escapes beside results_dir. Every opening removes it once its store is open
+        # (rmdir: only while empty), so that runs opening the store together leave none, whichever of them made it
+        # (a run that removed only a folder it had seen missing left the one a run beside it made again).
+        stray = None if cfg.logger.uri else Path(uri.removeprefix("sqlite:///")).parent
         # Opening the store checks its schema (about 1 s of CPU): only the first opening, which creates and migrates
         # it, needs the lock; later ones run side by side, so that 32 runs starting together do not queue for 32 s.
         ready = Path(f"{db}.ready")
-        made = not cfg.logger.uri and stray != db.parent and not stray.exists()
         if cfg.logger.uri or (ready.exists() and db.exists()):
             self.client = mlflow.MlflowClient(tracking_uri=uri)
         with self.lock:
@@ -152,9 +153,9 @@ class MLflow(Tracker):
                 params = _flat(OmegaConf.to_container(cfg, resolve=True)) | _axes(axes)
                 self.client.log_batch(self.run, params=[mlflow.entities.Param(k, str(v)[:500])
                                                         for k, v in params.items() if v is not None])
-            if made:
-                with contextlib.suppress(OSError):
-                    stray.rmdir()
+        if stray is not None and stray != db.parent:
+            with contextlib.suppress(OSError):
+                stray.rmdir()
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         step = int(row["epoch"])

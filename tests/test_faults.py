@@ -333,42 +333,59 @@ def test_a_kill_at_any_step_of_a_runs_finish_is_completed_by_the_same_command(st
 
 # ---------------------------------------------------------------- trackers in a crowd
 
-TRACKED = """
-import sys, time
+CROWD = """
+import contextlib, os, sys, time, traceback
 from pathlib import Path
 from omegaconf import OmegaConf
 from runner.loggers import open_tracker
+import mlflow  # imported once, before the fork, with its SQL store: every process opens the store at the same moment
+with contextlib.suppress(ImportError):
+    import mlflow.store.tracking.sqlalchemy_store
 
-root, i, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-cfg = OmegaConf.create({"results_dir": root, "seed": i, "logger": OmegaConf.load(sys.argv[4])})
-import mlflow  # imported before the start line, so that every process starts the store at the same moment
-while not go.exists():
-    time.sleep(0.01)
-tracker = open_tracker(cfg, f"{i:010x}", f"seed={i}")
-tracker.epoch({"epoch": 1, "train_loss": 1.0 / (i + 1)})
-tracker.finish({"status": "ok", "epochs_done": 1, "metrics": {"test_acc": i / 100}})
+root, n, go, logger = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), OmegaConf.load(sys.argv[4])
+children = []
+for i in range(n):
+    pid = os.fork()
+    if pid == 0:  # one run's tracker, in a process of its own
+        try:
+            while not go.exists():
+                time.sleep(0.01)
+            cfg = OmegaConf.create({"results_dir": root, "seed": i, "logger": logger})
+            tracker = open_tracker(cfg, f"{i:010x}", f"seed={i}")
+            tracker.epoch({"epoch": 1, "train_loss": 1.0 / (i + 1)})
+            tracker.finish({"status": "ok", "epochs_done": 1, "metrics": {"test_acc": i / 100}})
+            sys.stderr.flush()
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+    children.append(pid)
+print("forked", flush=True)
+sys.exit(sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children))
 """
 
 
 def test_32_runs_whose_trackers_start_at_the_same_moment_are_32_tracked_runs(tmp_path):
-    """The tracker's part of 32 runs, released together on a fresh results folder (the training around it changes
-    nothing here, and 32 trainings at once would take minutes on 2 cores): MLflow's store is created and migrated
-    once, inside results_dir although its name holds '?' and '#' (the URI is built by SQLAlchemy, not by string
-    formatting), and every run is in it with its parameters and metrics. Before: 0 of 6 tracked, a half-migrated
-    store. test_tracking.py runs real trainings with logger=mlflow."""
+    """The tracker's part of 32 runs, 32 processes released together on a fresh results folder (the training around
+    it changes nothing here, and 32 trainings at once would take minutes on 2 cores; the processes are forked from
+    one that imported MLflow and its SQL store, which each would otherwise spend 2.5 s of CPU on): MLflow's store is created and
+    migrated once, inside results_dir although its name holds '?' and '#' (the URI is built by SQLAlchemy, not by
+    string formatting), and every run is in it with its parameters and metrics. Before: 0 of 6 tracked, a
+    half-migrated store. test_tracking.py runs real trainings with logger=mlflow."""
     mlflow = pytest.importorskip("mlflow")
     from sqlalchemy.engine import URL
 
     from runner.compose import CONF_DIR
 
     n, root, go = 32, tmp_path / "res" / "a?b#c", tmp_path / "go"  # '?' and '#' once put the store outside
-    procs = [subprocess.Popen([sys.executable, "-c", TRACKED, str(root), str(i), str(go),
-                               str(CONF_DIR / "logger" / "mlflow.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(n)]
-    time.sleep(1)
+    crowd = subprocess.Popen([sys.executable, "-c", CROWD, str(root), str(n), str(go),
+                              str(CONF_DIR / "logger" / "mlflow.yaml")], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert crowd.stdout.readline() == "forked\n"  # every process is waiting at the start line
     go.touch()
-    errors = [p.communicate(timeout=900)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * n and not any("logger=mlflow" in e for e in errors), errors
+    _, errors = crowd.communicate(timeout=900)
+    assert crowd.returncode == 0 and "logger=mlflow" not in errors, errors  # failed processes, or a tracker off
     assert (root / "mlflow.db").is_file() and [p.name for p in root.parent.iterdir()] == ["a?b#c"]
     client = mlflow.MlflowClient(URL.create("sqlite", database=str(root / "mlflow.db"))
                                  .render_as_string(hide_password=False))
