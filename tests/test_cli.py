@@ -217,12 +217,15 @@ def test_every_loss_trains_and_distillation_trains_its_teacher_once(data_dir, tm
 
 
 NORMS = ",".join(o for o in options("norm").split(",") if o != "fixup")  # fixup needs residual blocks: below
+# simple_cnn at half its widths, a quarter of its convolutions' compute: the norms' test asserts that each trains and
+# that batch norm learns (0.88 here, against 0.5), not how far the others get in three epochs
+HALF_CNN = "model.widths=[16,32]"
 
 
 @pytest.mark.slow
 def test_every_norm_trains_and_fixup_in_the_resnet(data_dir, tmp_path, main_cli):
     tiny = [*TINY, "epochs=3", f"data_dir={data_dir}", f"results_dir={tmp_path}"]  # the tests' MNIST files
-    res = main_cli("-m", f"norm={NORMS}", *tiny)
+    res = main_cli("-m", f"norm={NORMS}", HALF_CNN, *tiny)
     assert res.returncode == 0, res.stderr
     for extra in (["model=resnet20", "norm=fixup"], ["norm=weight_norm", "norm@norm.block=batch"]):
         res = main_cli(*extra, *tiny)
