@@ -108,17 +108,18 @@ def earlier_ids(plans: list) -> None:
                 "runner.summary still reads them; CHANGELOG.md says which versions changed the ids.")
 
 
-def show_grid(overrides: list[str], where: dict) -> int:
-    """``python -m runner -m <grid> --cfg job``: every cell of the grid planned (a mistake anywhere is exit 2), with
-    its run id and whether the command would run it or skip it; nothing is trained or written."""
+def show_grid(overrides: list[str], multirun: bool, where: dict) -> int:
+    """``python -m runner -m <grid> --cfg job`` (or ``--dry-run``, also without ``-m``): every cell of the grid
+    planned (a mistake anywhere is exit 2), with its run id and whether the command would run it or skip it;
+    nothing is trained or written."""
     from runner.rundir import completed, read_result
     from runner.plan import make_plans
 
-    plans = make_plans(overrides, True, **where)
+    plans = make_plans(overrides, multirun, **where)
     done = [completed(p.folder) for p in plans]
     if not all(done):
         earlier_ids(plans)
-    say(f"grid of {len(plans)} cells: {sum(d is None for d in done)} would run, "
+    say(f"{f'grid of {len(plans)} cells' if multirun else '1 run'}: {sum(d is None for d in done)} would run, "
         f"{sum(d is not None for d in done)} completed (skipped)  (results in {plans[0].root}/)")
     for p, d in zip(plans, done):
         status = (read_result(p.folder) or {}).get("status")
@@ -130,14 +131,18 @@ def show_grid(overrides: list[str], where: dict) -> int:
 def main() -> int:
     encodable_streams()
     parser = get_args_parser()
-    args = parser.parse_args(sys.argv[1:])
-    preview = args.multirun and args.cfg == "job"  # -m --cfg job: the grid's cells, planned, nothing run
-    modes = [flag for flag, given in (("--multirun", args.multirun and not preview), ("--cfg", args.cfg),
-                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
+    dry_run = "--dry-run" in sys.argv[1:]  # the preview's other spelling, which Hydra's parser does not know
+    given = [a for a in sys.argv[1:] if a != "--dry-run"]
+    args = parser.parse_args(given)
+    # -m --cfg job or --dry-run: the command's cells planned, each with its id and fate; nothing runs
+    preview = dry_run or (args.multirun and args.cfg == "job")
+    modes = [flag for flag, on in (("--multirun", args.multirun and not preview), ("--dry-run", dry_run),
+                                   ("--cfg", args.cfg and not (preview and args.cfg == "job")), ("--info", args.info),
+                                   ("--shell-completion", args.shell_completion)) if on]
     if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
         error(f"error: {' and '.join(modes)} cannot be combined; give one of them.")
         return 2
-    argv = unset_nulls(sys.argv[1:])
+    argv = unset_nulls(given)
     # each run records it (rundir.COMMAND; imported later, as everything --help does not need)
     os.environ["RUNNER_COMMAND"] = shlex.join(["python", "-m", "runner", *sys.argv[1:]])
     args.overrides = unset_nulls(args.overrides)
@@ -162,7 +167,7 @@ def main() -> int:
             return launch.hydra(argv)
         check_sweep_ranges(args.overrides)  # a bad value anywhere in a grid, before planning imports torch
         if preview:
-            return show_grid(args.overrides, where)
+            return show_grid(args.overrides, args.multirun, where)
         from runner.plan import make_plans  # here, so that --cfg and --help stay fast
 
         plans = make_plans(args.overrides, args.multirun, **where)

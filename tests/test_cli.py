@@ -420,6 +420,12 @@ def test_a_grid_preview_lists_every_cell_with_its_id_and_fate_and_runs_nothing(d
         return re.split(r" [0-9a-f]{10}  ", line)[1]
 
     assert sorted(map(label, lines[1:])) == ["pooling=avg", "pooling=max"]
+    assert main_cli("-m", "--dry-run", "pooling=max,avg", *args).stdout == shown.stdout  # the other spelling
+    one = main_cli("--dry-run", "pooling=avg", *args)  # without -m: the one run the command would train
+    assert one.returncode == 0 and one.stdout.splitlines()[0].startswith("1 run: 1 would run, 0 completed")
+    assert [line.split()[0] for line in one.stdout.splitlines()[1:]] == ["run"]
+    mixed = main_cli("--dry-run", "--cfg", "hydra", *args)
+    assert mixed.returncode == 2 and "--dry-run and --cfg cannot be combined" in mixed.stderr
     seeds = main_cli("-m", "pooling=max", *args, "seed=3,4", "--cfg", "job").stdout.splitlines()[1:]
     assert list(map(label, seeds)) == ["seed=3", "seed=4"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [done]  # nothing trained, nothing written

@@ -369,10 +369,11 @@ sys.exit(sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in ch
 def test_32_runs_whose_trackers_start_at_the_same_moment_are_32_tracked_runs(tmp_path):
     """The tracker's part of 32 runs, 32 processes released together on a fresh results folder (the training around
     it changes nothing here, and 32 trainings at once would take minutes on 2 cores; the processes are forked from
-    one that imported MLflow and its SQL store, which each would otherwise spend 2.5 s of CPU on): MLflow's store is created and
-    migrated once, inside results_dir although its name holds '?' and '#' (the URI is built by SQLAlchemy, not by
-    string formatting), and every run is in it with its parameters and metrics. Before: 0 of 6 tracked, a
-    half-migrated store. test_tracking.py runs real trainings with logger=mlflow."""
+    one that imported MLflow and its SQL store, which each would otherwise spend 2.5 s of CPU on): MLflow's store
+    is created and migrated once, inside results_dir although its name holds '?' and '#' (the URI is built by
+    SQLAlchemy, not by string formatting), no folder is left beside it, and every run is in it with its parameters
+    and metrics. Before: 0 of 6 tracked, a half-migrated store. test_tracking.py runs real trainings with
+    logger=mlflow."""
     mlflow = pytest.importorskip("mlflow")
     from sqlalchemy.engine import URL
 
