@@ -123,10 +123,10 @@ class MLflow(Tracker):
         uri = cfg.logger.uri or URL.create("sqlite", database=str(db)).render_as_string(hide_password=False)
         _probe(uri)
         self.lock = FileLock(f"{db}.lock") if not cfg.logger.uri else contextlib.nullcontext()
-        # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#', an
-        # empty folder named with the escapes beside results_dir. Every opening removes it once its store is open
-        # (rmdir: only while empty), so that runs opening the store together leave none, whichever of them made it
-        # (a run that removed only a folder it had seen missing left the one a run beside it made again).
+        # MLflow makes the parent folder of the URI's path before decoding it: for a results_dir with '?' or '#' in
+        # its path, empty folders named with the escapes. Every opening removes them once its store is open (rmdir:
+        # only while empty), so that runs opening the store together leave none, whichever of them made them (a run
+        # that removed only a folder it had seen missing left the one a run beside it made again).
         stray = None if cfg.logger.uri else Path(uri.removeprefix("sqlite:///")).parent
         # Opening the store checks its schema (about 1 s of CPU): only the first opening, which creates and migrates
         # it, needs the lock; later ones run side by side, so that 32 runs starting together do not queue for 32 s.
@@ -153,9 +153,8 @@ class MLflow(Tracker):
                 params = _flat(OmegaConf.to_container(cfg, resolve=True)) | _axes(axes)
                 self.client.log_batch(self.run, params=[mlflow.entities.Param(k, str(v)[:500])
                                                         for k, v in params.items() if v is not None])
-        if stray is not None and stray != db.parent:
-            with contextlib.suppress(OSError):
-                stray.rmdir()
+        if stray is not None:
+            _remove_escaped(stray, db.parent)
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         step = int(row["epoch"])
@@ -170,6 +169,20 @@ class MLflow(Tracker):
         with self.lock:
             self.client.log_batch(self.run, metrics=final)
             self.client.set_terminated(self.run, status=status)
+
+
+def _remove_escaped(escaped: Path, real: Path) -> None:
+    """The empty folders of ``escaped`` (a path as MLflow made it, escapes undecoded) that are not folders of
+    ``real``, from the deepest up; a folder with anything in it stays, and so do those above it."""
+    for made, meant in zip([escaped, *escaped.parents], [real, *real.parents]):
+        if made == meant:
+            return
+        try:
+            made.rmdir()
+        except FileNotFoundError:  # a run beside this one removed it
+            continue
+        except OSError:
+            return
 
 
 def send_finished(runs: Sequence[tuple[Mapping[str, Any], str, Any]], root: Path, kind: str, uri: str | None = None,

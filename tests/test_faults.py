@@ -379,7 +379,7 @@ def test_32_runs_whose_trackers_start_at_the_same_moment_are_32_tracked_runs(tmp
 
     from runner.compose import CONF_DIR
 
-    n, root, go = 32, tmp_path / "res" / "a?b#c", tmp_path / "go"  # '?' and '#' once put the store outside
+    n, root, go = 32, tmp_path / "res" / "a?b" / "c#d", tmp_path / "go"  # '?' and '#' once put the store outside
     crowd = subprocess.Popen([sys.executable, "-c", CROWD, str(root), str(n), str(go),
                               str(CONF_DIR / "logger" / "mlflow.yaml")], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -387,7 +387,9 @@ def test_32_runs_whose_trackers_start_at_the_same_moment_are_32_tracked_runs(tmp
     go.touch()
     _, errors = crowd.communicate(timeout=900)
     assert crowd.returncode == 0 and "logger=mlflow" not in errors, errors  # failed processes, or a tracker off
-    assert (root / "mlflow.db").is_file() and [p.name for p in root.parent.iterdir()] == ["a?b#c"]
+    assert (root / "mlflow.db").is_file()  # and no folder named with the escapes beside it or above it
+    assert [p.name for p in root.parent.iterdir()] == ["c#d"] and [p.name for p in root.parent.parent.iterdir()] == [
+        "a?b"]
     client = mlflow.MlflowClient(URL.create("sqlite", database=str(root / "mlflow.db"))
                                  .render_as_string(hide_password=False))
     runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id], max_results=100)
