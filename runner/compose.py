@@ -133,6 +133,7 @@ class Composer:
         self.loader = self.hydra.config_loader
         self.parser = OverridesParser.create(config_loader=self.loader)
         if not self.loader.repository.config_exists(self.config_name):
+            GlobalHydra.instance().clear()  # a with-block whose __enter__ raises never calls __exit__
             raise ConfigError(
                 f"--config-name={self.config_name}: no {self.config_name}.yaml in the config search path."
             )

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, TINY, cli, option_needs
+from hydra.core.global_hydra import GlobalHydra
 
 from runner.compose import CONF_DIR
 from runner.plan import make_plan
@@ -250,6 +251,7 @@ def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, arg
     if not any(a.startswith("results_dir=") for a in args):
         args.append(f"results_dir={place / 'results'}")
     env = {"PATH": f"{place / 'bin'}:{os.environ['PATH']}"}
+    GlobalHydra.instance().clear()  # as a new process finds it (the session's shared composer may hold it)
     res = (cli if name in SUBPROCESS else main_cli)(*args, cwd=place, env=env)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, (
@@ -258,6 +260,7 @@ def test_a_bad_input_or_attack_exits_2_cleanly_and_runs_nothing(place, name, arg
     assert expected in res.stderr, res.stderr
     assert not (place / MARKER).exists()
     assert files(place) == before  # nothing written, not even results_dir
+    assert not GlobalHydra.instance().is_initialized()  # nor Hydra left set up for the next caller in the process
 
 
 @pytest.mark.parametrize("group", FAMILIES)
