@@ -119,7 +119,8 @@ def show_grid(overrides: list[str], multirun: bool, where: dict) -> int:
     done = [completed(p.folder) for p in plans]
     if not all(done):
         earlier_ids(plans)
-    say(f"{f'grid of {len(plans)} cells' if multirun else '1 run'}: {sum(d is None for d in done)} would run, "
+    cells = f"grid of {len(plans)} cell{'s' * (len(plans) != 1)}" if multirun else "1 run"
+    say(f"{cells}: {sum(d is None for d in done)} would run, "
         f"{sum(d is not None for d in done)} completed (skipped)  (results in {plans[0].root}/)")
     for p, d in zip(plans, done):
         status = (read_result(p.folder) or {}).get("status")
