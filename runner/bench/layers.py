@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -89,35 +89,47 @@ def cold_first_call(name: str, shape: tuple[int, ...]) -> float:
     return float(out.stdout.split()[-1])
 
 
-def norm_section(rounds: int) -> dict[str, float]:
+def norm_cell(name: str) -> list[str]:
+    """The overrides that plan norm option ``name`` (fixup needs residual blocks)."""
+    return [f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])
+
+
+def norm_step(node: Any, shapes: list[tuple[int, ...]]) -> Callable[[], None]:
+    """One forward + backward of a block of the typed norm ``node`` at each of ``shapes`` (a block per distinct
+    shape); weight and spectral norm also reparametrize a c→c 3×3 conv's weight, as a run does each step."""
     from hydra.utils import instantiate
 
+    factory = instantiate(node)
+    blocks, convs, inputs = {}, {}, {}
+    for s in set(shapes):
+        blocks[s], inputs[s] = factory(s[1]).train(), torch.randn(s).requires_grad_()
+        if hasattr(factory, "reparametrize"):
+            convs[s] = torch.nn.Conv2d(s[1], s[1], 3)
+            factory.reparametrize(convs[s].train())
+
+    def step() -> None:
+        for s in shapes:
+            out = blocks[s](inputs[s].clone())  # a copy: in-place activations may not write to a leaf
+            out.backward(torch.ones_like(out))
+            if s in convs:
+                convs[s].weight.sum().backward()
+            inputs[s].grad = None
+
+    return step
+
+
+def norm_section(rounds: int) -> dict[str, float]:
     shape = (128, 64, 32, 32)
-    x = torch.randn(shape).requires_grad_()
-    grad = torch.randn(shape)
     blocks: dict[str, Callable[[], None]] = {}
     with Composer() as composer:
         norms = composer.options("norm")
     for name in norms:
-        extra = [f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])
+        extra = norm_cell(name)
         variants = {name: make_plan(extra).cfg.norm}
         if "compile" in variants[name]:  # a compiled block: also its eager run, the same code uncompiled
             variants[f"{name}_eager"] = make_plan([*extra, "norm.compile=false"]).cfg.norm
         for key, node in variants.items():
-            factory = instantiate(node)
-            block = factory(shape[1]).train()
-            conv = None
-            if hasattr(factory, "reparametrize"):  # weight/spectral norm: a 64→64 3×3 conv's weight, each step
-                conv = torch.nn.Conv2d(shape[1], shape[1], 3)
-                factory.reparametrize(conv.train())
-
-            def step(block=block, conv=conv) -> None:
-                block(x.clone()).backward(grad)  # a copy: in-place activations may not write to a leaf
-                if conv is not None:
-                    conv.weight.sum().backward()
-                x.grad = None
-
-            blocks[key] = step
+            blocks[key] = norm_step(node, [shape])
     blocks = {"batch": blocks.pop("batch"), **blocks}
     times = {name: [] for name in blocks}
     first = {name: timed(step) for name, step in blocks.items()}  # warm-up call; a compiled block compiles in it

@@ -14,6 +14,7 @@ from runner.plan import make_plan
 from runner.targets import typed_config
 
 from runner.bench.common import timed
+from runner.bench.layers import norm_cell, norm_step
 
 MODELS = {"simple_cnn": ["model=simple_cnn", "dataset=mnist5k"],
           "resnet20": ["model=resnet20", "model.downsample=pool", "dataset=cifar10"]}
@@ -62,31 +63,10 @@ def pooling_steps(shapes: list[tuple[int, ...]]) -> dict[str, Callable[[], None]
 
 
 def norm_steps(shapes: list[tuple[int, ...]]) -> dict[str, Callable[[], None]]:
-    """For each norm option, one forward + backward of a block at each shape; weight and spectral norm: the none
-    block and the reparametrization of a c→c 3×3 conv's weight, as in section ``norm``."""
+    """For each norm option, one forward + backward of a block at each shape (``layers.norm_step``)."""
     with Composer() as composer:
         options = composer.options("norm")
-    steps = {}
-    for name in options:
-        factory = instantiate(make_plan([f"norm={name}"] + (["model=resnet20"] if name == "fixup" else [])).cfg.norm)
-        blocks, convs = {}, {}
-        for s in set(shapes):
-            blocks[s] = factory(s[1]).train()
-            if hasattr(factory, "reparametrize"):
-                convs[s] = torch.nn.Conv2d(s[1], s[1], 3)
-                factory.reparametrize(convs[s].train())
-        inputs = {s: torch.randn(s).requires_grad_() for s in set(shapes)}
-
-        def step(blocks=blocks, convs=convs, inputs=inputs) -> None:
-            for s in shapes:
-                out = blocks[s](inputs[s].clone())  # a copy: in-place activations may not write to a leaf
-                out.backward(torch.ones_like(out))
-                if s in convs:
-                    convs[s].weight.sum().backward()
-                inputs[s].grad = None
-
-        steps[name] = step
-    return steps
+    return {name: norm_step(make_plan(norm_cell(name)).cfg.norm, shapes) for name in options}
 
 
 def shapes_section(rounds: int) -> dict[str, float]:
