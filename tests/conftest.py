@@ -127,9 +127,14 @@ def cli(
 @pytest.fixture(scope="session")
 def composer():
     """One Hydra composer over the project's conf/ for the whole session (setting Hydra up is the slow part)."""
+    from hydra.core.global_hydra import GlobalHydra
+
     from runner.compose import Composer
 
     with Composer() as c:
+        # it keeps its own Hydra: the process is left as a new one finds it, so that a test which sets Hydra up
+        # itself (or checks that a command left it as it was) does not depend on running after a user of this one
+        GlobalHydra.instance().clear()
         yield c
 
 

@@ -62,9 +62,6 @@ def test_a_launcher_option_selects_hydras_launcher_and_leaves_the_run_alone(opti
 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()  # the session's shared composer (conftest) may hold Hydra in this test process
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"launcher={option}"], return_hydra_config=True)
         plain = hydra_compose("config")
