@@ -115,7 +115,7 @@ def show_grid(overrides: list[str], multirun: bool, where: dict) -> int:
     from runner.rundir import completed, read_result
     from runner.plan import make_plans
 
-    plans = make_plans(overrides, multirun, **where)
+    plans = make_plans(overrides, multirun, fetch=False, **where)  # download=true fetches nothing here
     done = [completed(p.folder) for p in plans]
     if not all(done):
         earlier_ids(plans)

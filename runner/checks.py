@@ -258,10 +258,9 @@ def _dry_forward(cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> None:
-    """The folders a run writes are writable, and its data can be read: with download=true, missing files are
-    fetched now, once per command, so that an offline machine is a setup error before anything trains."""
-    sets = [cfg.dataset] + ([ood] if ood is not None else [])
-    for ds in sets:
+    """The data folder is writable where the decoded tensors will be cached, and the data can be read: its files
+    are there, or download=true will fetch them (``fetch_data``). Reads only: a grid preview runs it too."""
+    for ds, where in _data_sets(cfg, ood):
         key = json.dumps(["data", cfg.data_dir, ds.name, ds.get("source_dir")])
         if key in checked:
             continue
@@ -269,11 +268,30 @@ def check_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> No
             if not cache_path(ds.name, cfg.data_dir).exists():
                 check_writable("data_dir", cfg.data_dir)  # the decoded tensors are cached there
             check_available(ds, cfg.data_dir, cfg.download)
-            if cfg.download and not cache_path(ds.name, cfg.data_dir).exists():
-                load_cached(ds, cfg.data_dir, download=True)
         except DataError as e:
-            raise ConfigError(f"{'ood=' + str(cfg.ood) + ': ' if ds is not sets[0] else ''}{e}") from None
+            raise ConfigError(f"{where}{e}") from None
         checked.add(key)
+
+
+def fetch_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> None:
+    """With download=true, the missing files fetched now, once per command, so that an offline machine is a setup
+    error before anything trains (a preview, which writes nothing, does not call it)."""
+    if not cfg.download:
+        return
+    for ds, where in _data_sets(cfg, ood):
+        key = json.dumps(["fetch", cfg.data_dir, ds.name, ds.get("source_dir")])
+        if key in checked or cache_path(ds.name, cfg.data_dir).exists():
+            continue
+        try:
+            load_cached(ds, cfg.data_dir, download=True)
+        except DataError as e:
+            raise ConfigError(f"{where}{e}") from None
+        checked.add(key)
+
+
+def _data_sets(cfg: DictConfig, ood: DictConfig | None) -> list[tuple[DictConfig, str]]:
+    """The run's dataset and its OOD one, each with how a message names it."""
+    return [(cfg.dataset, "")] + ([(ood, f"ood={cfg.ood}: ")] if ood is not None else [])
 
 
 def check_launch(hydra: DictConfig, overrides: Sequence[str], multirun: bool) -> None:

@@ -97,18 +97,20 @@ def labelled(plans: list[RunPlan]) -> list[RunPlan]:
 
 def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: str | None = None,
                config_path: str | None = None, config_name: str | None = None,
-               searchpath: Sequence[str] | None = None, skip_completed_builds: bool = True) -> list[RunPlan]:
+               searchpath: Sequence[str] | None = None, skip_completed_builds: bool = True,
+               fetch: bool = True) -> list[RunPlan]:
     """Plan every cell of ``python -m runner [-m] <overrides>``: a ConfigError for the first bad cell.
 
     A cell whose run already completed is not built again (its model ran before); the model of every
-    other distinct architecture is built once and run on zeros of the dataset's shape.
+    other distinct architecture is built once and run on zeros of the dataset's shape. ``fetch=False`` (a
+    preview) checks the data without downloading what download=true would fetch.
     """
     found = compose.searchpath(overrides) if searchpath is None else searchpath
     with Composer(config_dir, config_path, config_name, found) as composer, no_cycle_collection():
         master = composer.master(overrides, multirun)
         launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
         checks.check_launch(master.hydra, overrides, multirun)
-        planner = Planner(launcher, skip_completed_builds)
+        planner = Planner(launcher, skip_completed_builds, fetch)
         plans = [planner.plan(composer, cell, build=False) for cell in composer.cells(overrides, multirun, master)]
         for plan in plans:  # after every cell's values passed: a bad last cell is refused before any build
             planner.check_built(plan)
@@ -121,8 +123,9 @@ class Planner:
     values) filled into that cell's typed config instead of composed and typed again (``Template``). It outlives
     a Composer: ``runner.tune`` plans each round's trials with the planner of the whole command."""
 
-    def __init__(self, launcher: Mapping[str, Any] | None, skip_completed_builds: bool = True) -> None:
-        self.launcher, self.skip_completed_builds = launcher, skip_completed_builds
+    def __init__(self, launcher: Mapping[str, Any] | None, skip_completed_builds: bool = True,
+                 fetch: bool = True) -> None:
+        self.launcher, self.skip_completed_builds, self.fetch = launcher, skip_completed_builds, fetch
         self.checked: set[str] = set()
         self.typed: dict[str, DictConfig] = {}
         self.templates: dict[tuple[Any, ...], Template] = {}
@@ -136,19 +139,19 @@ class Planner:
         if cfg is not None:
             plan = plan_from_config(cfg, template.choices, cell, self.launcher, composer=composer,
                                     typed_options=self.typed, build=False, check_data=check_data,
-                                    plain=template.plain(cfg, values))
+                                    plain=template.plain(cfg, values), fetch=self.fetch)
         else:
             cfg, choices = composer.compose(cell)
             referenced = interpolations(cfg)
             plan = plan_from_config(cfg, choices, cell, self.launcher, composer=composer, typed_options=self.typed,
-                                    build=False, check_data=check_data)
+                                    build=False, check_data=check_data, fetch=self.fetch)
             self.templates.setdefault(key, Template(plan.cfg, plan.choices, referenced))
         if build:
             self.check_built(plan, check_data)
         return plan
 
     def check_built(self, plan: RunPlan, check_data: bool = True) -> None:
-        check_built(plan, self.checked, self.skip_completed_builds, check_data)
+        check_built(plan, self.checked, self.skip_completed_builds, check_data, self.fetch)
 
 
 @contextlib.contextmanager
@@ -184,13 +187,15 @@ def plan_from_config(
     check_data: bool = True,
     plain: dict[str, Any] | None = None,
     build: bool = True,
+    fetch: bool = True,
 ) -> RunPlan:
     """Type, validate and identify one composed config. Raises ConfigError (nothing is written).
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
     architecture is built once and each distinct option node is typed once per command; ``build=False`` leaves
     ``check_built`` to the caller. ``plain``: ``cfg`` is a Template's config, typed already, and this is it as a
-    container (what its identity is made of)."""
+    container (what its identity is made of). ``fetch=False``: data that download=true would fetch is not
+    fetched (a preview writes nothing)."""
     if plain is None:
         cfg = typed_config(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
@@ -200,22 +205,25 @@ def plan_from_config(
     check_values(cfg, choices, ood, options)
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
-    teacher = _teacher(cfg, choices, launcher, composer) if cfg.teacher is not None else None
+    teacher = _teacher(cfg, choices, launcher, composer, fetch) if cfg.teacher is not None else None
     ident = identity(cfg if plain is None else plain, choices, kind, autocast, teacher.run_id if teacher else None)
     rid = id_of(ident)
     plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     if build:
-        check_built(plan, checked if checked is not None else set(), skip_completed_builds, check_data)
+        check_built(plan, checked if checked is not None else set(), skip_completed_builds, check_data, fetch)
     return plan
 
 
-def check_built(plan: RunPlan, checked: set[str], skip_completed_builds: bool, check_data: bool = True) -> None:
+def check_built(plan: RunPlan, checked: set[str], skip_completed_builds: bool, check_data: bool = True,
+                fetch: bool = True) -> None:
     """The checks that build a model or read data, each distinct one once per command (``checked``): a grid
     runs them after every cell's values passed, so a bad last cell is refused before any model is built."""
     if not (skip_completed_builds and not plan.cfg.force and rundir.completed(plan.folder) is not None):
         check_builds(plan.cfg, plan.choices, checked)
     if check_data:
         checks.check_data(plan.cfg, plan.ood, checked)
+        if fetch:
+            checks.fetch_data(plan.cfg, plan.ood, checked)
 
 
 def _ood(cfg: DictConfig, composer: Composer | None) -> tuple[DictConfig | None, list[str]]:
@@ -238,7 +246,7 @@ def _ood(cfg: DictConfig, composer: Composer | None) -> tuple[DictConfig | None,
 # ---------------------------------------------------------------- the distillation teacher
 
 def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
-             composer: Composer | None) -> TeacherRef:
+             composer: Composer | None, fetch: bool) -> TeacherRef:
     """Where the teacher is (or will be): by its settings, by ``teacher.run_id`` or by ``teacher.checkpoint``."""
     t = cfg.teacher
     ways = [k for k in ("overrides", "run_id", "checkpoint") if t.get(k)]
@@ -247,7 +255,7 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
                           f"settings), teacher.run_id or teacher.checkpoint; got {', '.join(ways) or 'none'}.")
     root = Path(cfg.results_dir)
     if t.overrides:
-        plan = _teacher_plan(cfg, choices, launcher, composer)
+        plan = _teacher_plan(cfg, choices, launcher, composer, fetch)
         return TeacherRef(plan.run_id, plan.folder / "checkpoint.pt", plan, trains=True)
     if t.run_id is not None:
         if not RUN_ID.fullmatch(str(t.run_id)):
@@ -283,7 +291,7 @@ def _check_weights_fit(weights: Mapping[str, Any], plan: RunPlan, where: str) ->
 
 
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
-                  composer: Composer | None) -> RunPlan:
+                  composer: Composer | None, fetch: bool) -> RunPlan:
     """The teacher run named by its settings, on the student's dataset and where/how the student runs."""
     student = [f"dataset={choices['dataset']}"] + [f"dataset.{k}={literal(v)}" for k, v in cfg.dataset.items()]
     where = [f"{k}={literal(cfg[k])}" for k in ("data_dir", "download", "results_dir", "device", "threads", "amp",
@@ -303,7 +311,7 @@ def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: 
             f"teacher.overrides={list(cfg.teacher.overrides)}: a teacher cannot have a teacher of its own."
         )
     return plan_from_config(tcfg, tchoices, [f"teacher={choices.get('teacher')}"], launcher, composer=None,
-                            skip_completed_builds=True)
+                            skip_completed_builds=True, fetch=fetch)
 
 
 def literal(value: Any) -> str:
