@@ -131,6 +131,7 @@ class Composer:
         JobRuntime.instance().set("name", "runner")
         self.hydra = Hydra.create_main_hydra2(task_name="runner", config_search_path=self.search_path)
         self.loader = self.hydra.config_loader
+        _keep_parses(self.loader.repository)
         self.parser = OverridesParser.create(config_loader=self.loader)
         if not self.loader.repository.config_exists(self.config_name):
             GlobalHydra.instance().clear()  # a with-block whose __enter__ raises never calls __exit__
@@ -320,6 +321,21 @@ class Composer:
             detail = one_paragraph(str(cause).split("\n")[0])
             return ConfigError(f"{key}={value}: {detail}.")
         return ConfigError(one_paragraph(exc))
+
+
+def _keep_parses(repository: Any) -> None:
+    """Hydra parses each config file again in every composition (its cache lives for one), and a grid composes each
+    distinct set of options, mostly from the same files: each file is parsed once per command here, and every
+    composition gets its own copy of the parse (Hydra may change what it loads), a quarter of a composition's time.
+    Hydra offers no cache that outlives a composition, so the repository's ``load_config`` is wrapped by hand."""
+    load, parsed = repository.load_config, {}
+
+    def load_config(config_path: str) -> Any:
+        if config_path not in parsed:
+            parsed[config_path] = load(config_path)
+        return copy.deepcopy(parsed[config_path])
+
+    repository.load_config = load_config
 
 
 def initials(description: str) -> str:

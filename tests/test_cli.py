@@ -430,11 +430,11 @@ def test_a_grid_preview_lists_every_cell_with_its_id_and_fate_and_runs_nothing(d
     assert list(map(label, seeds)) == ["seed=3", "seed=4"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [done]  # nothing trained, nothing written
     # data that download=true would fetch is not fetched by a preview (an offline machine: the download would fail)
-    empty = tmp_path / "nodata" / "data"
-    fetching = main_cli("--dry-run", *TINY, "pooling=avg", "download=true", f"data_dir={empty}", f"results_dir={tmp_path}")
+    fetch = [*TINY, "pooling=avg", "download=true", f"data_dir={tmp_path / 'nodata' / 'd'}", f"results_dir={tmp_path}"]
+    fetching = main_cli("--dry-run", *fetch)
     assert fetching.returncode == 0 and fetching.stdout.startswith("1 run: 1 would run"), fetching.stderr
     assert not (tmp_path / "nodata").exists()
-    offline = main_cli(*TINY, "pooling=avg", "download=true", f"data_dir={empty}", f"results_dir={tmp_path}")  # the run fetches
+    offline = main_cli(*fetch)  # the run itself fetches, before anything trains
     assert offline.returncode == 2 and "download=true could not fetch" in offline.stderr
     bad = main_cli("-m", "pooling=max,maxx", *args, "--cfg", "job")
     assert bad.returncode == 2 and "'maxx' is not an option" in bad.stderr

@@ -221,13 +221,15 @@ def test_the_identity_holds_the_device_type_and_autocast_dtype_and_ignores_null_
 
 
 def test_the_fast_composition_equals_hydras_own():
-    """A cell's value overrides applied to the composed group choices give the config Hydra composes itself."""
+    """A cell's value overrides applied to the composed group choices give the config Hydra composes itself; so do
+    cells composed later from the same files, which one composer parses once (runner.compose._keep_parses)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     cells = [["seed=3", "pooling=lp", "pooling.p=4"], ["norm=weight_norm", "norm@norm.block=batch", "++lr=0.1"],
-             ["experiment=cifar10_resnet20", "epochs=2", "model.widths=[8,16,32]"], ["loss=focal", "~loss.gamma"]]
+             ["experiment=cifar10_resnet20", "epochs=2", "model.widths=[8,16,32]"], ["loss=focal", "~loss.gamma"],
+             ["pooling=lp", "norm=group", "pooling.p=2"], ["norm=weight_norm", "norm@norm.block=group"], []]
     with Composer() as composer:
         ours = [OmegaConf.to_container(composer.compose(c)[0]) for c in cells]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
