@@ -36,7 +36,8 @@ class Template:
                     or not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and "${" in value)
                     or not isinstance(OmegaConf.select(self.cfg, key, default=None), (bool, int, float, str))):
                 return None
-        cfg = copy.deepcopy(self.cfg, dict(self._shared))
+        filled = {o.key_or_group.split(".")[0] for o in values}
+        cfg = copy.deepcopy(self.cfg, {id(node): node for key, node in self._children.items() if key not in filled})
         try:
             for o in values:
                 OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
@@ -45,13 +46,13 @@ class Template:
         return cfg
 
     @functools.cached_property
-    def _shared(self) -> dict[int, DictConfig]:
-        """The method nodes, as a deep copy's memo: they are never filled (above) nor changed after planning, so
-        the cells share them (copying them was a third of a 200-cell grid's planning). Each keeps the template as
-        its parent, which only interpolations and flags read; a typed config has no interpolations left and one
-        set of flags."""
-        return {id(node): node for axis in (*TARGET_HOMES, "teacher")
-                if isinstance(node := self.cfg._get_node(axis), DictConfig)}
+    def _children(self) -> dict[str, Any]:
+        """The config's top-level nodes, which a filled cell shares with this one except where its values go (as a
+        deep copy's memo): copying them all was most of a seed's planning. A shared node is never changed after
+        planning (a plan's config is copied before anything is set in it: runner/machine.py, runner/build.py);
+        each keeps the template as its parent, which only interpolations and flags read, and a typed config has
+        no interpolations left and the same flags as every cell filled from it."""
+        return {str(key): self.cfg._get_node(key) for key in self.cfg.keys()}
 
     @functools.cached_property
     def _container(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Composition, validation messages and run identity."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from runner.compose import CONF_DIR, Composer
 from runner.plan import make_plan, make_plans
@@ -312,6 +314,15 @@ def test_a_grid_plans_each_cell_exactly_as_planning_it_alone(tmp_path, monkeypat
         assert OmegaConf.to_container(p.cfg) == OmegaConf.to_container(alone.cfg), p.overrides
         assert OmegaConf.get_type(p.cfg) is OmegaConf.get_type(alone.cfg) and p.choices == alone.choices
     assert {type(p.cfg.lr) for p in plans} == {float}  # lr=1 typed as the schema's float, as composing types it
+    # a method's cells share the nodes their values leave alone: a copy changed as a job changes it (runner/machine.py)
+    # leaves every cell as planned
+    same = [p for p in plans if p.choices["pooling"] == poolings[0]]
+    before = [OmegaConf.to_container(p.cfg) for p in same]
+    changed = same[-1].cfg.copy()
+    with open_dict(changed):
+        changed.threads, changed.dataset.val_fraction, changed.lr = 3, 0.5, 0.125
+    assert [OmegaConf.to_container(p.cfg) for p in same] == before
+    assert OmegaConf.to_container(copy.deepcopy(same[-1].cfg)) == before[-1]
     # a bad value in a later cell is refused with the words a cell alone gets
     with pytest.raises(ConfigError) as alone:
         make_plan(["epochs=abc", f"results_dir={tmp_path}"])
