@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "crop_flip")
+from datasets.specs import AUGMENTS
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

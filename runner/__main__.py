@@ -112,13 +112,15 @@ def show_grid(overrides: list[str], multirun: bool, where: dict) -> int:
     """``python -m runner -m <grid> --cfg job`` (or ``--dry-run``, also without ``-m``): every cell of the grid
     planned (a mistake anywhere is exit 2), with its run id and whether the command would run it or skip it;
     nothing is trained or written."""
+    from runner import facts
     from runner.rundir import completed, read_result
     from runner.plan import make_plans
 
-    plans = make_plans(overrides, multirun, fetch=False, **where)  # download=true fetches nothing here
+    plans = make_plans(overrides, multirun, preview=True, **where)  # no model built, no data fetched
     done = [completed(p.folder) for p in plans]
     if not all(done):
-        earlier_ids(plans)
+        with facts.remembered():  # the earlier runs' configs typed as the cells' were
+            earlier_ids(plans)
     cells = f"grid of {len(plans)} cell{'s' * (len(plans) != 1)}" if multirun else "1 run"
     say(f"{cells}: {sum(d is None for d in done)} would run, "
         f"{sum(d is not None for d in done)} completed (skipped)  (results in {plans[0].root}/)")

@@ -13,22 +13,23 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from datasets import SPECS, DataError, check_available, load_cached
-from datasets.batches import AUGMENTS
-from datasets.registry import cache_path
-from models import declared
-from runner import build, rundir
+from datasets.specs import AUGMENTS, SPECS, DataError, cache_path, check_available
+from runner import facts, rundir
 from runner.compose import CONF_DIR, option_yaml
-from runner.metrics import TS_METHODS
-from runner.schema import (ConfigError, DatasetConfig, RunConfig, SequentialConfig, check_dataclass_ranges,
-                           did_you_mean)
+from runner.schema import (TS_METHODS, ConfigError, DatasetConfig, RunConfig, SequentialConfig,
+                           check_dataclass_ranges, did_you_mean)
 from runner.targets import TARGET_HOMES, resolve_target
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the models and the builder are imported by the checks that build (check_builds), not by those on values:
+# a grid preview checks every cell's values and imports no torch (runner/facts.py)
 
 def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictConfig | None = None,
                  dataset_options: Sequence[str] = ()) -> None:
@@ -72,7 +73,7 @@ def check_values(cfg: DictConfig, choices: Mapping[str, str | None], ood: DictCo
     _check_device(cfg.device)
     _check_logger(cfg.logger)
     _check_norm(cfg, choices)
-    needs = bool(declared(build.target(cfg.loss), "needs_teacher", False))
+    needs = bool(getattr(_target(cfg.loss, "loss"), "needs_teacher", False))
     if needs and cfg.teacher is None:
         raise ConfigError(
             f"loss={choices['loss']} distills from a teacher: add teacher=<{'|'.join(_teacher_options())}> "
@@ -142,11 +143,11 @@ def _check_device(device: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise ConfigError(f"device={device}: allowed: auto, cpu, cuda, cuda:N, mps.")
     if device.startswith("cuda"):
-        n = torch.cuda.device_count()
+        n = _devices()["cuda_count"]
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= n:
             raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
-    if device == "mps" and not torch.backends.mps.is_available():
+    if device == "mps" and not _devices()["mps_available"]:
         raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
 
 
@@ -158,18 +159,37 @@ def device_type(device: str, launcher: Mapping[str, Any] | None = None) -> str:
     if "submitit" in str((launcher or {}).get("_target_", "")):
         gpus = (launcher or {}).get("gpus_per_node") or (launcher or {}).get("gpus_per_task") or 0
         return "cuda" if isinstance(gpus, int) and gpus > 0 else "cpu"
-    if torch.cuda.is_available():
+    found = _devices()
+    if found["cuda_available"]:
         return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
+    return "mps" if found["mps_available"] else "cpu"
+
+
+def _devices() -> dict[str, Any]:
+    """What torch says of this machine's CUDA and MPS devices (in a preview, what it said: runner/facts.py)."""
+    def probe() -> dict[str, Any]:
+        import torch
+
+        return {"cuda_available": torch.cuda.is_available(), "cuda_count": torch.cuda.device_count(),
+                "mps_available": torch.backends.mps.is_available()}
+
+    return facts.device(probe)
+
+
+def _target(node: DictConfig, axis: str) -> Any:
+    """The class (or function) a typed option node names, as the allow-list resolves it (in a preview, its record:
+    runner/facts.py). A ``_target_`` is never a partial, so a class's declarations are its attributes."""
+    home, path = TARGET_HOMES[axis], str(node._target_)
+    return facts.target(home, path, lambda: resolve_target(f"{axis}._target_", path, home))
 
 
 def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
     """What a norm declares about the models and batches it works with (models/norm/__init__.py)."""
-    norm = build.target(cfg.norm)
-    needs = declared(norm, "model_requires")
+    norm = _target(cfg.norm, "norm")
+    needs = getattr(norm, "model_requires", None)
     if needs is not None:
         attribute, what = needs
-        if not hasattr(build.target(cfg.model), attribute):
+        if not hasattr(_target(cfg.model, "model"), attribute):
             able = [name for name, cls in option_targets("model").items() if hasattr(cls, attribute)]
             raise ConfigError(f"norm={choices['norm']} needs {what}; model={choices['model']} has none. "
                               f"Models that support it: {', '.join(able)}.")
@@ -185,7 +205,7 @@ def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
 
 def _batch_dependent(node: DictConfig) -> bool:
     """Whether the norm block (or the block a reparametrization wraps) uses batch statistics."""
-    if getattr(build.target(node), "batch_dependent", False) is True:
+    if getattr(_target(node, "norm"), "batch_dependent", False) is True:
         return True
     return "block" in node and isinstance(node.block, DictConfig) and _batch_dependent(node.block)
 
@@ -213,7 +233,9 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
     arch = json.dumps({a: OmegaConf.to_container(cfg[a]) for a in ("model", "pooling", "global_pool", "norm")}
                       | {"dataset": cfg.dataset.name}, sort_keys=True)
     loss_key, loss_what = json.dumps(OmegaConf.to_container(cfg.loss), sort_keys=True), f"loss={choices['loss']}"
-    sized = declared(build.target(cfg.loss), "needs_mid_features", False)
+    from runner import build
+
+    sized = getattr(build.target(cfg.loss), "needs_mid_features", False)
     if sized:  # the loss is sized by the model: checked once per architecture
         loss_key, loss_what = loss_key + arch, f"{loss_what} with {where}"
     for key, check, what in ((arch, lambda: _dry_forward(cfg), f"the model does not build or run with {where}"),
@@ -233,10 +255,14 @@ def check_builds(cfg: DictConfig, choices: Mapping[str, str | None], checked: se
 
 
 def _uncompiled_model(cfg: DictConfig) -> torch.nn.Module:
+    from runner import build
+
     return build.model(build.eager(cfg))  # checking shapes is no reason to compile (importing dynamo takes 1.5 s)
 
 
 def _dry_forward(cfg: DictConfig) -> None:
+    import torch
+
     model = _uncompiled_model(cfg).eval()
     spec = SPECS[cfg.dataset.name]
     with torch.no_grad():
@@ -282,6 +308,8 @@ def fetch_data(cfg: DictConfig, ood: DictConfig | None, checked: set[str]) -> No
         key = json.dumps(["fetch", cfg.data_dir, ds.name, ds.get("source_dir")])
         if key in checked or cache_path(ds.name, cfg.data_dir).exists():
             continue
+        from datasets.registry import load_cached  # torch: only a command that fetches data imports it here
+
         try:
             load_cached(ds, cfg.data_dir, download=True)
         except DataError as e:

@@ -172,7 +172,12 @@ class Composer:
         return {g: self.options(g) for g in USER_GROUPS}
 
     def _is_group(self, o: Override) -> bool:
-        return o.package is not None or self.loader.repository.group_exists(o.key_or_group)
+        if o.package is not None:
+            return True
+        known = self.__dict__.setdefault("_groups", {})  # the search path's groups do not change during a command
+        if o.key_or_group not in known:
+            known[o.key_or_group] = self.loader.repository.group_exists(o.key_or_group)
+        return known[o.key_or_group]
 
     # ------------------------------------------------------------ the grid
 

@@ -40,8 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import rundir
-
-TS_METHODS = ("ece_grid", "nll_lbfgs")
+from runner.schema import TS_METHODS
 
 # What each metric is, for sorting, verdicts and the report's units: its direction (True when larger is better)
 # and whether it is a rate (a fraction in [0, 1], shown in points on the 0–100 scale). NLL and Brier (in [0, 2],

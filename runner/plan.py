@@ -20,8 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from datasets import SPECS
-from runner import checks, rundir
-from runner.checkpoint import read_checkpoint
+from runner import checks, facts, rundir
 from runner.checks import check_builds, check_values, check_writable, device_type
 from runner import compose
 from runner.compose import Composer
@@ -100,22 +99,25 @@ BUILT = ("model", "pooling", "global_pool", "norm", "loss", "optim")  # the node
 def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: str | None = None,
                config_path: str | None = None, config_name: str | None = None,
                searchpath: Sequence[str] | None = None, skip_completed_builds: bool = True,
-               fetch: bool = True) -> list[RunPlan]:
+               preview: bool = False) -> list[RunPlan]:
     """Plan every cell of ``python -m runner [-m] <overrides>``: a ConfigError for the first bad cell.
 
     A cell whose run already completed is not built again (its model ran before); the model of every
-    other distinct architecture is built once and run on zeros of the dataset's shape. ``fetch=False`` (a
-    preview) checks the data without downloading what download=true would fetch.
+    other distinct architecture is built once and run on zeros of the dataset's shape. ``preview=True`` (a grid
+    preview) builds nothing and fetches nothing (what download=true would download), and reads what the option
+    classes declare from the record where it can, so that it need not import torch (runner/facts.py).
     """
     found = compose.searchpath(overrides) if searchpath is None else searchpath
-    with Composer(config_dir, config_path, config_name, found) as composer, no_cycle_collection():
+    with Composer(config_dir, config_path, config_name, found) as composer, no_cycle_collection(), \
+            facts.remembered() if preview else contextlib.nullcontext():
         master = composer.master(overrides, multirun)
         launcher = OmegaConf.to_container(master.hydra.launcher, resolve=False)
         checks.check_launch(master.hydra, overrides, multirun)
-        planner = Planner(launcher, skip_completed_builds, fetch)
+        planner = Planner(launcher, skip_completed_builds, preview)
         plans = [planner.plan(composer, cell, build=False) for cell in composer.cells(overrides, multirun, master)]
         for plan in plans:  # after every cell's values passed: a bad last cell is refused before any build
             planner.check_built(plan)
+    facts.save()  # what was read of the option classes and the machine, for the next preview
     return labelled(plans)
 
 
@@ -126,8 +128,8 @@ class Planner:
     a Composer: ``runner.tune`` plans each round's trials with the planner of the whole command."""
 
     def __init__(self, launcher: Mapping[str, Any] | None, skip_completed_builds: bool = True,
-                 fetch: bool = True) -> None:
-        self.launcher, self.skip_completed_builds, self.fetch = launcher, skip_completed_builds, fetch
+                 preview: bool = False) -> None:
+        self.launcher, self.skip_completed_builds, self.preview = launcher, skip_completed_builds, preview
         self.checked: set[str] = set()
         self.typed: dict[str, DictConfig] = {}
         self.templates: dict[tuple[Any, ...], Template] = {}
@@ -142,12 +144,12 @@ class Planner:
         if cfg is not None:
             plan = plan_from_config(cfg, template.choices, cell, self.launcher, composer=composer,
                                     checked=self.checked, typed_options=self.typed, build=False,
-                                    check_data=check_data, plain=template.plain(cfg, values), fetch=self.fetch)
+                                    check_data=check_data, plain=template.plain(cfg, values), preview=self.preview)
         else:
             cfg, choices = composer.compose(cell)
             referenced = interpolations(cfg)
             plan = plan_from_config(cfg, choices, cell, self.launcher, composer=composer, checked=self.checked,
-                                    typed_options=self.typed, build=False, check_data=check_data, fetch=self.fetch)
+                                    typed_options=self.typed, build=False, check_data=check_data, preview=self.preview)
             self.templates.setdefault(key, Template(plan.cfg, plan.choices, referenced))
         if build:
             self.check_built(plan, check_data)
@@ -159,7 +161,7 @@ class Planner:
         the keys that say so cost a fifth of a 200-cell grid's planning."""
         nodes = tuple(plan.cfg._get_node(axis) for axis in BUILT)
         same = (tuple(map(id, nodes)), plan.cfg.dataset.name)
-        if check_built(plan, self.checked, self.skip_completed_builds, check_data, self.fetch,
+        if check_built(plan, self.checked, self.skip_completed_builds, check_data, self.preview,
                        models=same not in self.built):
             self.built[same] = nodes
 
@@ -197,15 +199,15 @@ def plan_from_config(
     check_data: bool = True,
     plain: dict[str, Any] | None = None,
     build: bool = True,
-    fetch: bool = True,
+    preview: bool = False,
 ) -> RunPlan:
     """Type, validate and identify one composed config. Raises ConfigError (nothing is written).
 
     ``checked`` and ``typed_options`` carry what a grid has already built and typed, so each distinct
     architecture is built once and each distinct option node is typed once per command; ``build=False`` leaves
     ``check_built`` to the caller. ``plain``: ``cfg`` is a Template's config, typed already, and this is it as a
-    container (what its identity is made of). ``fetch=False``: data that download=true would fetch is not
-    fetched (a preview writes nothing)."""
+    container (what its identity is made of). ``preview=True``: nothing is built nor fetched (a grid
+    preview writes nothing), and option classes may be read from the record (``make_plans``)."""
     if plain is None:
         cfg = typed_config(cfg, typed_options if typed_options is not None else {})
     choices = dict(choices)
@@ -218,27 +220,28 @@ def plan_from_config(
     check_values(cfg, choices, ood, options)
     kind = device_type(cfg.device, launcher)
     autocast = "bfloat16" if kind == "cuda" and cfg.amp else None
-    teacher = _teacher(cfg, choices, launcher, composer, fetch) if cfg.teacher is not None else None
+    teacher = _teacher(cfg, choices, launcher, composer, preview) if cfg.teacher is not None else None
     ident = identity(cfg if plain is None else plain, choices, kind, autocast, teacher.run_id if teacher else None)
     rid = id_of(ident)
     plan = RunPlan(cfg, choices, rid, kind, autocast, tuple(overrides), teacher, ident, ood)
     if build:
-        check_built(plan, checked if checked is not None else set(), skip_completed_builds, check_data, fetch)
+        check_built(plan, checked if checked is not None else set(), skip_completed_builds, check_data, preview)
     return plan
 
 
 def check_built(plan: RunPlan, checked: set[str], skip_completed_builds: bool, check_data: bool = True,
-                fetch: bool = True, models: bool = True) -> bool:
+                preview: bool = False, models: bool = True) -> bool:
     """The checks that build a model or read data, each distinct one once per command (``checked``): a grid
     runs them after every cell's values passed, so a bad last cell is refused before any model is built.
-    ``models=False``: this cell's model, loss and optimizer are known to have been built. Returns whether
-    they were built here."""
-    built = models and not (skip_completed_builds and not plan.cfg.force and rundir.completed(plan.folder) is not None)
+    ``models=False``: this cell's model, loss and optimizer are known to have been built; ``preview``: nothing is
+    built, and download=true fetches nothing. Returns whether they were built here."""
+    done = skip_completed_builds and not plan.cfg.force and rundir.completed(plan.folder) is not None
+    built = models and not preview and not done
     if built:
         check_builds(plan.cfg, plan.choices, checked)
     if check_data:
         checks.check_data(plan.cfg, plan.ood, checked)
-        if fetch:
+        if not preview:
             checks.fetch_data(plan.cfg, plan.ood, checked)
     return built
 
@@ -263,7 +266,7 @@ def _ood(cfg: DictConfig, composer: Composer | None) -> tuple[DictConfig | None,
 # ---------------------------------------------------------------- the distillation teacher
 
 def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
-             composer: Composer | None, fetch: bool) -> TeacherRef:
+             composer: Composer | None, preview: bool) -> TeacherRef:
     """Where the teacher is (or will be): by its settings, by ``teacher.run_id`` or by ``teacher.checkpoint``."""
     t = cfg.teacher
     ways = [k for k in ("overrides", "run_id", "checkpoint") if t.get(k)]
@@ -272,7 +275,7 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
                           f"settings), teacher.run_id or teacher.checkpoint; got {', '.join(ways) or 'none'}.")
     root = Path(cfg.results_dir)
     if t.overrides:
-        plan = _teacher_plan(cfg, choices, launcher, composer, fetch)
+        plan = _teacher_plan(cfg, choices, launcher, composer, preview)
         return TeacherRef(plan.run_id, plan.folder / "checkpoint.pt", plan, trains=True)
     if t.run_id is not None:
         if not RUN_ID.fullmatch(str(t.run_id)):
@@ -281,6 +284,8 @@ def _teacher(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mappi
         path, key = root / "runs" / str(t.run_id) / "checkpoint.pt", "teacher.run_id"
     else:
         path, key = Path(t.checkpoint), "teacher.checkpoint"
+    from runner.checkpoint import read_checkpoint  # torch: only a teacher named by its run or checkpoint needs it
+
     ckpt = read_checkpoint(path, key)
     teacher_plan = checkpoint_plan(ckpt, key)
     _check_teacher_shape(teacher_plan.cfg.dataset.name, cfg.dataset.name, key)
@@ -308,7 +313,7 @@ def _check_weights_fit(weights: Mapping[str, Any], plan: RunPlan, where: str) ->
 
 
 def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: Mapping[str, Any] | None,
-                  composer: Composer | None, fetch: bool) -> RunPlan:
+                  composer: Composer | None, preview: bool) -> RunPlan:
     """The teacher run named by its settings, on the student's dataset and where/how the student runs."""
     student = [f"dataset={choices['dataset']}"] + [f"dataset.{k}={literal(v)}" for k, v in cfg.dataset.items()]
     where = [f"{k}={literal(cfg[k])}" for k in ("data_dir", "download", "results_dir", "device", "threads", "amp",
@@ -328,7 +333,7 @@ def _teacher_plan(cfg: DictConfig, choices: Mapping[str, str | None], launcher: 
             f"teacher.overrides={list(cfg.teacher.overrides)}: a teacher cannot have a teacher of its own."
         )
     return plan_from_config(tcfg, tchoices, [f"teacher={choices.get('teacher')}"], launcher, composer=None,
-                            skip_completed_builds=True, fetch=fetch)
+                            skip_completed_builds=True, preview=preview)
 
 
 def literal(value: Any) -> str:

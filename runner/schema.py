@@ -31,6 +31,7 @@ RUN_ID = re.compile(r"[0-9a-f]{10}")  # what run_id() makes; anything else is ne
 # Keys that say where files go, where the run executes or how the runner behaves, not what the
 # experiment is: they are left out of run_id, so moving data or results does not rerun anything.
 # ``device`` is replaced in the identity by the device *type* and autocast dtype it resolves to.
+TS_METHODS = ("ece_grid", "nll_lbfgs")  # ts_method: how runner/metrics.py fits the temperature
 NOT_IDENTITY = ("results_dir", "force", "fail_fast", "device", "threads", "data_dir", "download", "amp",
                 "channels_last", "dataset.source_dir", "dataset.verify_checksums", "pooling.compile", "norm.compile",
                 "ood_source_dir",
@@ -204,9 +205,14 @@ def check_sweep_ranges(overrides: Sequence[str]) -> None:
 
 
 def check_dataclass_ranges(node: DictConfig, schema: type, prefix: str = "") -> None:
-    for f in dataclasses.fields(schema):
-        if f.metadata and f.name in node:
-            check_range(f"{prefix}{f.name}", node[f.name], f.metadata)
+    for name, bounds in _ranged(schema):  # a missing key is None, as a null one: neither has a range to meet
+        check_range(f"{prefix}{name}", node.get(name), bounds)
+
+
+@functools.lru_cache(maxsize=None)
+def _ranged(schema: type) -> tuple[tuple[str, Mapping[str, float]], ...]:
+    """The fields of ``schema`` that have bounds (a quarter of them: each key read from a config costs)."""
+    return tuple((f.name, f.metadata) for f in dataclasses.fields(schema) if f.metadata)
 
 
 def _show(value: Any) -> str:
@@ -319,11 +325,11 @@ def option_params(target: Callable[..., Any]) -> dict[str, Param] | None:
     return out
 
 
-def typed_option(key: str, node: DictConfig, target: Callable[..., Any]) -> DictConfig:
-    """``node`` (an option's config, ``_target_`` included) typed by ``target``'s signature and the group's own
-    settings (GROUP_SETTINGS): ints become floats where a float is declared, unknown keys and wrong types are
-    ConfigErrors naming ``key.<name>``."""
-    params = option_params(target)
+def typed_option(key: str, node: DictConfig, target: Callable[..., Any],
+                 params: dict[str, Param] | None) -> DictConfig:
+    """``node`` (an option's config, ``_target_`` included) typed by ``target``'s signature (``params``, its
+    ``option_params``) and the group's own settings (GROUP_SETTINGS): ints become floats where a float is declared,
+    unknown keys and wrong types are ConfigErrors naming ``key.<name>``."""
     if params is None:
         return node
     params = params | GROUP_SETTINGS.get(key, {})

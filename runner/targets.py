@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from runner import facts
 from runner.compose import dotted_keys
 from runner.schema import RUN_KEYS, ConfigError, RunConfig, TeacherConfig, did_you_mean, typed_option
 
@@ -49,6 +50,10 @@ def typed_config(cfg: DictConfig | Mapping[str, Any], typed_options: dict[str, D
         key = getattr(e, "full_key", None) or next((k for k in dotted_keys(raw) if not _resolves(raw, k)), "?")
         raise ConfigError(f"{key}: its value cannot be resolved ({_first_line(e)}). "
                           "Check the interpolation (${...}) and any environment variable it reads.") from None
+    missing = sorted(OmegaConf.missing_keys(raw))
+    if missing:  # OmegaConf's mark for a value still to be given: read later, it would be a traceback mid-run
+        raise ConfigError(f"{missing[0]}=???: no value given (??? is OmegaConf's mark for a value still to be "
+                          f"given); give one, e.g. {missing[0]}=<value>.")
     with open_dict(raw):
         for axis in TARGET_HOMES:  # an option's search space (conf/<group>/<option>.yaml: tune:) is runner.tune's
             if isinstance(raw[axis], DictConfig) and "tune" in raw[axis]:
@@ -88,8 +93,9 @@ def _typed_option(key: str, node: Any, home: str) -> DictConfig:
     extra = [k for k in node.keys() if str(k).startswith("_") and str(k).endswith("_") and k not in SPECIAL_KEYS]
     if extra:
         raise ConfigError(f"{key}.{extra[0]}: not allowed; an option may set {' and '.join(SPECIAL_KEYS)} only.")
-    target = resolve_target(f"{key}._target_", str(node._target_), home)
-    typed = typed_option(key, node, target)
+    path = str(node._target_)
+    target = facts.target(home, path, lambda: resolve_target(f"{key}._target_", path, home))
+    typed = typed_option(key, node, target, facts.params(target))
     for k in typed.keys():  # a nested option (weight_norm's block) is typed by its own target, same home
         child = typed._get_node(k)
         if isinstance(child, DictConfig) and "_target_" in child:

@@ -33,7 +33,8 @@ class Template:
             key, value = o.key_or_group, o.value()
             plain = o.package is None and not (o.is_delete() or o.is_add() or o.is_force_add())
             if (not plain or key.split(".")[0] in (*TARGET_HOMES, "teacher") or key in self.referenced
-                    or not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and "${" in value)
+                    or not isinstance(value, (bool, int, float, str))
+                    or (isinstance(value, str) and ("${" in value or value == "???"))
                     or not isinstance(OmegaConf.select(self.cfg, key, default=None), (bool, int, float, str))):
                 return None
         filled = {o.key_or_group.split(".")[0] for o in values}

@@ -8,9 +8,11 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,12 @@ MACHINE_CORES = os.sched_getaffinity(0)  # before a test process takes its share
 
 
 def pytest_configure(config):
-    """Under pytest-xdist, each test process takes its share of the cores (its affinity mask, which the processes it
-    starts inherit), as the runner's launcher=local divides them among jobs: a run with threads=0 then uses that
-    share, and two test processes never run four torch threads on two cores (each waits for the other's)."""
+    """The record a grid preview reads (runner/facts.py) is kept in a folder of this session's, not the user's
+    cache; the commands the tests start inherit it. Under pytest-xdist, each test process takes its share of the
+    cores (its affinity mask, which the processes it starts inherit), as the runner's launcher=local divides them
+    among jobs: a run with threads=0 then uses that share, and two test processes never run four torch threads on
+    two cores (each waits for the other's)."""
+    os.environ["RUNNER_CACHE_DIR"] = config.runner_cache = tempfile.mkdtemp(prefix="runner-test-cache-")
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count:
         return
@@ -33,6 +38,11 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(len(share))
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "runner_cache"):
+        shutil.rmtree(config.runner_cache, ignore_errors=True)
 
 
 def make_images(n: int, size: int, channels: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

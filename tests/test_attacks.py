@@ -192,6 +192,10 @@ CASES = [
     ("unknown key", ["+epoch=3"], {}, "not a config key"),
     ("a string for an integer", ["epochs=ten"], {}, "epochs=ten"),
     ("a range violated", ["batch_size=0"], {}, "batch_size=0: out of range"),
+    ("OmegaConf's missing value", ["epochs=???"], {}, "epochs=???: no value given"),
+    ("a missing value in a dataset", ["dataset.val_fraction=???"], {}, "dataset.val_fraction=???: no value given"),
+    ("a missing value in a method", ["pooling.kernel_size=???"], {}, "pooling.kernel_size=???: no value given"),
+    ("a missing value in a grid's later cell", ["-m", "seed=0,1", "epochs=1,???"], {}, "epochs=???: no value given"),
     ("bad dataset option", ["dataset=imagenet"], {}, "not an option of config group 'dataset'"),
 ]
 
