@@ -10,6 +10,7 @@ Hydra's own override code. Nothing here imports torch.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from runner import facts
 import runner.machine  # noqa: F401  (registers ${machine_jobs:}, which conf/launcher/local.yaml uses)
 from runner.hydra_guard import check_hydra_config, check_hydra_overrides, check_yaml_sizes, config_files, one_paragraph
 from runner.schema import AXES, ConfigError, did_you_mean
@@ -251,15 +253,19 @@ class Composer:
         """The run config of one cell (no ``hydra`` node) and its chosen options."""
         group, values = self.split(cell)
         if group not in self._bases:
-            try:
-                with config_files():
-                    full = self.hydra.compose_config(self.config_name, list(group), run_mode=RunMode.RUN)
-            except (HydraException, OmegaConfBaseException) as e:
-                raise self._explain(e, cell, None) from None
-            choices = chosen(full.hydra.runtime.choices)
-            with open_dict(full):
-                del full["hydra"]
-            self._bases[group] = (full, choices)
+            def composed() -> tuple[DictConfig, dict[str, str | None]]:
+                try:
+                    with config_files():
+                        full = self.hydra.compose_config(self.config_name, list(group), run_mode=RunMode.RUN)
+                except (HydraException, OmegaConfBaseException) as e:
+                    raise self._explain(e, cell, None) from None
+                choices = chosen(full.hydra.runtime.choices)
+                with open_dict(full):
+                    del full["hydra"]
+                return full, choices
+
+            sources = [(s.scheme(), s.path) for s in self.loader.repository.get_sources()]
+            self._bases[group] = facts.composed(sources, json.dumps([self.config_name, group]), composed)
         base, choices = self._bases[group]
         cfg = copy.deepcopy(base)
         try:

@@ -1,14 +1,16 @@
-"""What planning reads from the option classes and from the machine, remembered so that a preview imports no torch.
+"""What planning reads from the code, the config files and the machine, remembered so that a preview is quick.
 
 Typing an option reads its class's signature, the checks read what a class declares (``needs_teacher``,
 ``batch_dependent``, ``model_requires``, an attribute a norm asks its model for), and ``device=auto`` asks torch
-for CUDA and MPS: each needs the layers' modules, which import torch (1.5 s, half a grid preview). Every planning
-command records what it read in ``$RUNNER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/runner``, else
-``~/.cache/runner``) as ``facts.json``, keyed by the project's sources (each .py file's size and modification time,
-and the installed torch's) and by the machine (host, boot, the visible-devices variables). Only a grid preview
-(``python -m runner ... --dry-run``) reads the record back, inside ``remembered()``, where its key still matches;
-anything it lacks is read from the code as any command reads it. Runs, their plans and their ids always come from
-the code itself. Nothing here is worth an error: an unreadable or unwritable record is no record.
+for CUDA and MPS: each needs the layers' modules, which import torch (1.5 s, half a grid preview); and Hydra takes
+about 80 ms to compose each set of group options. Every planning command records what it read and composed in
+``$RUNNER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/runner``, else ``~/.cache/runner``) as ``facts.json``, keyed by
+what it depends on: the project's sources (each .py file's size and modification time, and the installed torch's,
+timm's and OmegaConf's), the config files of the search path (and Hydra's), and the machine (host, boot, the
+visible-devices variables). Only a grid preview (``python -m runner ... --dry-run``) reads the record back, inside
+``remembered()``, where its key still matches; anything it lacks is read or composed as any command does it. Runs,
+their plans and their ids always come from the code itself. Nothing here is worth an error: an unreadable or
+unwritable record is no record, and an entry this version cannot read is no entry.
 
 No library remembers derived facts of a code base keyed by its files (pytest's cache and joblib's Memory key by
 arguments, not sources), so the record is written here, in a few lines.
@@ -29,17 +31,20 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runner.schema import Param, option_params
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runner.schema import Param, RunConfig, option_params
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("runner", "models", "datasets")  # the packages whose code a _target_ and its checks may run
+SOURCES = ("runner", "models", "datasets", "hydra_plugins")  # the project's code: classes, schema, checks
 DEVICE_FACTS = {"cuda_available": bool, "cuda_count": int, "mps_available": bool}  # what device=... asks torch
 DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
                     "PYTORCH_NVML_BASED_CUDA_CHECK")
 
 _remembering: contextvars.ContextVar[tuple[Any, dict[str, Any]] | None] = contextvars.ContextVar("remembering",
                                                                                                   default=None)
-_learned: dict[str, Any] = {"targets": {}, "device": None}  # what this process read from the code, to be saved
+_learned: dict[str, Any] = {"targets": {}, "device": None, "configs": {}}  # what this process read, to be saved
 _stand_ins: dict[tuple[Any, ...], "Recorded"] = {}  # by the record's file as read, and the target
 
 
@@ -67,7 +72,7 @@ class Recorded:
                              _attrs=attrs, _names=frozenset(names))
 
     def __getattr__(self, name: str) -> Any:
-        if name in self._attrs:
+        if name in self._attrs:  # a sequence comes back as a tuple (declarations are tuples: model_requires)
             value = self._attrs[name]
             return tuple(value) if isinstance(value, list) else value
         if name in self._names:
@@ -181,12 +186,51 @@ def device(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+# ---------------------------------------------------------------- compositions
+
+def composed(sources: list[tuple[str, str]], name: str,
+             compose: Callable[[], tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]]:
+    """A set of group options as Hydra composes it (the run config, without its hydra node, and the chosen options):
+    ``compose()``, or within ``remembered()`` the record of it, while the config files of the search path
+    (``sources``: Hydra's scheme and path of each) and the project's code are as they were when it was composed."""
+    key = _configs_key(sources)
+    record = _remembering.get()
+    if record is not None and key is not None:
+        try:
+            typed, container, choices = _part(record, "configs", key)["bases"][name]
+            cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), container) if typed else OmegaConf.create(container)
+            OmegaConf.set_struct(cfg, True)  # as Hydra leaves a composed config
+            return cfg, dict(choices)
+        except (KeyError, TypeError, ValueError, OmegaConfBaseException):  # not recorded, or not readable
+            pass
+    cfg, choices = compose()
+    container = OmegaConf.to_container(cfg, resolve=False)
+    if key is not None and _plain(container) and _plain(choices):
+        _learned["configs"].setdefault(key, {})[name] = [OmegaConf.get_type(cfg) is RunConfig, container, choices]
+    return cfg, choices
+
+
+def _configs_key(sources: list[tuple[str, str]]) -> str | None:
+    """The config files a composition reads, as sizes and times, with the code's key; None where a source is
+    neither a folder nor an installed package (nothing to key it by: it is always composed)."""
+    found: list[Any] = [_sources_key(), _library("hydra")]
+    for scheme, path in sources:
+        if scheme == "file":
+            found += [_stat(Path(folder) / f) for folder, dirs, files in sorted(os.walk(path))
+                      for f in sorted(files) if f.endswith((".yaml", ".yml"))]
+        elif scheme == "pkg":
+            found.append(_library(path.split(".")[0]))
+        elif scheme != "structured":  # the ConfigStore: filled by the code, which the code's key covers
+            return None
+    return hashlib.sha1(json.dumps(found).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------- the record
 
 def save() -> None:
     """Write what this process read to the record (each part under its own key); never raises."""
     targets = {k: v for k, v in _learned["targets"].items() if v is not None}
-    if not targets and _learned["device"] is None:
+    if not targets and _learned["device"] is None and not _learned["configs"]:
         return
     path = _path()
     try:
@@ -205,6 +249,13 @@ def save() -> None:
         machine = {"key": _machine_key(), "device": _learned["device"]}
     if machine is not None:
         out["machine"] = machine
+    configs = old.get("configs") if isinstance(old.get("configs"), dict) else None
+    for key, bases in _learned["configs"].items():  # the newest key's, with what was recorded under it before
+        before = configs.get("bases") if configs and configs.get("key") == key and isinstance(
+            configs.get("bases"), dict) else {}
+        configs = {"key": key, "bases": before | bases}
+    if configs is not None:
+        out["configs"] = configs
     if out == old:
         return
     tmp = None

@@ -1,6 +1,6 @@
 """A grid preview plans from the record of what the option classes and the machine said (runner/facts.py): every
 option of every family comes out exactly as planning from the code gives it, and a record that no longer fits the
-sources, or is corrupt, or cannot be written, is read around, never trusted."""
+sources or config files, or is corrupt, or cannot be written, is read around, never trusted."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, option_needs
 from runner import checks, facts, targets
-from runner.compose import CONF_DIR
+from runner.compose import CONF_DIR, Composer
 from runner.plan import Planner, make_plans
 from runner.schema import AXES, ConfigError
 
@@ -28,7 +28,7 @@ MISTAKES = [["pooling.kernel_size=two"], ["pooling.foo=1"], ["norm=fixup"], ["ba
 def record(tmp_path, monkeypatch, data_dir):
     """A record of this test's own, empty, and a count of the option classes read from the code."""
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(facts, "_learned", {"targets": {}, "device": None})
+    monkeypatch.setattr(facts, "_learned", {"targets": {}, "device": None, "configs": {}})
     monkeypatch.setattr(facts, "_stand_ins", {})
     read = []
     for module in (targets, checks):
@@ -46,28 +46,31 @@ def planned(cell, **kwargs):
     return plan.run_id, plan.device_type, plan.choices, OmegaConf.to_container(plan.cfg)
 
 
-def test_every_option_previewed_from_the_record_is_planned_as_from_the_code(record, composer):
+def test_every_option_previewed_from_the_record_is_planned_as_from_the_code(record):
     path, read, where = record
 
-    def plan_all(cells, preview):  # one composer for the whole test: each cell's options composed once
-        planner = Planner(None, preview=preview)
-        out = []
-        with facts.remembered() if preview else contextlib.nullcontext():
+    def plan_all(cells, preview):  # one composer a pass: each cell's options composed once (or read from the record)
+        planner, out, composed = Planner(None, preview=preview), [], []
+        with Composer() as composer, facts.remembered() if preview else contextlib.nullcontext():
+            compose = composer.hydra.compose_config
+            composer.hydra.compose_config = lambda *a, **k: composed.append(a) or compose(*a, **k)
             for cell in cells:
                 try:
                     p = planner.plan(composer, [*cell, *where], build=False)
                     out.append((p.run_id, p.device_type, p.choices, OmegaConf.to_container(p.cfg)))
                 except ConfigError as e:
                     out.append(str(e))
-        return out
+        return out, composed
 
-    live = plan_all(CELLS + MISTAKES, preview=False)
+    live, composed = plan_all(CELLS + MISTAKES, preview=False)
     assert all(isinstance(p, tuple) for p in live[:len(CELLS)]) and all(isinstance(p, str) for p in live[len(CELLS):])
     facts.save()
-    assert path.exists() and read
+    assert path.exists() and read and composed
     read.clear()
-    assert plan_all(CELLS, preview=True) == live[:len(CELLS)] and read == []  # every class from the record
-    assert plan_all(MISTAKES, preview=True) == live[len(CELLS):]  # and the same words for each mistake
+    previewed, composed = plan_all(CELLS, preview=True)
+    assert previewed == live[:len(CELLS)]
+    assert read == [] and composed == []  # every class and every composition from the record
+    assert plan_all(MISTAKES, preview=True)[0] == live[len(CELLS):]  # and the same words for each mistake
 
 
 def test_the_record_of_the_machine_is_read_by_a_preview_only(record):
@@ -81,17 +84,26 @@ def test_the_record_of_the_machine_is_read_by_a_preview_only(record):
     assert planned(cell, preview=True) == live  # and records what torch said
 
 
-def test_a_record_from_other_sources_is_not_read(record):
+@pytest.mark.parametrize("changed", ["models/pooling/__init__.py", "conf/pooling/lp.yaml"])
+def test_a_record_from_other_sources_or_config_files_is_not_read(record, changed, monkeypatch):
+    from hydra._internal.hydra import Hydra
+
     path, read, where = record
+    composed = []
+    compose = Hydra.compose_config
+    monkeypatch.setattr(Hydra, "compose_config", lambda *a, **k: composed.append(a) or compose(*a, **k))
     cell = ["pooling=lp", *where]
     live = planned(cell)
-    source = ROOT / "models" / "pooling" / "__init__.py"
+    assert planned(cell, preview=True) == live
+    source = ROOT / changed
     st = source.stat()
     facts._sources_key.cache_clear()
     try:
-        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file saved again: maybe other code
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file saved again: maybe changed
         read.clear()
-        assert planned(cell, preview=True) == live and read  # read from the code again
+        composed.clear()
+        assert planned(cell, preview=True) == live
+        assert len(composed) == 2 and bool(read) == changed.endswith(".py")  # composed again, classes read again
     finally:
         os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
         facts._sources_key.cache_clear()
