@@ -29,7 +29,8 @@ epochs=2``) run by ``python -m runner`` one run after another and with ``launche
 
 Section ``plan``: what a user waits for before anything trains: planning a 200-cell grid in-process, the
 whole command re-running that grid when every run is complete, rejecting a 200-cell grid whose last cell
-is bad, previewing it (``-m ... --cfg job``) before any of it ran, ``python -m runner --cfg job`` less the
+is bad, previewing it (``--dry-run``) before any of it ran, with the record of the code and the config files
+(runner/facts.py) and without, ``python -m runner --cfg job`` less the
 interpreter's own start, and a tuning trial's plan after its method's first.
 
 Section ``records``: one run's finish (its rows into the tables) with 10 and with 1,000 runs already

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,9 +43,9 @@ def plan_section(rounds: int) -> dict[str, float]:
             planner.plan(composer, cell)
             trial.append(time.perf_counter() - start)
 
-    def command(*args: str) -> float:
+    def command(*args: str, env: dict[str, str] | None = None) -> float:
         start = time.perf_counter()
-        subprocess.run([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         return time.perf_counter() - start
 
     bad_last = "seed=" + ",".join(map(str, range(199))) + ",-1"  # 200 cells, the last one out of range
@@ -53,27 +54,30 @@ def plan_section(rounds: int) -> dict[str, float]:
             rundir.write_json(p.folder / "result.json", {"run_id": p.run_id, "status": "ok", "choices": p.choices,
                                                           "config": {}, "metrics": {}})
         times: dict[str, list[float]] = {"python": [], "imports": [], "rerun": [], "reject": [], "cfg": [],
-                                         "preview": []}
+                                         "preview": [], "preview_cold": []}
         for _ in range(rounds):
             times["python"].append(command("-c", "pass"))
-            times["imports"].append(command("-c", "import runner.plan"))  # torch, Hydra, pandas: any planning command
+            times["imports"].append(command("-c", "import runner.plan"))  # Hydra, OmegaConf: any planning command
             times["rerun"].append(command("-m", "runner", "-m", *PLAN_GRID, f"results_dir={root}"))
             times["reject"].append(command("-m", "runner", "-m", bad_last, f"results_dir={root}"))
             times["cfg"].append(command("-m", "runner", "--cfg", "job"))
             with tempfile.TemporaryDirectory() as fresh:  # the grid's preview before any of it ran
-                times["preview"].append(command("-m", "runner", "-m", *PLAN_GRID, f"results_dir={fresh}",
-                                                "--cfg", "job"))
+                preview = ("-m", "runner", "-m", *PLAN_GRID, f"results_dir={fresh}", "--dry-run")
+                times["preview"].append(command(*preview))  # the record (runner/facts.py) written by the above
+                times["preview_cold"].append(command(*preview, env=os.environ | {"RUNNER_CACHE_DIR": fresh}))
     best = {k: min(v) for k, v in times.items()}
     figures = {"plan_200_cells_s": min(planning), "plan_rerun_completed_200_s": best["rerun"],
                "plan_reject_200_last_bad_s": best["reject"], "plan_cfg_job_s": best["cfg"] - best["python"],
                "plan_python_start_s": best["python"], "plan_imports_s": best["imports"] - best["python"],
-               "plan_cells": len(plans), "plan_trial_s": min(trial), "plan_preview_200_s": best["preview"]}
+               "plan_cells": len(plans), "plan_trial_s": min(trial), "plan_preview_200_s": best["preview"],
+               "plan_preview_200_no_record_s": best["preview_cold"]}
     print(f"\nplanning `-m {' '.join(PLAN_GRID)}` ({len(plans)} cells) in-process: {figures['plan_200_cells_s']:.2f} s "
           f"(target <= 2)\nthe whole command, each including the interpreter and its imports "
-          f"({best['imports']:.2f} s, torch alone about 2 s):\n"
+          f"(runner.plan {best['imports']:.2f} s; torch, which a run imports, 1.5 s more):\n"
           f"  re-running it when every run is complete: {best['rerun']:.2f} s (target <= 4)\n"
           f"  rejecting a 200-cell grid whose last cell is bad: {best['reject']:.2f} s (target <= 2)\n"
-          f"  previewing it (-m ... --cfg job) before any run: {best['preview']:.2f} s (target < 1)\n"
+          f"  previewing it (--dry-run) before any run: {best['preview']:.2f} s (target < 1); with no record of "
+          f"the code and configs (runner/facts.py): {best['preview_cold']:.2f} s\n"
           f"--cfg job after the interpreter starts: {figures['plan_cfg_job_s']:.2f} s (target <= 2; "
           f"the interpreter alone {best['python']:.2f} s)\n"
           f"a tuning trial's plan after its method's first: {min(trial) * 1e3:.0f} ms (target <= 100)")
