@@ -39,6 +39,7 @@ from runner.schema import Param, RunConfig, option_params
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("runner", "models", "datasets", "hydra_plugins")  # the project's code: classes, schema, checks
 DEVICE_FACTS = {"cuda_available": bool, "cuda_count": int, "mps_available": bool}  # what device=... asks torch
+MAX_BASES = 256  # compositions kept in the record (a few kB each)
 DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
                     "PYTORCH_NVML_BASED_CUDA_CHECK")
 
@@ -253,7 +254,8 @@ def save() -> None:
     for key, bases in _learned["configs"].items():  # the newest key's, with what was recorded under it before
         before = configs.get("bases") if configs and configs.get("key") == key and isinstance(
             configs.get("bases"), dict) else {}
-        configs = {"key": key, "bases": before | bases}
+        kept = list((before | bases).items())[-MAX_BASES:]  # the newest: a preview is of a grid planned lately
+        configs = {"key": key, "bases": dict(kept)}
     if configs is not None:
         out["configs"] = configs
     if out == old:
