@@ -10,9 +10,11 @@ Typing and the ``_target_`` allow-list are runner/targets.py's; the checks befor
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -117,8 +119,22 @@ def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: 
         plans = [planner.plan(composer, cell, build=False) for cell in composer.cells(overrides, multirun, master)]
         for plan in plans:  # after every cell's values passed: a bad last cell is refused before any build
             planner.check_built(plan)
-    facts.save()  # what was read of the option classes and the machine, for the next preview
+    if "torch" in sys.modules:  # the classes are at hand: a later preview of a grid over any of them needs no torch
+        _describe_options()
+    facts.save()  # what was read of the option classes, the compositions and the machine, for the next preview
     return labelled(plans)
+
+
+@functools.cache
+def _describe_options() -> None:
+    """Every option class of the project's conf/ whose module this process has imported, read for the record
+    (runner/facts.py), once per process; a class whose module is not imported is left (EvoNorm's imports timm)."""
+    for group, home in TARGET_HOMES.items():
+        for option in sorted((compose.CONF_DIR / group).glob("*.yaml")):
+            path = str(compose.option_yaml(group, option.stem).get("_target_") or "")
+            module, _, name = path.rpartition(".")
+            if name in getattr(sys.modules.get(module), "__dict__", {}):  # defined or imported there already
+                facts.target(home, path, lambda: resolve_target(f"{group}._target_", path, home))
 
 
 class Planner:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, option_needs
 from runner import checks, facts, targets
 from runner.compose import CONF_DIR, Composer
-from runner.plan import Planner, make_plans
+from runner.plan import Planner, _describe_options, make_plans
 from runner.schema import AXES, ConfigError
 
 # every option of every axis with what it needs to plan (a teacher option is planned with each distillation loss)
@@ -30,6 +30,7 @@ def record(tmp_path, monkeypatch, data_dir):
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(facts, "_learned", {"targets": {}, "device": None, "configs": {}})
     monkeypatch.setattr(facts, "_stand_ins", {})
+    _describe_options.cache_clear()  # once per process: this test's record gets it too
     read = []
     for module in (targets, checks):
         real = module.resolve_target
@@ -71,6 +72,14 @@ def test_every_option_previewed_from_the_record_is_planned_as_from_the_code(reco
     assert previewed == live[:len(CELLS)]
     assert read == [] and composed == []  # every class and every composition from the record
     assert plan_all(MISTAKES, preview=True)[0] == live[len(CELLS):]  # and the same words for each mistake
+
+
+def test_a_preview_of_options_not_planned_before_reads_no_class_once_any_run_was_planned(record):
+    _, read, where = record
+    planned(["pooling=max", *where])  # the classes of every option are at hand after a plan: all are recorded
+    read.clear()
+    grid = make_plans(["pooling=avg,softpool,lp", "norm=group,layer", *where], multirun=True, preview=True)
+    assert len(grid) == 6 and read == []
 
 
 def test_the_record_of_the_machine_is_read_by_a_preview_only(record):
