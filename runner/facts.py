@@ -67,10 +67,11 @@ class Recorded:
     typed keywords of its signature, its public class attributes with plain values (JSON), and the names of the
     others (``hasattr`` is all the checks ask of them)."""
 
-    def __init__(self, path: str, params: dict[str, Param] | None, attrs: dict[str, Any], names: list[str]) -> None:
-        module, _, qualname = path.rpartition(".")
-        self.__dict__.update(__module__=module, __qualname__=qualname, __name__=qualname, params=params,
-                             _attrs=attrs, _names=frozenset(names))
+    def __init__(self, where: tuple[str, str], params: dict[str, Param] | None, attrs: dict[str, Any],
+                 names: list[str]) -> None:
+        module, qualname = where  # where the class is defined, as messages name it
+        self.__dict__.update(__module__=module, __qualname__=qualname, __name__=qualname.rpartition(".")[2],
+                             params=params, _attrs=attrs, _names=frozenset(names))
 
     def __getattr__(self, name: str) -> Any:
         if name in self._attrs:  # a sequence comes back as a tuple (declarations are tuples: model_requires)
@@ -133,19 +134,20 @@ def _describe(obj: Any) -> dict[str, Any] | None:
             attrs[name] = value
         else:
             names.append(name)
-    return {"params": encoded, "attrs": attrs, "names": names}
+    return {"where": [obj.__module__, obj.__qualname__], "params": encoded, "attrs": attrs, "names": names}
 
 
 def _stand_in(record: tuple[Any, dict[str, Any]], name: str) -> Recorded | None:
     try:
         entry = _part(record, "sources", _sources_key())["targets"][name]
-        attrs, names, typed = entry["attrs"], entry["names"], entry["params"]
-        if not (isinstance(attrs, dict) and isinstance(names, list) and isinstance(typed, (dict, type(None)))):
+        attrs, names, typed, (module, qualname) = entry["attrs"], entry["names"], entry["params"], entry["where"]
+        if not (isinstance(attrs, dict) and isinstance(names, list) and isinstance(typed, (dict, type(None)))
+                and isinstance(module, str) and isinstance(qualname, str)):
             return None
         if typed is not None:
             typed = {key: Param(_TYPES[kind], default, dict(bounds), None if choices is None else tuple(choices))
                      for key, (kind, default, bounds, choices) in typed.items()}
-        made = Recorded(name.partition(":")[2], typed, attrs, [str(n) for n in names])
+        made = Recorded((module, qualname), typed, attrs, [str(n) for n in names])
     except (KeyError, TypeError, ValueError):  # no entry, or one this version cannot read: the code is read
         return None
     _stand_ins[(record[0], name)] = made

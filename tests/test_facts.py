@@ -20,7 +20,8 @@ from runner.schema import AXES, ConfigError
 CELLS = [[f"{group}={p.stem}", *option_needs(group, p.stem)] for group in AXES if group != "teacher"
          for p in sorted((CONF_DIR / group).glob("*.yaml"))]
 # mistakes planning finds in the values (a preview builds no model, so not those a build finds)
-MISTAKES = [["pooling.kernel_size=two"], ["pooling.foo=1"], ["norm=fixup"], ["batch_size=1", "norm=batch"],
+MISTAKES = [["pooling.kernel_size=two"], ["+pooling.foo=1"], ["+loss.foo=1", "loss=focal"],
+            ["norm=fixup"], ["batch_size=1", "norm=batch"],
             ["loss=kd"], ["norm=weight_norm", "norm@norm.block=batch", "batch_size=1"], ["device=cuda:3"]]
 
 
