@@ -279,7 +279,11 @@ def _path() -> Path:
     base = os.environ.get("RUNNER_CACHE_DIR")
     if base:
         return Path(base) / "facts.json"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runner" / "facts.json"
+    try:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home (a bare container's user): the temporary folder
+        home = Path(tempfile.gettempdir())
+    return home / "runner" / "facts.json"
 
 
 def _part(record: tuple[Any, dict[str, Any]], part: str, key: str) -> dict[str, Any]:
