@@ -144,7 +144,7 @@ def load(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _at_chance(row: pd.Series) -> bool:
     """For runs recorded before ``at_chance`` existed: the same rule, from the dataset's classes and n_test."""
-    from datasets import SPECS  # here: only tables from before at_chance need it, and it imports torch
+    from datasets import SPECS  # here: only tables from before at_chance need it
 
     acc, n, name = row.get("test_acc"), row.get("n_test"), row.get("dataset")
     if name not in SPECS or not isinstance(acc, (int, float)) or pd.isna(acc) or pd.isna(n):
