@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datasets.specs import AUGMENTS, SPECS, DataError, cache_path, check_available
 from runner import facts, rundir
+from runner.machine import devices
 from runner.compose import CONF_DIR, option_yaml
 from runner.schema import (TS_METHODS, ConfigError, DatasetConfig, RunConfig, SequentialConfig,
                            check_dataclass_ranges, did_you_mean)
@@ -143,11 +144,11 @@ def _check_device(device: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise ConfigError(f"device={device}: allowed: auto, cpu, cuda, cuda:N, mps.")
     if device.startswith("cuda"):
-        n = _devices()["cuda_count"]
+        n = devices()["cuda_count"]
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= n:
             raise ConfigError(f"device={device}: this machine has {n} CUDA device(s). Use device=auto or device=cpu.")
-    if device == "mps" and not _devices()["mps_available"]:
+    if device == "mps" and not devices()["mps_available"]:
         raise ConfigError("device=mps: MPS is not available on this machine. Use device=auto or device=cpu.")
 
 
@@ -159,21 +160,10 @@ def device_type(device: str, launcher: Mapping[str, Any] | None = None) -> str:
     if "submitit" in str((launcher or {}).get("_target_", "")):
         gpus = (launcher or {}).get("gpus_per_node") or (launcher or {}).get("gpus_per_task") or 0
         return "cuda" if isinstance(gpus, int) and gpus > 0 else "cpu"
-    found = _devices()
+    found = devices()
     if found["cuda_available"]:
         return "cuda"
     return "mps" if found["mps_available"] else "cpu"
-
-
-def _devices() -> dict[str, Any]:
-    """What torch says of this machine's CUDA and MPS devices (in a preview, what it said: runner/facts.py)."""
-    def probe() -> dict[str, Any]:
-        import torch
-
-        return {"cuda_available": torch.cuda.is_available(), "cuda_count": torch.cuda.device_count(),
-                "mps_available": torch.backends.mps.is_available()}
-
-    return facts.device(probe)
 
 
 def _target(node: DictConfig, axis: str) -> Any:

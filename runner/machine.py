@@ -18,6 +18,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf, open_dict
 
+from runner import facts
+
 _gpu_lock: FileLock | None = None  # this worker's GPU, kept until the process ends
 _gpu_index: int | None = None
 
@@ -38,10 +40,19 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return cores
 
 
-def gpu_count() -> int:
-    import torch  # here: the planned sweeper imports this module while Hydra scans plugins, without torch
+def devices() -> dict[str, Any]:
+    """What torch says of this machine's CUDA and MPS devices (in a grid preview, what it said: runner/facts.py)."""
+    def probe() -> dict[str, Any]:
+        import torch  # here: the planned sweeper imports this module while Hydra scans plugins, without torch
 
-    return torch.cuda.device_count()
+        return {"cuda_available": torch.cuda.is_available(), "cuda_count": torch.cuda.device_count(),
+                "mps_available": torch.backends.mps.is_available()}
+
+    return facts.device(probe)
+
+
+def gpu_count() -> int:
+    return devices()["cuda_count"]
 
 
 def machine_jobs() -> int:

@@ -8,10 +8,11 @@ import json
 import os
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, option_needs
-from runner import checks, facts, targets
+from runner import checks, facts, machine, targets
 from runner.compose import CONF_DIR, Composer
 from runner.plan import Planner, _describe_options, make_plans
 from runner.schema import AXES, ConfigError
@@ -90,8 +91,13 @@ def test_the_record_of_the_machine_is_read_by_a_preview_only(record):
     facts._learned["device"] = {"cuda_available": True, "cuda_count": 1, "mps_available": False}
     facts.save()  # as a CUDA machine would have recorded it
     assert planned(cell, preview=True)[1] == "cuda"
-    assert planned(cell) == live and live[1] == "cpu"  # a run asks torch, whatever the record says
+    assert planned(cell) == live and live[1] == ("cuda" if torch.cuda.is_available() else "cpu")  # torch says
     assert planned(cell, preview=True) == live  # and records what torch said
+    facts._learned["device"] = {"cuda_available": True, "cuda_count": 3, "mps_available": False}
+    facts.save()
+    with facts.remembered():  # launcher=local's ${machine_jobs:} in a preview: one job per recorded GPU
+        assert machine.gpu_count() == 3 and machine.machine_jobs() == 3
+    assert machine.gpu_count() == torch.cuda.device_count()  # a run asks torch
 
 
 @pytest.mark.parametrize("changed", ["models/pooling/__init__.py", "conf/pooling/lp.yaml"])
