@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import rundir
-from runner.plan import id_of, identity
+from runner.identity import id_of, identity
 from runner.schema import ConfigError
 from runner.targets import typed_config
 

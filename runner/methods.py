@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from runner import space
 from runner.compose import Composer
-from runner.plan import Planner, RunPlan, id_of, literal, plan_from_config
+from runner.identity import id_of
+from runner.plan import Planner, RunPlan, literal, plan_from_config
 from runner.schema import NOT_IDENTITY, ConfigError, override_key
 from runner.study import Method, tune_settings
 

@@ -202,7 +202,8 @@ def test_an_int_for_a_float_setting_is_the_same_run():
 def test_the_identity_holds_the_device_type_and_autocast_dtype_and_ignores_null_keys():
     from omegaconf import OmegaConf, open_dict
 
-    from runner.plan import device_type, identity
+    from runner.identity import identity
+    from runner.plan import device_type
 
     plan = make_plan([])
     assert plan.identity["config"]["device_type"] == "cpu" and "autocast" not in plan.identity["config"]

@@ -215,7 +215,7 @@ def test_every_setting_that_changes_the_run_id_is_a_runs_csv_column():
     from omegaconf import OmegaConf
 
     from runner.compose import Composer
-    from runner.plan import identity
+    from runner.identity import identity
     from runner.schema import RunConfig, run_columns
 
     with Composer() as composer:
