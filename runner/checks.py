@@ -19,12 +19,12 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from datasets.specs import AUGMENTS, SPECS, DataError, cache_path, check_available
-from runner import facts, rundir
+from runner import rundir
 from runner.machine import devices
 from runner.compose import CONF_DIR, option_yaml
 from runner.schema import (TS_METHODS, ConfigError, DatasetConfig, RunConfig, SequentialConfig,
                            check_dataclass_ranges, did_you_mean)
-from runner.targets import TARGET_HOMES, resolve_target
+from runner.targets import TARGET_HOMES, option_target, resolve_target
 
 if TYPE_CHECKING:
     import torch
@@ -169,8 +169,7 @@ def device_type(device: str, launcher: Mapping[str, Any] | None = None) -> str:
 def _target(node: DictConfig, axis: str) -> Any:
     """The class (or function) a typed option node names, as the allow-list resolves it (in a preview, its record:
     runner/facts.py). A ``_target_`` is never a partial, so a class's declarations are its attributes."""
-    home, path = TARGET_HOMES[axis], str(node._target_)
-    return facts.target(home, path, lambda: resolve_target(f"{axis}._target_", path, home))
+    return option_target(axis, str(node._target_), TARGET_HOMES[axis])
 
 
 def _check_norm(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:

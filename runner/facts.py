@@ -105,6 +105,16 @@ def target(home: str, path: str, resolve: Callable[[], Any]) -> Any:
     return obj
 
 
+def all_options_recorded() -> bool:
+    """Whether the record, for the sources as they are, holds every option class a process had imported
+    (``runner.plan._describe_options``): then no command needs to read them all again."""
+    return _part(_read(), "sources", _sources_key()).get("all_options") is True
+
+
+def all_options_read() -> None:
+    _learned["all_options"] = True
+
+
 def params(target: Any) -> dict[str, Param] | None:
     """The typed keywords of ``target`` (runner/schema.py's ``option_params``), recorded or read."""
     return target.params if isinstance(target, Recorded) else option_params(target)
@@ -236,17 +246,14 @@ def save() -> None:
     if not targets and _learned["device"] is None and not _learned["configs"]:
         return
     path = _path()
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
-    old = old if isinstance(old, dict) else {}
+    old = _read()[1]
     out: dict[str, Any] = {}
-    sources = _sources_key()
-    kept = old.get("sources") if isinstance(old.get("sources"), dict) else {}
-    if kept.get("key") == sources or targets:
-        previous = kept.get("targets") if kept.get("key") == sources and isinstance(kept.get("targets"), dict) else {}
-        out["sources"] = {"key": sources, "targets": previous | targets}
+    kept = _part((None, old), "sources", _sources_key())
+    if kept or targets:
+        previous = kept.get("targets") if isinstance(kept.get("targets"), dict) else {}
+        out["sources"] = {"key": _sources_key(), "targets": previous | targets}
+        if _learned.get("all_options") or kept.get("all_options") is True:
+            out["sources"]["all_options"] = True
     machine = old.get("machine") if isinstance(old.get("machine"), dict) else None
     if _learned["device"] is not None:
         machine = {"key": _machine_key(), "device": _learned["device"]}

@@ -27,7 +27,7 @@ from runner.checks import check_builds, check_values, check_writable, device_typ
 from runner import compose
 from runner.compose import Composer
 from runner.schema import AXES, NOT_IDENTITY, RUN_ID, ConfigError, override_key
-from runner.targets import TARGET_HOMES, resolve_target, typed_config
+from runner.targets import TARGET_HOMES, option_target, resolve_target, typed_config
 from runner.identity import id_of, identity
 from runner.template import Template, interpolations
 
@@ -120,8 +120,8 @@ def make_plans(overrides: Sequence[str], multirun: bool = False, *, config_dir: 
         plans = [planner.plan(composer, cell, build=False) for cell in composer.cells(overrides, multirun, master)]
         for plan in plans:  # after every cell's values passed: a bad last cell is refused before any build
             planner.check_built(plan)
-    if "torch" in sys.modules:  # the classes are at hand: a later preview of a grid over any of them needs no torch
-        _describe_options()
+    if "torch" in sys.modules and not facts.all_options_recorded():  # the classes are at hand: a later preview
+        _describe_options()  # of a grid over any of them needs no torch
     facts.save()  # what was read of the option classes, the compositions and the machine, for the next preview
     return labelled(plans)
 
@@ -135,7 +135,8 @@ def _describe_options() -> None:
             path = str(compose.option_yaml(group, option.stem).get("_target_") or "")
             module, _, name = path.rpartition(".")
             if name in getattr(sys.modules.get(module), "__dict__", {}):  # defined or imported there already
-                facts.target(home, path, lambda: resolve_target(f"{group}._target_", path, home))
+                option_target(group, path, home)
+    facts.all_options_read()
 
 
 class Planner:

@@ -93,8 +93,7 @@ def _typed_option(key: str, node: Any, home: str) -> DictConfig:
     extra = [k for k in node.keys() if str(k).startswith("_") and str(k).endswith("_") and k not in SPECIAL_KEYS]
     if extra:
         raise ConfigError(f"{key}.{extra[0]}: not allowed; an option may set {' and '.join(SPECIAL_KEYS)} only.")
-    path = str(node._target_)
-    target = facts.target(home, path, lambda: resolve_target(f"{key}._target_", path, home))
+    target = option_target(key, str(node._target_), home)
     typed = typed_option(key, node, target, facts.params(target))
     for k in typed.keys():  # a nested option (weight_norm's block) is typed by its own target, same home
         child = typed._get_node(k)
@@ -114,6 +113,12 @@ def _refuse_nested_targets(key: str, node: Any) -> None:
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node._iter_ex(resolve=False)):
             _refuse_nested_targets(f"{key}[{i}]", item)
+
+
+def option_target(key: str, path: str, home: str) -> Any:
+    """What ``key._target_=path`` names: the class ``resolve_target`` allows, or within a preview its record
+    (runner/facts.py), which was resolved under the same home from the same sources."""
+    return facts.target(home, path, lambda: resolve_target(f"{key}._target_", path, home))
 
 
 def resolve_target(key: str, path: str, home: str) -> Callable[..., Any]:

@@ -77,8 +77,9 @@ def test_every_option_previewed_from_the_record_is_planned_as_from_the_code(reco
 
 
 def test_a_preview_of_options_not_planned_before_reads_no_class_once_any_run_was_planned(record):
-    _, read, where = record
+    path, read, where = record
     planned(["pooling=max", *where])  # the classes of every option are at hand after a plan: all are recorded
+    assert facts.all_options_recorded() and json.loads(path.read_text())["sources"]["all_options"] is True
     read.clear()
     grid = make_plans(["pooling=avg,softpool,lp", "norm=group,layer", *where], multirun=True, preview=True)
     assert len(grid) == 6 and read == []
